@@ -87,3 +87,11 @@ def num_levels(num_tokens: int) -> int:
 def fenwick_level(counts: torch.Tensor) -> torch.Tensor:
     """Level of a closed Fenwick slot holding ``counts`` tokens: ``bit_length(n)`` (1 token -> level 1)."""
     return torch.frexp(counts.to(torch.float64))[1].to(torch.int64)
+
+
+def state_width(policy: str, capacity: int, levels: int, max_live: int) -> int:
+    """Slot dimension of a final :class:`DLAState`: ``capacity`` (``dla``, ``fixed``), the ``lam`` levels
+    (``fenwick``), 1 (``single``), the most live slots of any sequence (``dla_unbounded``)."""
+    if policy == "dla_unbounded":
+        return max(max_live, 1)
+    return max(max_live, capacity if policy in ("dla", "fixed") else levels)

@@ -13,7 +13,7 @@ import torch
 
 from dla.ops.common.merge import lam_indices, pick_merge
 from dla.ops.common.score import SCORES
-from dla.ops.common.state import UNUSED_START, DLAState, Segmentation
+from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
 from dla.ops.utils.checks import check_dla_args
 
 
@@ -21,7 +21,7 @@ from dla.ops.utils.checks import check_dla_args
 class _Slot:
     S: torch.Tensor  # [K, V]
     n: int
-    info: float
+    info: torch.Tensor  # 0-d, the computation dtype (densities compare equal across implementations)
     start: int
 
 
@@ -119,22 +119,22 @@ def naive_dla(
                 st = torch.outer(kt, ut)
                 merged = -1
                 if not slots:  # 3. first token: open a slot
-                    info, opened = torch.zeros((), dtype=dt), True
-                    slots.append(_Slot(st, 1, 0.0, t))
+                    info, opened = torch.zeros((), dtype=dt, device=v.device), True
+                    slots.append(_Slot(st, 1, info, t))
                 else:  # 4. information score against the open slot
                     S_open = slots[-1].S
                     x, y, z = (S_open * S_open).sum(), (S_open * st).sum(), (kt @ kt) * (ut @ ut)
                     info = score_fn(x, y, z, K * V)
-                    opened = _wants_boundary(policy, float(info), tau, seen + t, block_size)
+                    opened = _wants_boundary(policy, info, tau, seen + t, block_size)
                     if opened and policy in ("dla", "fixed") and capacity == 1:
                         opened = False
                     if opened:  # 5. merge when full, then append
                         merged = _make_room(slots, policy, capacity)
-                        slots.append(_Slot(st, 1, float(info), t))
+                        slots.append(_Slot(st, 1, info, t))
                     else:
                         slots[-1].S = S_open + st
                         slots[-1].n += 1
-                        slots[-1].info += float(info)
+                        slots[-1].info = slots[-1].info + info
                 # 6. readout over the live slots, newest first
                 idx = lam_indices(policy, torch.tensor([s.n for s in reversed(slots)]), capacity)
                 for r, (s, li) in enumerate(zip(reversed(slots), idx.tolist())):
@@ -149,9 +149,9 @@ def naive_dla(
     return (o, final, seg) if return_segmentation else (o, final)
 
 
-def _wants_boundary(policy: str, info: float, tau: float, position: int, block_size: int) -> bool:
+def _wants_boundary(policy: str, info: torch.Tensor, tau: float, position: int, block_size: int) -> bool:
     if policy in ("dla", "dla_unbounded"):
-        return info >= tau
+        return bool(info >= tau)  # compared in the computation dtype, as every implementation does
     if policy == "fixed":
         return position % block_size == 0
     return policy == "fenwick"  # fenwick: every token opens a slot; single: never
@@ -161,7 +161,7 @@ def _make_room(slots: List[_Slot], policy: str, capacity: int) -> int:
     """Merge before a new slot is appended; return the merged pair's index or -1."""
     merged = -1
     if policy in ("dla", "fixed") and len(slots) == capacity:
-        merged = int(pick_merge(torch.tensor([s.info for s in slots], dtype=torch.float64),
+        merged = int(pick_merge(torch.stack([s.info for s in slots]),
                                 torch.tensor([s.n for s in slots]), torch.tensor(len(slots))))
         _merge_pair(slots, merged)
     elif policy == "fenwick":  # binary carry: equal-sized closed slots merge, newest pairs first
@@ -180,7 +180,7 @@ def _initial_slots(state: Optional[DLAState], b: int, h: int, dt: torch.dtype) -
     if state is None:
         return []
     m = int(state.num_slots[b, h])
-    return [_Slot(state.slots[b, h, j].to(dt).clone(), int(state.counts[b, h, j]), float(state.info[b, h, j]),
+    return [_Slot(state.slots[b, h, j].to(dt).clone(), int(state.counts[b, h, j]), state.info[b, h, j].to(dt),
                   j - m) for j in range(m)]
 
 
@@ -197,8 +197,7 @@ def _empty_segmentation(B: int, T: int, H: int, R: int, dt: torch.dtype, device)
 
 def _pack_state(finals, policy, capacity, R, K, V, dt, device) -> DLAState:
     B, H = len(finals), len(finals[0]) if finals else 0
-    width = max([len(s) for row in finals for s in row] + [1])
-    width = width if policy == "dla_unbounded" else max(width, capacity if policy in ("dla", "fixed") else R)
+    width = state_width(policy, capacity, R, max([len(s) for row in finals for s in row] + [1]))
     state = DLAState(torch.zeros(B, H, width, K, V, dtype=dt, device=device),
                      torch.zeros(B, H, width, dtype=torch.int64, device=device),
                      torch.zeros(B, H, width, dtype=dt, device=device),

@@ -1,0 +1,259 @@
+"""The chunked form in plain PyTorch (DESIGN.md section 4): the CPU fallback of every layer.
+
+1. The backbone's chunk pass: pseudo-values (Gated DeltaNet: UT transform per chunk), chunk states ``P_c``
+   and the plain output.
+2. The segmentation scan (:mod:`dla.ops.dla.scan`), without gradient.
+3. The readout: the backbone output weighted by ``lam`` of the open slot, plus, per live boundary ``x``, the
+   telescoping term ``dlam * D(x-1, t) q_t^T P_x`` where ``P_x`` is rebuilt from its chunk's state and the
+   masked intra-chunk products. Per query chunk only the key chunks holding live boundaries are touched,
+   so the cost is ``O(T C)``.
+
+Autograd through these ops gives exact gradients for ``q, k, v, g, beta, lam``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
+from dla.ops.dla.scan import ScanResult, dla_scan
+from dla.ops.utils.checks import check_dla_args
+
+
+def chunk_dla_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    lam: Optional[torch.Tensor] = None,
+    beta: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    tau: float = 0.6,
+    capacity: int = 30,
+    policy: str = "dla",
+    block_size: int = 64,
+    score: str = "drift",
+    initial_state: Optional[DLAState] = None,
+    output_final_state: bool = False,
+    return_segmentation: bool = False,
+    chunk_size: int = 64,
+):
+    """Chunked DLA in PyTorch; arguments and returns as :func:`dla.ops.naive_dla` (additive transition).
+
+    ``chunk_size``: tokens per chunk (any ``>= 1``; 64 matches the kernels). Computation runs in float64
+    for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
+    """
+    dims = check_dla_args(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
+                          block_size=block_size, score=score, slot_transition="additive",
+                          initial_state=initial_state)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
+    B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
+    dt = torch.promote_types(v.dtype, torch.float32)
+    BT = chunk_size
+    NT = max((T + BT - 1) // BT, 1)
+    pad = NT * BT - T
+    rep = H // dims.G
+    # [B, H, Tp, *]: padded tokens write nothing (k = 0) and do not decay (g = 0)
+    qh, kh = (F.pad(x.to(dt).repeat_interleave(rep, dim=2).transpose(1, 2), (0, 0, 0, pad)) for x in (q, k))
+    vh = F.pad(v.to(dt).transpose(1, 2), (0, 0, 0, pad))
+    gh = F.pad(g.to(dt).transpose(1, 2), (0, pad))
+    bh = F.pad(beta.to(dt).transpose(1, 2), (0, pad)) if beta is not None else None
+    lamh = (lam.to(dt) if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)).transpose(1, 2)
+
+    S0 = initial_state.slots.to(dt).sum(2) if initial_state is not None else \
+        torch.zeros(B, H, K, V, dtype=dt, device=v.device)
+    u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, BT)
+
+    with torch.no_grad():
+        N = B * H
+        scan = dla_scan(kh.detach().reshape(N, -1, K), u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
+                        chunk_size=BT, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
+                        score=score, R=R, initial_state=initial_state)
+    starts = scan.starts.view(B, H, T, R)
+    lam_index = scan.lam_index.view(B, H, T, R)
+
+    # block sums of log-decay: seg[i, c] = sum of chunk totals c..i-1 (0 for c >= i); i, c in 0..NT
+    seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
+
+    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T)
+    o = (o * dims.scale)[:, :, :T].transpose(1, 2).to(v.dtype)
+    final = None
+    if output_final_state:
+        width = state_width(policy, capacity, R, int(scan.m.max()))
+        final = _final_state(kh, u, gl, P, S_last, seg, scan, initial_state, width, BT)
+    if not return_segmentation:
+        return o, final
+    view = lambda x: x.view(B, H, T, *x.shape[2:]).transpose(1, 2)  # noqa: E731
+    segm = Segmentation(score=view(scan.score), boundary=view(scan.boundary), num_slots=view(scan.num_slots),
+                        merged=view(scan.merged), starts=view(scan.starts), lam_index=view(scan.lam_index))
+    return o, final, segm
+
+
+def _block_segsum(tot: torch.Tensor) -> torch.Tensor:
+    """``[..., NT] -> [..., NT + 1, NT]``: ``out[i, c] = sum_{c <= c' < i} tot[c']`` by a masked cumsum."""
+    NT = tot.shape[-1]
+    keep = torch.ones(NT + 1, NT, dtype=torch.bool, device=tot.device).tril(-1)  # c < i
+    x = tot[..., None, :].expand(*tot.shape[:-1], NT + 1, NT).masked_fill(~keep, 0)
+    return x.flip(-1).cumsum(-1).flip(-1)  # sum over c' >= c (and < i by the mask)
+
+
+def _backbone(q, k, v, g, beta, S0, BT):
+    """Chunk pass of the backbone: pseudo-values, chunk-start states, plain output ``q^T S_t``.
+
+    Returns ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp, V]``, the final
+    state and the chunk-local inclusive log-decay cumsums ``gl [B, H, NT, BT]``.
+    """
+    B, H, Tp, K = k.shape
+    NT = Tp // BT
+    gl = g.view(B, H, NT, BT).cumsum(-1)
+    mask = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril()
+    strict = mask.tril(-1)
+    us, Ps, os = [], [], []
+    S = S0
+    for c in range(NT):
+        sl = slice(c * BT, (c + 1) * BT)
+        qc, kc, vc, glc = q[:, :, sl], k[:, :, sl], v[:, :, sl], gl[:, :, c]
+        D = torch.exp((glc[..., :, None] - glc[..., None, :]).masked_fill(~mask, float("-inf")))  # [B, H, t, s]
+        if beta is None:
+            uc = vc
+        else:
+            bc = beta[:, :, sl]
+            A = (bc[..., None] * D * (kc @ kc.transpose(-1, -2))).masked_fill(~strict, 0)
+            rhs = bc[..., None] * (vc - torch.exp(glc)[..., None] * (kc @ S))
+            eye = torch.eye(BT, dtype=k.dtype, device=k.device)
+            uc = torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)
+        Ps.append(S)
+        os.append(torch.exp(glc)[..., None] * (qc @ S) + ((qc @ kc.transpose(-1, -2)) * D) @ uc)
+        us.append(uc)
+        w = torch.exp(glc[..., -1:] - glc)  # D(s, chunk end)
+        S = torch.exp(glc[..., -1])[..., None, None] * S + (kc * w[..., None]).transpose(-1, -2) @ uc
+    return torch.cat(us, 2), torch.stack(Ps, 2), torch.cat(os, 2), S, gl
+
+
+def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
+    """``lam_open * o_base`` plus the telescoping boundary terms, one query chunk at a time."""
+    B, H, Tp, K = k.shape
+    V = u.shape[-1]
+    NT, R = Tp // BT, starts.shape[-1]
+    dev = k.device
+    idx0 = lam_index[..., 0].clamp_min(0)
+    lam0 = torch.gather(lam, -1, idx0[..., None])[..., 0]  # [B, H, T]
+    nxt_valid = lam_index[..., 1:] >= 0
+    # dlam[t, r] = lam[idx(r+1)] - lam[idx(r)] across the boundary at the start of the rank-r slot
+    lam_r = torch.gather(lam, -1, lam_index.clamp_min(0))
+    dlam = torch.where(nxt_valid, lam_r[..., 1:] - lam_r[..., :-1], torch.zeros_like(lam_r[..., 1:]))  # [B,H,T,R-1]
+    x = starts[..., :-1]  # boundary positions [B, H, T, R-1]
+    real = nxt_valid & (x >= 0)
+    virtual = nxt_valid & (x < 0)
+    o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
+    Kc, Uc = k.view(B, H, NT, BT, K), u.view(B, H, NT, BT, V)
+    s_idx = torch.arange(BT, device=dev)
+    outs = []
+    for i in range(NT):
+        t0, t1 = i * BT, min((i + 1) * BT, T)
+        n = t1 - t0
+        if n <= 0:
+            outs.append(o[:, :, t0:t0 + BT])
+            continue
+        qi, gli = q[:, :, t0:t1], gl[:, :, i, :n]  # [B, H, n, K], [B, H, n]
+        xi, dl, ok = x[:, :, t0:t1], dlam[:, :, t0:t1], real[:, :, t0:t1]
+        cx = torch.where(ok, torch.div(xi, BT, rounding_mode="floor"), torch.full_like(xi, i))
+        # candidate key chunks: those of the boundaries live before the chunk, and chunk i itself
+        prev = x[:, :, t0 - 1] if t0 > 0 else torch.full_like(x[:, :, 0], -1)
+        prev_ok = real[:, :, t0 - 1] if t0 > 0 else torch.zeros_like(prev, dtype=torch.bool)
+        cand = torch.cat([torch.where(prev_ok, torch.div(prev, BT, rounding_mode="floor"), i),
+                          torch.full_like(prev[..., :1], i)], -1)  # [B, H, J]
+        J = cand.shape[-1]
+        hit = cx[..., None] == cand[:, :, None, None, :]  # [B, H, n, R-1, J]
+        first = hit & (hit.long().cumsum(-1) == 1)
+        if bool((ok & ~hit.any(-1)).any()):
+            raise RuntimeError("chunk_dla_torch: a live boundary outside the candidate chunks (internal error)")
+        sel = (first & ok[..., None]).to(q.dtype)  # [B, H, n, R-1, J]
+        # part A: sum_x dlam D(cx - 1, t) q_t^T P_cx
+        decA = torch.exp(torch.gather(seg[:, :, i], -1, cand)[:, :, None, :] + gli[..., None])  # [B, H, n, J]
+        coefA = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * decA
+        Pg = torch.gather(P, 2, cand[..., None, None].expand(B, H, J, K, V))
+        part = torch.einsum("bhtj,bhtk,bhjkv->bhtv", coefA, qi, Pg)
+        # part B: sum_x dlam sum_{cx <= s < x} D(s, t) (q_t . k_s) u_s
+        p = (xi - cx * BT).clamp(0, BT - 1)
+        scat = torch.zeros(B, H, n, J, BT, dtype=q.dtype, device=dev)
+        scat.scatter_add_(-1, p[:, :, :, None, :].expand(B, H, n, J, R - 1), (dl[..., None] * sel).transpose(-1, -2))
+        wsum = torch.cat([scat.flip(-1).cumsum(-1).flip(-1)[..., 1:], scat.new_zeros(B, H, n, J, 1)], -1)  # p > s
+        Kg = torch.gather(Kc, 2, cand[..., None, None].expand(B, H, J, BT, K))
+        Ug = torch.gather(Uc, 2, cand[..., None, None].expand(B, H, J, BT, V))
+        glg = torch.gather(gl, 2, cand[..., None].expand(B, H, J, BT))
+        cur = (cand == i)[:, :, None, :, None]
+        old = (glg[..., -1:] - glg)[:, :, None] + torch.gather(seg[:, :, i], -1, cand + 1)[
+            :, :, None, :, None] + gli[..., None, None]
+        same = gli[..., None, None] - glg[:, :, None]
+        expo = torch.where(cur, same, old)
+        ok_s = ~cur | (s_idx[None, None, None, None, :] <= torch.arange(n, device=dev)[None, None, :, None, None])
+        W = wsum * torch.exp(expo.masked_fill(~ok_s, float("-inf")))
+        part = part + torch.einsum("bhtjs,bhtk,bhjsk,bhjsv->bhtv", W, qi, Kg, Ug)
+        if init is not None:
+            part = part + _initial_terms(qi, gli, seg[:, :, i, 0], xi, dl, virtual[:, :, t0:t1], init)
+        outs.append(o[:, :, t0:t0 + BT] + F.pad(part, (0, 0, 0, BT - n)))
+    return torch.cat(outs, 2)
+
+
+def _initial_terms(qi, gli, seg0, xi, dl, virtual, init):
+    """Boundaries between slots of ``initial_state`` (virtual positions ``j - m0 < 0``)."""
+    B, H, n, K = qi.shape
+    m0 = init.num_slots.to(qi.device)
+    S = init.slots.to(qi.dtype)  # [B, H, C0, K, V]
+    Vpre = torch.cumsum(S, 2) - S  # V_j = sum_{i < j} S_i
+    C0 = S.shape[2]
+    j = (xi + m0[:, :, None, None]).clamp(0, C0 - 1)
+    sel = torch.nn.functional.one_hot(j, C0).to(qi.dtype) * virtual[..., None]
+    coef = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * torch.exp(seg0[..., None, None] + gli[..., None])
+    return torch.einsum("bhtj,bhtk,bhjkv->bhtv", coef, qi, Vpre)
+
+
+def _final_state(k, u, gl, P, S_last, seg, scan: ScanResult, init, M, BT) -> DLAState:
+    """Slot states from prefix states at the live boundaries: ``S_j = Pfull(next start) - Pfull(start)``."""
+    B, H, _, K = k.shape
+    V, NT = u.shape[-1], gl.shape[2]
+    pos = _fit(scan.pos.view(B, H, -1), M, UNUSED_START)
+    m = scan.m.view(B, H)
+    j = torch.arange(M, device=k.device)
+    live = j < m[..., None]
+    real = live & (pos >= 0)
+    x = pos.clamp_min(0)
+    cx = torch.div(x, BT, rounding_mode="floor").clamp_max(NT - 1)
+    Pg = torch.gather(P, 2, cx[..., None, None].expand(B, H, M, K, V))
+    full = torch.exp(torch.gather(seg[:, :, NT], -1, cx))[..., None, None] * Pg  # D(cx - 1, T - 1) P_cx
+    Kg = torch.gather(k.view(B, H, NT, BT, K), 2, cx[..., None, None].expand(B, H, M, BT, K))
+    Ug = torch.gather(u.view(B, H, NT, BT, V), 2, cx[..., None, None].expand(B, H, M, BT, V))
+    glg = torch.gather(gl, 2, cx[..., None].expand(B, H, M, BT))
+    w = torch.exp(glg[..., -1:] - glg + torch.gather(seg[:, :, NT], -1, cx + 1)[..., None])
+    w = w * (torch.arange(BT, device=k.device) < (x - cx * BT)[..., None])
+    full = full + torch.einsum("bhms,bhmsk,bhmsv->bhmkv", w, Kg, Ug)
+    full = full * real[..., None, None]
+    if init is not None:
+        m0 = init.num_slots.to(k.device)
+        S = init.slots.to(k.dtype)
+        Vpre = torch.cumsum(S, 2) - S
+        vj = (pos + m0[..., None]).clamp(0, S.shape[2] - 1)
+        virt = torch.gather(Vpre, 2, vj[..., None, None].expand(B, H, M, K, V))
+        dec = torch.exp(seg[:, :, NT, 0])[..., None, None, None]
+        full = full + dec * virt * (live & (pos < 0))[..., None, None]
+    # Pfull at each slot's end: the next slot's start, or the final state for the open slot
+    nxt = torch.cat([full[:, :, 1:], torch.zeros_like(full[:, :, :1])], 2)
+    is_open = (j == (m[..., None] - 1))[..., None, None]
+    nxt = torch.where(is_open, S_last[:, :, None], nxt)
+    slots = (nxt - full) * live[..., None, None]
+    counts = _fit(scan.counts.view(B, H, -1), M, 0) * live
+    info = _fit(scan.info.view(B, H, -1), M, 0) * live
+    return DLAState(slots, counts, info, m)
+
+
+def _fit(x: torch.Tensor, width: int, fill) -> torch.Tensor:
+    """Cut or pad the last dimension to ``width``."""
+    if x.shape[-1] >= width:
+        return x[..., :width]
+    return F.pad(x, (0, width - x.shape[-1]), value=fill)
