@@ -178,7 +178,7 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
         decA = torch.exp(torch.gather(seg[:, :, i], -1, cand)[:, :, None, :] + gli[..., None])  # [B, H, n, J]
         coefA = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * decA
         Pg = torch.gather(P, 2, cand[..., None, None].expand(B, H, J, K, V))
-        part = torch.einsum("bhtj,bhtk,bhjkv->bhtv", coefA, qi, Pg)
+        part = (coefA[..., None] * torch.einsum("bhtk,bhjkv->bhtjv", qi, Pg)).sum(3)
         # part B: sum_x dlam sum_{cx <= s < x} D(s, t) (q_t . k_s) u_s
         p = (xi - cx * BT).clamp(0, BT - 1)
         scat = torch.zeros(B, H, n, J, BT, dtype=q.dtype, device=dev)
@@ -194,7 +194,8 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
         expo = torch.where(cur, same, old)
         ok_s = ~cur | (s_idx[None, None, None, None, :] <= torch.arange(n, device=dev)[None, None, :, None, None])
         W = wsum * torch.exp(expo.masked_fill(~ok_s, float("-inf")))
-        part = part + torch.einsum("bhtjs,bhtk,bhjsk,bhjsv->bhtv", W, qi, Kg, Ug)
+        qk = torch.einsum("bhtk,bhjsk->bhtjs", qi, Kg)
+        part = part + torch.einsum("bhtjs,bhjsv->bhtv", W * qk, Ug)
         if init is not None:
             part = part + _initial_terms(qi, gli, seg[:, :, i, 0], xi, dl, virtual[:, :, t0:t1], init)
         outs.append(o[:, :, t0:t0 + BT] + F.pad(part, (0, 0, 0, BT - n)))
@@ -211,7 +212,7 @@ def _initial_terms(qi, gli, seg0, xi, dl, virtual, init):
     j = (xi + m0[:, :, None, None]).clamp(0, C0 - 1)
     sel = torch.nn.functional.one_hot(j, C0).to(qi.dtype) * virtual[..., None]
     coef = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * torch.exp(seg0[..., None, None] + gli[..., None])
-    return torch.einsum("bhtj,bhtk,bhjkv->bhtv", coef, qi, Vpre)
+    return (coef[..., None] * torch.einsum("bhtk,bhjkv->bhtjv", qi, Vpre)).sum(3)
 
 
 def _final_state(k, u, gl, P, S_last, seg, scan: ScanResult, init, M, BT) -> DLAState:
