@@ -18,9 +18,8 @@ def test_splits_use_different_seeds():
     train, test = mqar_splits(SMALL, test_cfg, seed=7)
     assert np.array_equal(train.inputs, generate_mqar(SMALL, (7, 0)).inputs)
     assert np.array_equal(test.inputs, generate_mqar(test_cfg, (7, 1)).inputs)
-    train_again, _ = mqar_splits(SMALL, SMALL, seed=7)
-    _, test_same_cfg = mqar_splits(SMALL, SMALL, seed=7)
-    assert not np.array_equal(train_again.inputs, test_same_cfg.inputs)
+    train_same_cfg, test_same_cfg = mqar_splits(SMALL, SMALL, seed=7)
+    assert not np.array_equal(train_same_cfg.inputs, test_same_cfg.inputs)
     assert test.inputs.shape == (50, 128)
 
 
@@ -71,7 +70,8 @@ def test_query_distance_is_power_law():
     assert all(x > y for x, y in zip(per_bucket[:-1], per_bucket[1:])), per_bucket
     assert per_bucket[0] > 10 * per_bucket[-1]
     flat = _slot_rate(MQARConfig(seq_len=264, num_kv_pairs=4, vocab_size=1024, num_examples=5000, alpha=1.0))
-    assert flat.max() < 1.5 * flat.min()  # alpha = 1: uniform slots
+    buckets = flat.reshape(8, 16).mean(1)  # alpha = 1: every slot equally likely, 4 of 128 per example
+    assert np.allclose(buckets, 4 / 128, rtol=0.1), buckets
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -111,11 +111,12 @@ def grid_examples(make: Callable[[int, float, Seed], list], lengths: Iterable[in
         raise ValueError(f"lengths and depths must be non-empty, got {lengths!r} and {depths!r}")
     out = []
     for length in lengths:
+        length = check_int("lengths", length, 1)
         for depth in depths:
             depth = check_depth("depths", depth)
             if depth is None:
                 raise ValueError("depths must be percents in [0, 100], got None")
-            out += make(length, depth, (seed, int(length), int(round(1000 * depth))))
+            out += make(length, depth, (seed, length, int(round(1000 * depth))))
     return out
 
 

@@ -118,8 +118,8 @@ def draw_item(rng: np.random.Generator, kind: str) -> str:
     return str(uuid.UUID(bytes=rng.bytes(16), version=4))
 
 
-def _draw_distinct(rng: np.random.Generator, kind: str, k: int, exclude: Iterable[str] = ()) -> list[str]:
-    seen, out = set(exclude), []
+def _draw_distinct(rng: np.random.Generator, kind: str, k: int) -> list[str]:
+    seen, out = set(), []
     while len(out) < k:
         item = draw_item(rng, kind)
         if item not in seen:
@@ -150,14 +150,13 @@ def _example(task: NIAHTask, length: int, depth: Optional[float], rng: np.random
     elif task.haystack == "essay":
         haystack = CycleHaystack(essay) if essay else StreamHaystack(essay_sentences(rng.spawn(1)[0]))
     else:
-        distractor_rng = rng.spawn(1)[0]
-        other_keys = set(keys)
+        distractor_rng, taken = rng.spawn(1)[0], set(keys) | set(values)
 
-        def distractors():
+        def distractors():  # needles whose key and value differ from every real key and value
             while True:
-                key = draw_item(distractor_rng, task.key_type)
-                if key not in other_keys:
-                    yield NEEDLE.format(kinds=kinds, key=key, value=draw_item(distractor_rng, kinds))
+                key, value = draw_item(distractor_rng, task.key_type), draw_item(distractor_rng, kinds)
+                if key not in taken and value not in taken:
+                    yield NEEDLE.format(kinds=kinds, key=key, value=value)
 
         haystack = StreamHaystack(distractors())
 
