@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -18,8 +17,6 @@ from dla.data.loader import LoaderConfig, PackedLoader
 from dla.data.packing import PackedSplits, PackingConfig, is_validation_document, pack_corpus
 from dla.data.sources import SourceConfig, iter_corpus, source_fingerprint
 from dla.data.tokenizer import TextTokenizer, TokenizerConfig, get_tokenizer
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

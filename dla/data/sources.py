@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import logging
 import os
 import sys
 import sysconfig
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-logger = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("hf", "files", "stdlib")
 FILE_FORMATS = (".txt", ".jsonl", ".parquet")
@@ -59,7 +57,9 @@ class SourceConfig:
             raise ValueError(f"path: required for kind={self.kind!r}, got {self.path!r}")
         if self.kind == "stdlib" and self.path:
             raise ValueError(f"path: must be empty for kind='stdlib', got {self.path!r}")
-        if not isinstance(self.data_files, tuple):
+        if isinstance(self.data_files, str):
+            object.__setattr__(self, "data_files", (self.data_files,))
+        elif not isinstance(self.data_files, tuple):
             object.__setattr__(self, "data_files", tuple(self.data_files))
         if self.data_files and self.kind != "hf":
             raise ValueError(f"data_files: only for kind='hf', got {self.data_files!r} with kind={self.kind!r}")
@@ -283,7 +283,8 @@ def source_fingerprint(config: SourceConfig) -> str:
     elif config.kind == "stdlib":
         root = stdlib_root()
         entry["python"] = sys.version
-        entry["files"] = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in stdlib_files(config.include_tests)]
+        files = stdlib_files(config.include_tests)
+        entry["files"] = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in files]
     else:
         entry["data_files"] = [(str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns)
                                if Path(f).is_file() else f for f in config.data_files]

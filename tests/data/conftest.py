@@ -1,5 +1,6 @@
 """Shared fixtures of the data-pipeline tests: a small synthetic corpus and a tokenizer trained on it."""
 
+import json
 import random
 
 import pytest
@@ -25,3 +26,18 @@ def documents() -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer(documents):
     return train_tokenizer(documents, vocab_size=400, min_frequency=2)
+
+
+@pytest.fixture()
+def corpus_dir(tmp_path, documents):
+    """``documents`` spread over a .txt, a nested .parquet and a .jsonl file, in sorted-path order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = tmp_path / "corpus"
+    (directory / "b").mkdir(parents=True)
+    third = len(documents) // 3
+    (directory / "a.txt").write_text(documents[0])
+    pq.write_table(pa.table({"text": documents[1:third]}), directory / "b" / "c.parquet")
+    (directory / "b" / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents[third:]))
+    return directory

@@ -5,17 +5,11 @@ import dla.data.packing as packing
 from dla.data.packing import (PackedSequences, PackingConfig, is_validation_document, load_token_streams,
                               pack_corpus, sequence_cu_seqlens, token_dtype, write_token_streams)
 from dla.data.sources import SourceConfig
-from tests_data_helpers import write_corpus
 
 
 def expected_stream(docs, tokenizer):
     eos = tokenizer.eos_id
     return np.array([t for d in docs for t in [eos] + tokenizer.encode(d)] + [eos], dtype=np.int64)
-
-
-@pytest.fixture()
-def corpus_dir(tmp_path, documents):
-    return write_corpus(tmp_path / "corpus", documents)
 
 
 def test_stream_is_eos_joined_documents(documents, tokenizer, tmp_path):

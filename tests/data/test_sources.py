@@ -62,7 +62,8 @@ def test_hf_datasets_local_json_and_parquet(tmp_path):
     write_parquet(tmp_path / "d.parquet", "body", [f"pq doc {i}" for i in range(3)])
     docs = list(iter_hf_documents("json", data_files=[str(tmp_path / "d.jsonl")], text_field="body"))
     assert docs == [f"hf doc {i}" for i in range(5)]
-    config = SourceConfig("hf", path="parquet", data_files=(str(tmp_path / "d.parquet"),), text_field="body")
+    config = SourceConfig("hf", path="parquet", data_files=str(tmp_path / "d.parquet"), text_field="body")
+    assert config.data_files == (str(tmp_path / "d.parquet"),)
     assert list(iter_documents(config)) == [f"pq doc {i}" for i in range(3)]
 
 
@@ -78,6 +79,8 @@ def test_stdlib_corpus_nonempty_deterministic_and_filtered():
     assert len(files) > 100
     assert files == stdlib_files()
     root = stdlib_root()
+    relative = [f.relative_to(root).as_posix() for f in files]
+    assert relative == sorted(relative) and len(set(relative)) == len(relative)
     parts = {p for f in files for p in f.relative_to(root).parts[:-1]}
     assert not parts & {"site-packages", "test", "tests", "idle_test"}
     assert len(stdlib_files(include_tests=True)) > len(files)
