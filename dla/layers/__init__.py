@@ -1,0 +1,16 @@
+"""DLA mixers as plain ``nn.Module``s (no transformers dependency): drop them into any PyTorch model.
+
+Every mixer maps ``hidden [B, T, D]`` to ``[B, T, D]`` and takes an optional ``attention_mask [B, T]``, an
+optional layer cache (updated in place for decoding) and optional ``cu_seqlens`` for packed documents.
+"""
+
+from dla.layers.attention import AttentionMixer
+from dla.layers.gated_deltanet import GatedDeltaNetMixer
+from dla.layers.mamba2 import Mamba2Mixer
+from dla.layers.modules import GatedRMSNorm, RMSNorm, ShortConv
+from dla.layers.op import dla_op
+from dla.layers.recurrent import RecurrentMixer
+from dla.layers.state import AttentionLayerCache, RecurrentLayerCache
+
+__all__ = ["Mamba2Mixer", "GatedDeltaNetMixer", "AttentionMixer", "RecurrentMixer", "RMSNorm", "GatedRMSNorm",
+           "ShortConv", "RecurrentLayerCache", "AttentionLayerCache", "dla_op"]
