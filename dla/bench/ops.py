@@ -1,0 +1,244 @@
+"""``dla bench ops``: DLA and its peers timed side by side in one run (forward and forward+backward).
+
+Every row records the GPU, the library versions, the shape and the date; DLA rows also record how the
+segmentation came out (slots opened, merges, distinct key chunks touched per query chunk), because DLA's
+cost depends on it. Results go to JSON; :mod:`dla.bench.report` turns them into a table and a plot.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+SHAPES = {
+    # name: (heads H, q/k groups G, key dim K, value dim V)
+    "h16": (16, 16, 128, 128),
+    "ll_mamba2": (48, 1, 128, 64),  # Log-Linear Attention's Mamba-2 shape: 48 heads, state 128, head dim 64
+}
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    T: int
+    B: int
+    fwd_ms: Optional[float] = None
+    fwdbwd_ms: Optional[float] = None
+    peak_mib: Optional[float] = None
+    note: str = ""
+    stats: Dict[str, float] = field(default_factory=dict)
+
+
+def _time(fn: Callable[[], None], budget_s: float, reps: int = 10) -> float:
+    """Median milliseconds of ``fn`` (CUDA events), after one warm-up; fewer repetitions for slow ops."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    once = time.perf_counter() - start
+    n = max(1, min(reps, int(budget_s / max(once, 1e-6))))
+    times = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _inputs(shape: str, B: int, T: int, R: int, gdn: bool, seed: int = 0):
+    H, G, K, V = SHAPES[shape]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(B, T, G, K, device=dev, generator=gen).to(dt)
+    k = torch.nn.functional.normalize(torch.randn(B, T, G, K, device=dev, generator=gen), dim=-1).to(dt)
+    v = torch.randn(B, T, H, V, device=dev, generator=gen).to(dt)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device=dev, generator=gen) + 4).float()
+    lam = (torch.rand(B, T, H, R, device=dev, generator=gen) + 0.5).to(dt)
+    beta = torch.rand(B, T, H, device=dev, generator=gen).to(dt) if gdn else None
+    return dict(q=q, k=k, v=v, g=g, lam=lam, beta=beta)
+
+
+def _measure(row: Row, make: Callable[[], Dict[str, torch.Tensor]], run: Callable[..., torch.Tensor],
+             budget_s: float, backward: bool = True) -> Row:
+    inputs = make()
+    leaves = [t for t in inputs.values() if t is not None and t.is_floating_point()]
+    with torch.no_grad():
+        row.fwd_ms = _time(lambda: run(**inputs), budget_s)
+    if backward:
+        for t in leaves:
+            t.requires_grad_(True)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+
+        def step():
+            out = run(**inputs)
+            out.backward(torch.ones_like(out))
+
+        row.fwdbwd_ms = _time(step, budget_s)
+        row.peak_mib = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return row
+
+
+def _dla_stats(seg, T: int, chunk: int = 64) -> Dict[str, float]:
+    """Slots opened and merges per head, and distinct key chunks of live boundaries per query chunk."""
+    heads = seg.boundary.shape[0] * seg.boundary.shape[2]
+    starts = seg.starts[:, ::chunk].clamp_min(-1)  # live starts at each query chunk's first token
+    distinct = []
+    for row in starts.flatten(0, 2)[:4096]:
+        distinct.append(len({int(s) // chunk for s in row.tolist() if s >= 0}))
+    return {"slots_opened_per_head": float(seg.boundary.sum()) / heads,
+            "merges_per_head": float((seg.merged >= 0).sum()) / heads,
+            "key_chunks_per_query_chunk": sum(distinct) / max(len(distinct), 1)}
+
+
+def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List[str] = ("h16", "ll_mamba2"),
+                  capacities: List[int] = (8, 16, 30), taus: List[float] = (0.6, 0.0), budget_s: float = 3.0,
+                  max_call_s: float = 20.0, out: Optional[Path] = None, progress: bool = True) -> dict:
+    """Time every op at every length; skip an op at longer lengths once one call takes ``max_call_s``."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("dla bench ops: needs a CUDA GPU")
+    from tqdm import tqdm
+
+    from dla.ops import chunk_dla, num_levels
+
+    ops = _peer_ops()
+    for shape in shapes:
+        for gdn in (False, True):
+            backbone = "gdn" if gdn else "mamba2"
+            for C in capacities:
+                for tau in taus:
+                    ops[f"dla_{backbone}_C{C}_tau{tau:g}"] = ("dla", gdn, C, tau)
+            ops[f"fenwick_{backbone} (ours)"] = ("fenwick", gdn, None, None)
+            ops[f"single_{backbone} (ours)"] = ("single", gdn, 1, None)
+    rows: List[Row] = []
+    too_slow = set()
+    cases = [(s, T, name) for s in shapes for T in lengths for name in ops]
+    for shape, T, name in tqdm(cases, disable=not progress, desc="bench ops"):
+        if (shape, name) in too_slow:
+            continue
+        B = max(1, tokens_per_call // T)
+        spec = ops[name]
+        row = Row(op=name, shape=shape, T=T, B=B)
+        try:
+            if callable(spec):
+                spec(row, shape, B, T, budget_s)
+            else:
+                policy, gdn, C, tau = spec
+                R = num_levels(T) if policy == "fenwick" else C
+                kw = dict(policy=policy, capacity=R, tau=tau if tau is not None else 0.6, scale=1.0)
+                _measure(row, lambda: _inputs(shape, B, T, R, gdn), lambda **x: chunk_dla(**x, **kw)[0], budget_s)
+                if policy == "dla":
+                    with torch.no_grad():
+                        seg = chunk_dla(**_inputs(shape, 1, T, R, gdn), **kw, return_segmentation=True)[2]
+                    row.stats = _dla_stats(seg, T)
+        except torch.cuda.OutOfMemoryError:
+            row.note = "out of memory"
+        except RuntimeError as e:  # an op that refuses this configuration is reported, not fatal
+            row.note = f"error: {str(e).splitlines()[0][:120]}"
+        torch.cuda.empty_cache()
+        rows.append(row)
+        if row.fwdbwd_ms is not None and row.fwdbwd_ms / 1e3 > max_call_s:
+            too_slow.add((shape, name))
+    result = {"meta": _meta(tokens_per_call), "rows": [asdict(r) for r in rows]}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _meta(tokens_per_call: int) -> dict:
+    import triton
+
+    meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
+            "python": platform.python_version(), "date": datetime.date.today().isoformat(),
+            "dtype": "bfloat16 inputs, float32 log-decays", "tokens_per_call": tokens_per_call}
+    try:
+        import fla
+
+        meta["fla"] = fla.__version__
+    except ImportError:
+        meta["fla"] = "not installed"
+    return meta
+
+
+def _peer_ops() -> Dict[str, Callable]:
+    """Peers: torch SDPA (flash) and fla's chunk kernels, where installed."""
+    ops: Dict[str, Callable] = {}
+
+    def sdpa(row: Row, shape: str, B: int, T: int, budget_s: float) -> None:
+        H, _, K, V = SHAPES[shape]
+        D = V  # attention with the model's head dim
+
+        def make():
+            return {n: torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for n in "qkv"}
+
+        _measure(row, make, lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                 budget_s)
+
+    ops["sdpa_flash"] = sdpa
+    try:
+        import fla.ops.common.chunk_o as fla_chunk_o
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.log_linear_attn import chunk_log_linear_attn
+        from fla.ops.simple_gla import chunk_simple_gla
+    except ImportError:
+        return ops
+
+    def lifted(fn):
+        """fla 0.6 refuses gated backward on Hopper with Triton < 3.7.1 (its #640): lifted for timing only."""
+        def wrapped(row, *args):
+            old = getattr(fla_chunk_o, "TRITON_ABOVE_3_7_1", True)
+            fla_chunk_o.TRITON_ABOVE_3_7_1 = True
+            if not old:
+                row.note = "fla's Hopper guard lifted for timing (its gated backward is known wrong on this Triton)"
+            try:
+                fn(row, *args)
+            finally:
+                fla_chunk_o.TRITON_ABOVE_3_7_1 = old
+        return wrapped
+
+    def fla_ll(row, shape, B, T, budget_s):
+        from dla.ops import num_levels
+        L = num_levels(T)
+        _measure(row, lambda: {k: v for k, v in _inputs(shape, B, T, L, False).items() if k != "beta"},
+                 lambda q, k, v, g, lam: chunk_log_linear_attn(q, k, v, g, lam)[0], budget_s)
+
+    def expand(x, H):
+        return x.repeat_interleave(H // x.shape[2], dim=2) if x.shape[2] != H else x
+
+    def fla_gdn(row, shape, B, T, budget_s):
+        H = SHAPES[shape][0]
+        _measure(row, lambda: _inputs(shape, B, T, 1, True),
+                 lambda q, k, v, g, lam, beta: chunk_gated_delta_rule(expand(q, H), expand(k, H), v, g, beta)[0],
+                 budget_s)
+
+    def fla_gla(row, shape, B, T, budget_s):
+        H = SHAPES[shape][0]
+        _measure(row, lambda: _inputs(shape, B, T, 1, False),
+                 lambda q, k, v, g, lam, beta: chunk_simple_gla(expand(q, H), expand(k, H), v, g)[0], budget_s)
+
+    ops["fla_chunk_log_linear_attn"] = lifted(fla_ll)
+    ops["fla_chunk_gated_delta_rule"] = lifted(fla_gdn)
+    ops["fla_chunk_simple_gla"] = lifted(fla_gla)
+    return ops
+
+
+def speed_ratios(rows: List[dict], T: int, shape: str = "h16") -> Dict[str, float]:
+    """fwd+bwd time of each op over fla's chunk_log_linear_attn at length ``T`` (missing: nan)."""
+    at = {r["op"]: r["fwdbwd_ms"] for r in rows if r["T"] == T and r["shape"] == shape}
+    base = at.get("fla_chunk_log_linear_attn")
+    return {op: (ms / base if ms and base else math.nan) for op, ms in at.items()}

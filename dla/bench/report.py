@@ -1,0 +1,83 @@
+"""Benchmark JSON -> markdown table and PNG plot (``dla bench report``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+
+def _fmt(x: Optional[float], digits: int = 1) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def ops_markdown(result: dict) -> str:
+    """One table per shape: rows = ops, columns = lengths, cells = fwd+bwd ms (fwd ms)."""
+    meta, rows = result["meta"], result["rows"]
+    lines = [f"GPU: {meta['gpu']} · torch {meta['torch']} · Triton {meta['triton']} · fla {meta.get('fla')} · "
+             f"{meta['dtype']} · {meta['tokens_per_call']:,} tokens per call · {meta['date']}", ""]
+    for shape in sorted({r["shape"] for r in rows}):
+        sub = [r for r in rows if r["shape"] == shape]
+        lengths = sorted({r["T"] for r in sub})
+        ops = list(dict.fromkeys(r["op"] for r in sub))
+        lines += [f"**{shape}** — fwd+bwd ms (fwd ms); `—`: not run (too slow at a shorter length, or refused)", "",
+                  "| op | " + " | ".join(f"T={T // 1024}K" for T in lengths) + " |",
+                  "|---|" + "---|" * len(lengths)]
+        for op in ops:
+            cells = []
+            for T in lengths:
+                r = next((x for x in sub if x["op"] == op and x["T"] == T), None)
+                if r is None or (r["fwd_ms"] is None and r["fwdbwd_ms"] is None):
+                    cells.append("—" if r is None or not r["note"] else "err")
+                else:
+                    cells.append(f"{_fmt(r['fwdbwd_ms'])} ({_fmt(r['fwd_ms'])})")
+            lines.append(f"| {op} | " + " | ".join(cells) + " |")
+        stats = [r for r in sub if r["stats"]]
+        if stats:
+            lines += ["", f"DLA segmentation on the benchmark's inputs ({shape}): per head, slots opened / merges / "
+                      "distinct key chunks of live boundaries per 64-token query chunk", "",
+                      "| op | T | slots opened | merges | key chunks / query chunk |", "|---|---|---|---|---|"]
+            for r in stats:
+                s = r["stats"]
+                lines.append(f"| {r['op']} | {r['T']} | {s['slots_opened_per_head']:.0f} | "
+                             f"{s['merges_per_head']:.0f} | {s['key_chunks_per_query_chunk']:.1f} |")
+        notes = sorted({r["note"] for r in sub if r["note"]})
+        if notes:
+            lines += [""] + [f"- {n}" for n in notes]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def ops_plot(result: dict, path: Path, shape: str = "h16", ops: Optional[List[str]] = None) -> Path:
+    """fwd+bwd ms against T, log-log, one line per op."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["shape"] == shape and r["fwdbwd_ms"] is not None]
+    names = ops or list(dict.fromkeys(r["op"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for op in names:
+        pts = sorted((r["T"], r["fwdbwd_ms"]) for r in rows if r["op"] == op)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=op)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T (tokens per call fixed)")
+    ax.set_ylabel("forward + backward, ms")
+    ax.set_title(f"{result['meta']['gpu']}, {shape}")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(json_path: Path, md_path: Path, png_path: Path) -> None:
+    result = json.loads(Path(json_path).read_text())
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(ops_markdown(result))
+    ops_plot(result, png_path)

@@ -1,0 +1,129 @@
+"""The ``dla`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from typing import List, Optional
+
+
+def _info(_: argparse.Namespace) -> int:
+    import torch
+
+    import dla
+
+    rows = {"dla": dla.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"}
+    for name in ("triton", "transformers", "fla"):
+        try:
+            rows[name] = getattr(__import__(name), "__version__", "installed")
+        except Exception:  # noqa: BLE001 - an optional dependency that fails to import is reported, not raised
+            rows[name] = "not installed"
+    width = max(map(len, rows))
+    for key, value in rows.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Compare the chunked form with the slot form on random inputs and print the errors."""
+    import torch
+
+    from dla.ops import chunk_dla, naive_dla
+
+    device = torch.device(args.device)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    gen = torch.Generator().manual_seed(args.seed)
+    B, T, H, K, V, C = 1, args.length, 2, 16, 16, args.capacity
+    q, k = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, K, generator=gen)
+    k = torch.nn.functional.normalize(k, dim=-1)
+    v, g = torch.randn(B, T, H, V, generator=gen), -torch.rand(B, T, H, generator=gen) * 0.1
+    lam, beta = torch.rand(B, T, H, C, generator=gen) + 0.5, torch.rand(B, T, H, generator=gen)
+    report = []
+    for backbone, b in (("mamba2", None), ("gdn", beta)):
+        ins = [x.to(device, dtype) if x is not None else None for x in (q, k, v, g, lam, b)]
+        kw = dict(tau=args.tau, capacity=C, return_segmentation=True)
+        o_ref, _, seg_ref = naive_dla(*ins, **kw)
+        o, _, seg = chunk_dla(*ins, **kw)
+        err = float((o - o_ref).norm() / o_ref.norm())
+        same = bool((seg.boundary == seg_ref.boundary).all())
+        report.append({"backbone": backbone, "rel_err": err, "same_boundaries": same,
+                       "slots_opened": int(seg.boundary.sum()), "merges": int((seg.merged >= 0).sum())})
+    print(json.dumps(report, indent=2))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    ok = all(r["rel_err"] < tol and r["same_boundaries"] for r in report)
+    print("ok" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+def _bench_ops(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dla.bench.ops import run_ops_bench
+    from dla.bench.report import write_report
+
+    out = Path(args.out)
+    run_ops_bench(args.lengths, tokens_per_call=args.tokens, shapes=args.shapes, capacities=args.capacities,
+                  taus=args.taus, budget_s=args.budget, max_call_s=args.max_call_s, out=out)
+    write_report(out, out.with_suffix(".md"), out.with_suffix(".png"))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+def _bench_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dla.bench.report import write_report
+
+    src = Path(args.json)
+    write_report(src, src.with_suffix(".md"), src.with_suffix(".png"))
+    print(src.with_suffix(".md").read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dla", description="Dynamic Linear Attention: ops, models, training, "
+                                     "evaluation and benchmarks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("info", help="versions of dla and its dependencies, and the accelerator")
+    p.set_defaults(fn=_info)
+    p = sub.add_parser("check", help="check the chunked op against the slot-form reference on random inputs")
+    p.add_argument("--length", type=int, default=200, help="tokens per sequence (default 200)")
+    p.add_argument("--capacity", type=int, default=8, help="slot capacity C (default 8)")
+    p.add_argument("--tau", type=float, default=0.3, help="boundary threshold (default 0.3)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_check)
+
+    bench = sub.add_parser("bench", help="GPU benchmarks: DLA and its peers side by side").add_subparsers(
+        dest="bench", metavar="BENCH", required=True)
+    p = bench.add_parser("ops", help="fwd and fwd+bwd ms and peak memory of the ops (needs CUDA)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768, 65536])
+    p.add_argument("--tokens", type=int, default=65536, help="tokens per call (batch = tokens // T)")
+    p.add_argument("--shapes", nargs="+", default=["h16", "ll_mamba2"], choices=["h16", "ll_mamba2"])
+    p.add_argument("--capacities", type=int, nargs="+", default=[8, 16, 30])
+    p.add_argument("--taus", type=float, nargs="+", default=[0.6, 0.0])
+    p.add_argument("--budget", type=float, default=3.0, help="seconds of repetitions per measurement")
+    p.add_argument("--max-call-s", type=float, default=20.0, help="skip longer T once one call takes this long")
+    p.add_argument("--out", default="docs/bench/ops.json")
+    p.set_defaults(fn=_bench_ops)
+    p = bench.add_parser("report", help="markdown table and PNG from a benchmark JSON")
+    p.add_argument("json")
+    p.set_defaults(fn=_bench_report)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
