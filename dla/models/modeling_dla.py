@@ -1,0 +1,300 @@
+"""DLA language models: one modeling file for every mixer (chosen per layer from a registry) and the decoding cache.
+
+``DLAModel`` stacks pre-norm blocks ``x + mixer(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))`` over a token embedding;
+``DLAForCausalLM`` adds the LM head and ``generate()``. Decoding prefills the prompt with the same op as training,
+then runs one-token steps from the cached state (conv tails and :class:`~dla.ops.DLAState` per recurrent layer,
+keys and values per attention layer).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import Cache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from dla.layers import AttentionLayerCache, AttentionMixer, GatedDeltaNetMixer, Mamba2Mixer, RecurrentLayerCache
+from dla.layers.modules import RMSNorm
+from dla.models.configuration_dla import DLAConfig
+
+MIXERS: Dict[str, Type[nn.Module]] = {
+    "mamba2": Mamba2Mixer,
+    "gdn": GatedDeltaNetMixer,
+    "attention": AttentionMixer,
+}
+"""Mixer registry: the names ``DLAConfig.mixer`` / ``layer_mixers`` accept, mapped to their classes."""
+
+LayerCache = Union[RecurrentLayerCache, AttentionLayerCache]
+
+
+def build_mixer(config: DLAConfig, layer_idx: int) -> nn.Module:
+    """The mixer of layer ``layer_idx``, with its sizes and memory policy read off ``config``."""
+    name = config.layer_mixers[layer_idx]
+    cls = MIXERS[name]
+    if name == "attention":
+        return cls(config.hidden_size, num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads,
+                   rope_theta=config.rope_theta, max_position_embeddings=config.max_position_embeddings,
+                   layer_idx=layer_idx)
+    return cls(config.hidden_size, num_heads=config.num_heads, head_k_dim=config.head_k_dim,
+               head_v_dim=config.value_dim(name), num_qk_heads=config.qk_heads(name), conv_size=config.conv_size,
+               norm_eps=config.rms_norm_eps, policy=config.policy, capacity=config.capacity, tau=config.tau,
+               score=config.score, block_size=config.block_size, chunk_size=config.chunk_size,
+               max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx)
+
+
+class DLACache(Cache):
+    """Decoding cache of a DLA model, following transformers' :class:`~transformers.Cache` API.
+
+    ``layers[i]`` is a :class:`~dla.layers.RecurrentLayerCache` (short-conv tail + :class:`~dla.ops.DLAState`) or an
+    :class:`~dla.layers.AttentionLayerCache` (keys, values, padding mask, next RoPE position); the mixers update them
+    in place. Recurrent layers take constant memory in the number of tokens (except ``dla_unbounded``); attention
+    layers grow. ``reorder_cache`` (beam search), ``batch_repeat_interleave`` and ``batch_select_indices`` act on every
+    tensor's batch dimension. States cannot be rolled back, so ``crop`` raises.
+
+    Args:
+        config: the model's :class:`DLAConfig` (one layer cache per layer, by mixer).
+    """
+
+    def __init__(self, config: DLAConfig):
+        super().__init__(layers=[AttentionLayerCache() if name == "attention" else RecurrentLayerCache()
+                                 for name in config.layer_mixers])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Positions processed so far (padding included), the same for every layer."""
+        return self.layers[layer_idx].seen_tokens if layer_idx < len(self.layers) else 0
+
+    def get_max_length(self, layer_idx: Optional[int] = None) -> int:
+        return -1
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        raise ValueError("layer_idx: DLACache layers are updated in place by the DLA mixers, not through update()")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise ValueError(f"tokens_to_remove: a DLA cache cannot be rolled back (got {tokens_to_remove})")
+
+    def nbytes(self) -> int:
+        """Bytes held by all cached tensors."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return any(layer.seen_tokens > 0 for layer in self.layers)
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DLABlock(GradientCheckpointingLayer):
+    """Pre-norm block: ``x + mixer(RMSNorm(x))``, then ``x + SwiGLU(RMSNorm(x))``."""
+
+    def __init__(self, config: DLAConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mixer = build_mixer(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.mlp_size)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                cache: Optional[LayerCache] = None, position_ids: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        extra = {"position_ids": position_ids} if self.mixer.needs_positions else {}
+        hidden = hidden + self.mixer(self.mixer_norm(hidden), attention_mask=attention_mask, cache=cache,
+                                     cu_seqlens=cu_seqlens, **extra)
+        return hidden + self.mlp(self.mlp_norm(hidden))
+
+
+class DLAPreTrainedModel(PreTrainedModel):
+    """Weight init, config class and generation flags shared by the DLA models."""
+
+    config_class = DLAConfig
+    config: DLAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DLABlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _is_stateful = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model builds its own DLACache on the first forward
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' defaults (normal linear/embedding weights, unit norms), then each DLA module's own
+        ``initial_values()`` (``A_log``, ``dt_bias``, ``D``, ``lam_scale``, conv weights); loaded weights are kept."""
+        super()._init_weights(module)
+        if hasattr(module, "initial_values"):
+            for name, value in module.initial_values().items():
+                init.copy_(getattr(module, name), value)
+
+
+_TOLERATED_KWARGS = ("output_attentions",)
+
+
+def _check_kwargs(kwargs: Dict[str, object]) -> None:
+    unknown = sorted(k for k in kwargs if k not in _TOLERATED_KWARGS)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: unexpected argument(s) of the DLA model's forward")
+    if kwargs.get("output_attentions"):
+        raise ValueError("output_attentions: DLA models do not return attention weights")
+
+
+class DLAModel(DLAPreTrainedModel):
+    """Embedding, ``num_hidden_layers`` :class:`DLABlock`, final RMSNorm."""
+
+    def __init__(self, config: DLAConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([DLABlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.LongTensor] = None, past_key_values: Optional[DLACache] = None,
+                inputs_embeds: Optional[torch.Tensor] = None, use_cache: Optional[bool] = None,
+                cu_seqlens: Optional[torch.Tensor] = None, output_hidden_states: Optional[bool] = None,
+                return_dict: Optional[bool] = None, **kwargs) -> Union[BaseModelOutputWithPast, Tuple]:
+        """Run the blocks over ``input_ids [B, T]`` (or ``inputs_embeds [B, T, D]``).
+
+        Args:
+            attention_mask: ``[B, S]`` 1 for tokens, 0 for (left) padding, ``S >= T``; as in transformers it may
+                cover the cached tokens too: only its last ``T`` columns are read (the cache remembers the rest).
+            position_ids: RoPE positions ``[B, T]`` of the attention layers; default: real tokens counted from 0
+                (padding takes no position).
+            past_key_values: a :class:`DLACache` to continue from, updated in place.
+            use_cache: build and return a cache; default ``config.use_cache`` when not training.
+            cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one (training; no cache, no mask).
+            output_hidden_states: also return the input of every block and the final normed output.
+            return_dict: return a ``BaseModelOutputWithPast`` (default) or a tuple.
+        """
+        _check_kwargs(kwargs)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("input_ids, inputs_embeds: pass exactly one of them")
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = hidden.shape[:2]
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if past_key_values is not None and not isinstance(past_key_values, DLACache):
+            raise ValueError(f"past_key_values: expected a DLACache, got {type(past_key_values).__name__}")
+        cache = past_key_values if past_key_values is not None else (DLACache(self.config) if use_cache else None)
+        if cu_seqlens is not None and (cache is not None or attention_mask is not None):
+            raise ValueError("cu_seqlens: packed sequences are run without a cache (use_cache=False) and without "
+                             "attention_mask")
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
+                raise ValueError(f"attention_mask: expected [B={B}, S >= T={T}], got {tuple(attention_mask.shape)}")
+            mask = attention_mask[:, -T:]
+        all_hidden = () if output_hidden_states else None
+        for i, block in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden += (hidden,)
+            hidden = block(hidden, attention_mask=mask, cache=cache.layers[i] if cache is not None else None,
+                           position_ids=position_ids, cu_seqlens=cu_seqlens)
+        hidden = self.norm(hidden)
+        if all_hidden is not None:
+            all_hidden += (hidden,)
+        out = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden)
+        return out if (return_dict if return_dict is not None else self.config.return_dict) else out.to_tuple()
+
+
+class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
+    """:class:`DLAModel` with a language-modelling head; supports ``generate()`` (greedy, sampling, beam search).
+
+    Example:
+        >>> config = DLAConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, mixer="gdn", num_heads=2,
+        ...                    head_k_dim=8, capacity=4)
+        >>> model = DLAForCausalLM(config).eval()
+        >>> model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False).shape
+        torch.Size([1, 7])
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: DLAConfig):
+        super().__init__(config)
+        self.model = DLAModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.LongTensor] = None, past_key_values: Optional[DLACache] = None,
+                inputs_embeds: Optional[torch.Tensor] = None, labels: Optional[torch.LongTensor] = None,
+                use_cache: Optional[bool] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                logits_to_keep: Union[int, torch.Tensor] = 0, output_hidden_states: Optional[bool] = None,
+                return_dict: Optional[bool] = None, **kwargs) -> Union[CausalLMOutputWithPast, Tuple]:
+        """Logits ``[B, T, vocab]`` (and the next-token loss when ``labels`` is given).
+
+        Args:
+            labels: ``[B, T]`` token ids, ``-100`` where no loss is taken; shifted inside (position ``t`` predicts
+                ``labels[:, t + 1]``). The loss is computed in float32.
+            logits_to_keep: compute logits only for the last ``n`` positions (``0`` = all) or for the positions of
+                a 1-D index tensor.
+            Others: as :meth:`DLAModel.forward`.
+        """
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         cu_seqlens=cu_seqlens, output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
+        hidden = out.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels: expected shape {tuple(logits.shape[:2])} (logits_to_keep=0), "
+                                 f"got {tuple(labels.shape)}")
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                        hidden_states=out.hidden_states)
+        return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
+
+
+__all__ = ["DLACache", "DLAModel", "DLAForCausalLM", "DLAPreTrainedModel", "DLABlock", "MIXERS", "build_mixer"]
