@@ -1,0 +1,226 @@
+"""Mixers as plain modules, in float64: decoding == one pass, padding and packing leave states untouched,
+the lam wiring, inits and argument errors. Tolerance: relative error ``||a - b|| / ||b|| <= 1e-10`` (float64)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dla.layers import (AttentionLayerCache, AttentionMixer, GatedDeltaNetMixer, Mamba2Mixer, RecurrentLayerCache)
+
+TOL64 = 1e-10
+D = 32
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-300))
+
+
+def mamba2(policy="dla", **kw):
+    kw = {"capacity": 4, "tau": 0.3, "max_position_embeddings": 64, "block_size": 4, **kw}
+    return Mamba2Mixer(D, num_heads=4, head_v_dim=8, head_k_dim=8, num_qk_heads=2, policy=policy, **kw)
+
+
+def gdn(policy="dla", **kw):
+    kw = {"capacity": 4, "tau": 0.3, "max_position_embeddings": 64, "block_size": 4, **kw}
+    return GatedDeltaNetMixer(D, num_heads=2, head_k_dim=8, head_v_dim=16, policy=policy, **kw)
+
+
+def attention(**kw):
+    return AttentionMixer(D, num_heads=4, num_kv_heads=2, max_position_embeddings=64, **kw)
+
+
+RECURRENT = [(name, policy) for name in ("mamba2", "gdn")
+             for policy in ("single", "fenwick", "dla", "fixed", "dla_unbounded")]
+ALL = RECURRENT + [("attention", None)]
+
+
+def build(name, policy, seed=0, **kw):
+    torch.manual_seed(seed)
+    if name == "attention":
+        return attention(**kw).double()
+    return (mamba2 if name == "mamba2" else gdn)(policy, **kw).double()
+
+
+def new_cache(name):
+    return AttentionLayerCache() if name == "attention" else RecurrentLayerCache()
+
+
+def inputs(B=2, T=16, seed=1):
+    torch.manual_seed(seed)
+    return torch.randn(B, T, D, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name,policy", ALL)
+def test_decode_steps_equal_one_pass(name, policy):
+    mixer, x = build(name, policy), inputs()
+    full = mixer(x)
+    cache = new_cache(name)
+    steps = [mixer(x[:, :5], cache=cache)] + [mixer(x[:, t:t + 1], cache=cache) for t in range(5, x.shape[1])]
+    assert rel(torch.cat(steps, 1), full) <= TOL64
+    assert cache.seen_tokens == x.shape[1]
+
+
+@pytest.mark.parametrize("name,policy", ALL)
+def test_prefill_in_two_pieces_equals_one_pass(name, policy):
+    mixer, x = build(name, policy), inputs()
+    full = mixer(x)
+    cache = new_cache(name)
+    pieces = torch.cat([mixer(x[:, :7], cache=cache), mixer(x[:, 7:], cache=cache)], 1)
+    assert rel(pieces, full) <= TOL64
+
+
+@pytest.mark.parametrize("name,policy", ALL)
+def test_left_padding_equals_each_sequence_alone(name, policy):
+    mixer, x = build(name, policy), inputs(B=3, T=12)
+    pads = [0, 3, 7]
+    mask = torch.ones(3, 12, dtype=torch.long)
+    for b, p in enumerate(pads):
+        mask[b, :p] = 0
+    steps = inputs(B=3, T=3, seed=2)
+    cache = new_cache(name)
+    out = mixer(x, attention_mask=mask, cache=cache)
+    out_steps = [mixer(steps[:, t:t + 1], cache=cache) for t in range(3)]
+    for b, p in enumerate(pads):
+        alone_cache = new_cache(name)
+        alone = mixer(x[b:b + 1, p:], cache=alone_cache)
+        assert rel(out[b:b + 1, p:], alone) <= TOL64
+        assert float(out[b, :p].detach().abs().sum()) == 0.0
+        for t in range(3):
+            assert rel(out_steps[t][b:b + 1], mixer(steps[b:b + 1, t:t + 1], cache=alone_cache)) <= TOL64
+
+
+@pytest.mark.parametrize("name,policy", [("mamba2", "dla"), ("gdn", "fenwick"), ("gdn", "single"), ("attention", None)])
+def test_packed_documents_equal_separate_runs(name, policy):
+    mixer, x = build(name, policy), inputs(B=1, T=20)
+    cu = torch.tensor([0, 6, 6, 13, 20])
+    packed = mixer(x, cu_seqlens=cu)
+    separate = torch.cat([mixer(x[:, a:b]) for a, b in ((0, 6), (6, 13), (13, 20))], 1)
+    assert rel(packed, separate) <= TOL64
+    assert rel(packed, mixer(x)) > 1e-3  # the boundaries matter: not a no-op
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gdn"])
+def test_dla_with_unit_lam_equals_single(name):
+    """lam == 1 reads the sum of the slots, i.e. the backbone state, whatever the segmentation."""
+    dla, x = build(name, "dla", tau=0.05), inputs(T=24)
+    single = build(name, "single", seed=5)
+    missing, unexpected = single.load_state_dict(dla.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == ["lam_proj.weight", "lam_scale"]
+    cache = RecurrentLayerCache()
+    learned = dla(x, cache=cache)
+    assert int(cache.state.num_slots.min()) >= 2  # the segmentation is not trivial
+    assert rel(learned, single(x)) > 1e-3  # learned lam changes the output ...
+    dla.compute_lam = lambda h: torch.ones(*h.shape[:2], dla.num_heads, dla.lam_size, dtype=h.dtype)
+    assert rel(dla(x), single(x)) <= TOL64  # ... and unit lam gives the backbone back
+
+
+@pytest.mark.parametrize("name,policy", RECURRENT)
+def test_cache_state_has_a_fixed_width(name, policy):
+    mixer, x = build(name, policy), inputs(T=20)
+    cache = RecurrentLayerCache()
+    mixer(x[:, :3], cache=cache)
+    sizes = []
+    for t in range(3, 20):
+        mixer(x[:, t:t + 1], cache=cache)
+        sizes.append(cache.nbytes())
+    width = {"single": 1, "fenwick": mixer.lam_size, "dla": 4, "fixed": 4}.get(policy)
+    if width is None:  # dla_unbounded grows with the boundaries
+        assert sizes[-1] > sizes[0]
+    else:
+        assert cache.state.slots.shape[2] == width and len(set(sizes)) == 1
+
+
+def test_mamba2_init_and_no_weight_decay():
+    torch.manual_seed(0)
+    mixer = Mamba2Mixer(D, num_heads=64, head_v_dim=1, head_k_dim=4, policy="dla", capacity=3)
+    A, dt = torch.exp(mixer.A_log), F.softplus(mixer.dt_bias)
+    assert float(A.min()) >= 1.0 and float(A.max()) <= 16.0 and float(A.max() - A.min()) > 5.0
+    assert float(dt.min()) >= 1e-3 * (1 - 1e-5) and float(dt.max()) <= 0.1 * (1 + 1e-5)
+    assert torch.equal(mixer.D.detach(), torch.ones(64))
+    assert torch.equal(mixer.lam_scale.detach(), torch.ones(64, 3))
+    flagged = {n for n, p in mixer.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert flagged == {"A_log", "dt_bias", "D", "lam_scale"}
+    assert mixer.scale == 1.0
+
+
+def test_gdn_init_and_no_weight_decay():
+    torch.manual_seed(0)
+    mixer = GatedDeltaNetMixer(D, num_heads=64, head_k_dim=4, head_v_dim=1, policy="fenwick",
+                               max_position_embeddings=1000)
+    A = torch.exp(mixer.A_log)
+    assert float(A.min()) > 0.0 and float(A.max()) <= 16.0
+    assert mixer.lam_scale.shape == (64, 11)  # ceil(log2 1000) + 1 levels
+    flagged = {n for n, p in mixer.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert flagged == {"A_log", "dt_bias", "lam_scale"}
+    assert math.isclose(mixer.scale, 0.5)
+
+
+def test_single_policy_has_no_lam_parameters():
+    names = {n for n, _ in gdn("single").named_parameters()}
+    assert not any(n.startswith("lam") for n in names)
+    assert {"lam_proj.weight", "lam_scale"} <= {n for n, _ in gdn("dla").named_parameters()}
+
+
+def test_gdn_keys_are_unit_norm():
+    mixer, x = build("gdn", "single"), inputs()
+    q, k, *_ = mixer._project(x, None)
+    assert torch.allclose(k.norm(dim=-1), torch.ones(k.shape[:-1], dtype=k.dtype))
+    assert torch.allclose(q.norm(dim=-1), torch.ones(q.shape[:-1], dtype=q.dtype))
+
+
+@pytest.mark.parametrize("name,policy", ALL)
+def test_gradients_reach_every_parameter(name, policy):
+    mixer, x = build(name, policy), inputs(T=16)
+    x.requires_grad_(True)
+    mixer(x).pow(2).sum().backward()
+    for pname, p in mixer.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, pname
+    assert float(x.grad.abs().sum()) > 0
+
+
+def test_fenwick_refuses_sequences_beyond_its_levels():
+    mixer = gdn("fenwick", max_position_embeddings=16).double()
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        mixer(inputs(B=1, T=17))
+    mixer(inputs(B=1, T=16))
+
+
+def test_attention_refuses_positions_beyond_max_and_counts_only_real_tokens():
+    mixer = AttentionMixer(D, num_heads=4, max_position_embeddings=8).double()
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        mixer(inputs(B=1, T=9))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1]])  # 8 real tokens fit
+    assert mixer(inputs(B=1, T=10), attention_mask=mask).shape == (1, 10, D)
+    cache = AttentionLayerCache()
+    mixer(inputs(B=1, T=8), cache=cache)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        mixer(inputs(B=1, T=1), cache=cache)
+
+
+@pytest.mark.parametrize("make,kwargs,field", [
+    (Mamba2Mixer, dict(num_heads=4, head_v_dim=8, policy="lru"), "policy"),
+    (Mamba2Mixer, dict(num_heads=4, head_v_dim=8, capacity=0), "capacity"),
+    (Mamba2Mixer, dict(num_heads=4, head_v_dim=8, num_qk_heads=3), "num_qk_heads"),
+    (GatedDeltaNetMixer, dict(num_heads=2, tau=-1.0), "tau"),
+    (GatedDeltaNetMixer, dict(num_heads=2, score="cosine"), "score"),
+    (GatedDeltaNetMixer, dict(num_heads=0), "num_heads"),
+    (AttentionMixer, dict(num_heads=5), "num_heads"),
+    (AttentionMixer, dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
+])
+def test_bad_arguments_raise_naming_them(make, kwargs, field):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        make(D, **kwargs)
+
+
+def test_bad_inputs_raise_naming_them():
+    mixer = build("gdn", "dla")
+    with pytest.raises(ValueError, match="^hidden:"):
+        mixer(torch.randn(2, 5, D + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="^attention_mask:"):
+        mixer(inputs(T=5), attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="^cu_seqlens:"):
+        mixer(inputs(B=2, T=5), cu_seqlens=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="^cache:"):
+        mixer(inputs(B=1, T=5), cache=AttentionLayerCache())
