@@ -91,6 +91,23 @@ def test_left_padding_equals_each_sequence_alone(name, policy):
             assert rel(out_steps[t][b:b + 1], mixer(steps[b:b + 1, t:t + 1], cache=alone_cache)) <= TOL64
 
 
+@pytest.mark.parametrize("name,policy", ALL)
+def test_masked_tokens_anywhere_leave_the_state_unchanged(name, policy):
+    """With holes in the mask (conv width 1, so the short convolution has no memory), every real token and every
+    later step sees exactly the state of the sequence with the masked tokens removed."""
+    mixer = build(name, policy, **({} if name == "attention" else {"conv_size": 1}))
+    x, steps = inputs(B=2, T=12), inputs(B=2, T=2, seed=3)
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 1, 0, 1, 1, 1, 1, 1]])
+    cache = new_cache(name)
+    out = mixer(x, attention_mask=mask, cache=cache)
+    out_steps = mixer(steps, cache=cache)
+    for b in range(2):
+        keep = mask[b].bool()
+        alone_cache = new_cache(name)
+        assert rel(out[b, keep], mixer(x[b:b + 1, keep], cache=alone_cache)[0]) <= TOL64
+        assert rel(out_steps[b:b + 1], mixer(steps[b:b + 1], cache=alone_cache)) <= TOL64
+
+
 @pytest.mark.parametrize("name,policy", [("mamba2", "dla"), ("gdn", "fenwick"), ("gdn", "single"), ("attention", None)])
 def test_packed_documents_equal_separate_runs(name, policy):
     mixer, x = build(name, policy), inputs(B=1, T=20)
