@@ -105,34 +105,44 @@ def _block_segsum(tot: torch.Tensor) -> torch.Tensor:
 def _backbone(q, k, v, g, beta, S0, BT):
     """Chunk pass of the backbone: pseudo-values, chunk-start states, plain output ``q^T S_t``.
 
+    Everything inside a chunk is computed for all chunks at once; only the state recurrence
+    ``S_{c+1} = a_c S_c + dS_c`` (Gated DeltaNet: ``S_{c+1} = (a_c I - M_c) S_c + dS_c``) runs over chunks.
+
     Returns ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp, V]``, the final
     state and the chunk-local inclusive log-decay cumsums ``gl [B, H, NT, BT]``.
     """
     B, H, Tp, K = k.shape
-    NT = Tp // BT
+    V, NT = v.shape[-1], Tp // BT
+    qc, kc, vc = (x.view(B, H, NT, BT, x.shape[-1]) for x in (q, k, v))
     gl = g.view(B, H, NT, BT).cumsum(-1)
     mask = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril()
-    strict = mask.tril(-1)
-    us, Ps, os = [], [], []
-    S = S0
-    for c in range(NT):
-        sl = slice(c * BT, (c + 1) * BT)
-        qc, kc, vc, glc = q[:, :, sl], k[:, :, sl], v[:, :, sl], gl[:, :, c]
-        D = torch.exp((glc[..., :, None] - glc[..., None, :]).masked_fill(~mask, float("-inf")))  # [B, H, t, s]
-        if beta is None:
-            uc = vc
-        else:
-            bc = beta[:, :, sl]
-            A = (bc[..., None] * D * (kc @ kc.transpose(-1, -2))).masked_fill(~strict, 0)
-            rhs = bc[..., None] * (vc - torch.exp(glc)[..., None] * (kc @ S))
-            eye = torch.eye(BT, dtype=k.dtype, device=k.device)
-            uc = torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)
-        Ps.append(S)
-        os.append(torch.exp(glc)[..., None] * (qc @ S) + ((qc @ kc.transpose(-1, -2)) * D) @ uc)
-        us.append(uc)
-        w = torch.exp(glc[..., -1:] - glc)  # D(s, chunk end)
-        S = torch.exp(glc[..., -1])[..., None, None] * S + (kc * w[..., None]).transpose(-1, -2) @ uc
-    return torch.cat(us, 2), torch.stack(Ps, 2), torch.cat(os, 2), S, gl
+    D = torch.exp((gl[..., :, None] - gl[..., None, :]).masked_fill(~mask, float("-inf")))  # [B, H, NT, t, s]
+    a = torch.exp(gl[..., -1])  # [B, H, NT] decay over each chunk
+    kw = kc * torch.exp(gl[..., -1:] - gl)[..., None]  # k_s D(s, chunk end)
+    if beta is None:
+        dS = kw.transpose(-1, -2) @ vc  # [B, H, NT, K, V]
+        Ps, S = [], S0
+        for c in range(NT):
+            Ps.append(S)
+            S = a[:, :, c, None, None] * S + dS[:, :, c]
+        P = torch.stack(Ps, 2)
+        u = vc
+    else:
+        # UT transform: (I + A) u = beta (v - exp(gl) k S_c), A[t, s] = beta_t D(t, s) k_t.k_s for s < t
+        bc = beta.view(B, H, NT, BT)[..., None]
+        A = (bc * D * (kc @ kc.transpose(-1, -2))).masked_fill(~mask.tril(-1), 0)
+        eye = torch.eye(BT, dtype=k.dtype, device=k.device)
+        solve = lambda rhs: torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)  # noqa
+        U0, W = solve(bc * vc), solve(bc * torch.exp(gl)[..., None] * kc)  # u = U0 - W S_c
+        M, dS = kw.transpose(-1, -2) @ W, kw.transpose(-1, -2) @ U0  # [B, H, NT, K, K], [B, H, NT, K, V]
+        Ps, S = [], S0
+        for c in range(NT):
+            Ps.append(S)
+            S = a[:, :, c, None, None] * S - M[:, :, c] @ S + dS[:, :, c]
+        P = torch.stack(Ps, 2)
+        u = U0 - W @ P
+    o = torch.exp(gl)[..., None] * (qc @ P) + ((qc @ kc.transpose(-1, -2)) * D) @ u
+    return u.reshape(B, H, Tp, V), P, o.reshape(B, H, Tp, V), S, gl
 
 
 def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
