@@ -13,10 +13,12 @@ Autograd through these ops gives exact gradients for ``q, k, v, g, beta, lam``.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
 from dla.ops.dla.scan import ScanResult, dla_scan
@@ -184,32 +186,48 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
         if bool((ok & ~hit.any(-1)).any()):
             raise RuntimeError("chunk_dla_torch: a live boundary outside the candidate chunks (internal error)")
         sel = (first & ok[..., None]).to(q.dtype)  # [B, H, n, R-1, J]
-        # part A: sum_x dlam D(cx - 1, t) q_t^T P_cx
-        decA = torch.exp(torch.gather(seg[:, :, i], -1, cand)[:, :, None, :] + gli[..., None])  # [B, H, n, J]
-        coefA = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * decA
-        Pg = torch.gather(P, 2, cand[..., None, None].expand(B, H, J, K, V))
-        part = (coefA[..., None] * torch.einsum("bhtk,bhjkv->bhtjv", qi, Pg)).sum(3)
-        # part B: sum_x dlam sum_{cx <= s < x} D(s, t) (q_t . k_s) u_s
-        p = (xi - cx * BT).clamp(0, BT - 1)
-        scat = torch.zeros(B, H, n, J, BT, dtype=q.dtype, device=dev)
-        scat.scatter_add_(-1, p[:, :, :, None, :].expand(B, H, n, J, R - 1), (dl[..., None] * sel).transpose(-1, -2))
-        wsum = torch.cat([scat.flip(-1).cumsum(-1).flip(-1)[..., 1:], scat.new_zeros(B, H, n, J, 1)], -1)  # p > s
-        Kg = torch.gather(Kc, 2, cand[..., None, None].expand(B, H, J, BT, K))
-        Ug = torch.gather(Uc, 2, cand[..., None, None].expand(B, H, J, BT, V))
-        glg = torch.gather(gl, 2, cand[..., None].expand(B, H, J, BT))
-        cur = (cand == i)[:, :, None, :, None]
-        old = (glg[..., -1:] - glg)[:, :, None] + torch.gather(seg[:, :, i], -1, cand + 1)[
-            :, :, None, :, None] + gli[..., None, None]
-        same = gli[..., None, None] - glg[:, :, None]
-        expo = torch.where(cur, same, old)
-        ok_s = ~cur | (s_idx[None, None, None, None, :] <= torch.arange(n, device=dev)[None, None, :, None, None])
-        W = wsum * torch.exp(expo.masked_fill(~ok_s, float("-inf")))
-        qk = torch.einsum("bhtk,bhjsk->bhtjs", qi, Kg)
-        part = part + torch.einsum("bhtjs,bhjsv->bhtv", W * qk, Ug)
+        terms = functools.partial(_chunk_terms, i=i, cand=cand, sel=sel, p=(xi - cx * BT).clamp(0, BT - 1), BT=BT)
+        args = (qi, gli, dl, P, Kc, Uc, gl, seg[:, :, i])
+        if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+            part = checkpoint(terms, *args, use_reentrant=False)  # keeps only the inputs for the backward
+        else:
+            part = terms(*args)
         if init is not None:
             part = part + _initial_terms(qi, gli, seg[:, :, i, 0], xi, dl, virtual[:, :, t0:t1], init)
         outs.append(o[:, :, t0:t0 + BT] + F.pad(part, (0, 0, 0, BT - n)))
     return torch.cat(outs, 2)
+
+
+def _chunk_terms(qi, gli, dl, P, Kc, Uc, gl, seg_i, *, i, cand, sel, p, BT):
+    """The boundary terms of query chunk ``i``: ``sum_x dlam_t(x) D(x-1, t) q_t^T P_x`` over its live boundaries.
+
+    ``cand [B, H, J]``: candidate key chunks; ``sel [B, H, n, R-1, J]``: which candidate holds each boundary;
+    ``p [B, H, n, R-1]``: the boundary's offset inside its key chunk.
+    """
+    B, H, n, K = qi.shape
+    V, NT, J, R1 = Uc.shape[-1], P.shape[2], cand.shape[-1], dl.shape[-1]
+    s_idx = torch.arange(BT, device=qi.device)
+    # part A: sum_x dlam D(cx - 1, t) q_t^T P_cx
+    decA = torch.exp(torch.gather(seg_i, -1, cand)[:, :, None, :] + gli[..., None])  # [B, H, n, J]
+    coefA = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * decA
+    Pg = torch.gather(P, 2, cand[..., None, None].expand(B, H, J, K, V))
+    part = (coefA[..., None] * torch.einsum("bhtk,bhjkv->bhtjv", qi, Pg)).sum(3)
+    # part B: sum_x dlam sum_{cx <= s < x} D(s, t) (q_t . k_s) u_s
+    scat = torch.zeros(B, H, n, J, BT, dtype=qi.dtype, device=qi.device)
+    scat = scat.scatter_add(-1, p[:, :, :, None, :].expand(B, H, n, J, R1), (dl[..., None] * sel).transpose(-1, -2))
+    wsum = torch.cat([scat.flip(-1).cumsum(-1).flip(-1)[..., 1:], scat.new_zeros(B, H, n, J, 1)], -1)  # p > s
+    Kg = torch.gather(Kc, 2, cand[..., None, None].expand(B, H, J, BT, K))
+    Ug = torch.gather(Uc, 2, cand[..., None, None].expand(B, H, J, BT, V))
+    glg = torch.gather(gl, 2, cand[..., None].expand(B, H, J, BT))
+    cur = (cand == i)[:, :, None, :, None]
+    old = (glg[..., -1:] - glg)[:, :, None] + torch.gather(seg_i, -1, cand + 1)[:, :, None, :, None] \
+        + gli[..., None, None]
+    same = gli[..., None, None] - glg[:, :, None]
+    expo = torch.where(cur, same, old)
+    ok_s = ~cur | (s_idx[None, None, None, None, :] <= torch.arange(n, device=qi.device)[None, None, :, None, None])
+    W = wsum * torch.exp(expo.masked_fill(~ok_s, float("-inf")))
+    qk = torch.einsum("bhtk,bhjsk->bhtjs", qi, Kg)
+    return part + torch.einsum("bhtjs,bhjsv->bhtv", W * qk, Ug)
 
 
 def _initial_terms(qi, gli, seg0, xi, dl, virtual, init):
