@@ -266,12 +266,17 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
                 inputs_embeds: Optional[torch.Tensor] = None, labels: Optional[torch.LongTensor] = None,
                 use_cache: Optional[bool] = None, cu_seqlens: Optional[torch.Tensor] = None,
                 logits_to_keep: Union[int, torch.Tensor] = 0, output_hidden_states: Optional[bool] = None,
-                return_dict: Optional[bool] = None, **kwargs) -> Union[CausalLMOutputWithPast, Tuple]:
+                return_dict: Optional[bool] = None,
+                num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
+                **kwargs) -> Union[CausalLMOutputWithPast, Tuple]:
         """Logits ``[B, T, vocab]`` (and the next-token loss when ``labels`` is given).
 
         Args:
             labels: ``[B, T]`` token ids, ``-100`` where no loss is taken; shifted inside (position ``t`` predicts
-                ``labels[:, t + 1]``). The loss is computed in float32.
+                ``labels[:, t + 1]``; with packed documents set ``-100`` on each document's first token). The loss
+                is the cross-entropy in float32 (float64 for float64 models), averaged over the predicted labels.
+            num_items_in_batch: divide the summed loss by this count instead (gradient accumulation, as the
+                transformers Trainer passes it).
             logits_to_keep: compute logits only for the last ``n`` positions (``0`` = all) or for the positions of
                 a 1-D index tensor.
             Others: as :meth:`DLAModel.forward`.
@@ -290,8 +295,11 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
             if labels.shape != logits.shape[:2]:
                 raise ValueError(f"labels: expected shape {tuple(logits.shape[:2])} (logits_to_keep=0), "
                                  f"got {tuple(labels.shape)}")
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+            dt = torch.promote_types(logits.dtype, torch.float32)
+            loss = F.cross_entropy(logits[:, :-1].to(dt).flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
+                                   ignore_index=-100, reduction="mean" if num_items_in_batch is None else "sum")
+            if num_items_in_batch is not None:
+                loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                         hidden_states=out.hidden_states)
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()

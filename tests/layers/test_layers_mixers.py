@@ -152,7 +152,7 @@ def test_cache_state_has_a_fixed_width(name, policy):
 def test_mamba2_init_and_no_weight_decay():
     torch.manual_seed(0)
     mixer = Mamba2Mixer(D, num_heads=64, head_v_dim=1, head_k_dim=4, policy="dla", capacity=3)
-    A, dt = torch.exp(mixer.A_log), F.softplus(mixer.dt_bias)
+    A, dt = torch.exp(mixer.A_log.detach()), F.softplus(mixer.dt_bias.detach())
     assert float(A.min()) >= 1.0 and float(A.max()) <= 16.0 and float(A.max() - A.min()) > 5.0
     assert float(dt.min()) >= 1e-3 * (1 - 1e-5) and float(dt.max()) <= 0.1 * (1 + 1e-5)
     assert torch.equal(mixer.D.detach(), torch.ones(64))
@@ -166,7 +166,7 @@ def test_gdn_init_and_no_weight_decay():
     torch.manual_seed(0)
     mixer = GatedDeltaNetMixer(D, num_heads=64, head_k_dim=4, head_v_dim=1, policy="fenwick",
                                max_position_embeddings=1000)
-    A = torch.exp(mixer.A_log)
+    A = torch.exp(mixer.A_log.detach())
     assert float(A.min()) > 0.0 and float(A.max()) <= 16.0
     assert mixer.lam_scale.shape == (64, 11)  # ceil(log2 1000) + 1 levels
     flagged = {n for n, p in mixer.named_parameters() if getattr(p, "_no_weight_decay", False)}

@@ -1,7 +1,7 @@
 """DLA language models: decoding == one pass, padding, packing, constant cache memory, gradients, generate().
 
-Tolerances (relative error ``||a - b|| / ||b||``): float64 1e-9; float32 1e-4; generate() returns float32 logits,
-compared with a float64 forward at 1e-5.
+Tolerances (relative error ``||a - b|| / ||b||``): float64 1e-9; float32 1e-5 (measured ~3e-7 at T = 64);
+generate() returns float32 logits, compared with a float64 forward at 1e-5.
 """
 
 import pytest
@@ -11,7 +11,7 @@ from dla.models import DLACache
 
 CASES = ["mamba2-single", "mamba2-fenwick", "mamba2-dla", "gdn-single", "gdn-fenwick", "gdn-dla", "attention",
          "hybrid"]
-TOL64, TOL32, TOL_GENERATE = 1e-9, 1e-4, 1e-5
+TOL64, TOL32, TOL_GENERATE = 1e-9, 1e-5, 1e-5
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -24,16 +24,16 @@ def tokens(B=2, T=16, seed=1):
     return torch.randint(1, 64, (B, T))
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, TOL64), (torch.float32, TOL32)], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype,tol,T", [(torch.float64, TOL64, 16), (torch.float32, TOL32, 48)], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES)
-def test_incremental_decoding_matches_full_forward(make_model, case, dtype, tol):
-    model, ids = make_model(case, dtype), tokens()
+def test_incremental_decoding_matches_full_forward(make_model, case, dtype, tol, T):
+    model, ids = make_model(case, dtype), tokens(T=T)
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         out = model(ids[:, :6])
         cache = out.past_key_values
-        logits = [out.logits] + [model(ids[:, t:t + 1], past_key_values=cache).logits for t in range(6, 16)]
-    assert isinstance(cache, DLACache) and cache.get_seq_length() == 16
+        logits = [out.logits] + [model(ids[:, t:t + 1], past_key_values=cache).logits for t in range(6, T)]
+    assert isinstance(cache, DLACache) and cache.get_seq_length() == T
     assert rel(torch.cat(logits, 1), full) <= tol
 
 
@@ -104,6 +104,34 @@ def test_gradients_reach_every_parameter(make_model, case):
     out.loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+@pytest.mark.parametrize("case", ["gdn-dla", "hybrid"])
+def test_gradient_checkpointing_gives_the_same_gradients(make_model, case):
+    ids = tokens(T=16)
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model(case)
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.model.layers[0].gradient_checkpointing
+        model.train()
+        model(ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert rel(grads[1], grads[0]) <= TOL64
+
+
+def test_loss_ignores_masked_labels_and_can_be_summed_over_a_count(make_model):
+    model, ids = make_model("gdn-dla"), tokens(T=10)
+    labels = ids.clone()
+    labels[:, :4] = -100
+    with torch.no_grad():
+        logits = model(ids).logits
+        mean = model(ids, labels=labels).loss
+        summed = model(ids, labels=labels, num_items_in_batch=torch.tensor(3)).loss
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    expected = -logp[:, 3:].sum()  # positions 3..8 predict the unmasked labels 4..9
+    assert rel(mean, expected / 12) <= TOL64 and rel(summed, expected / 3) <= TOL64
 
 
 def test_tied_embeddings_share_one_tensor(make_model):
