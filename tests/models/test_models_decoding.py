@@ -187,3 +187,16 @@ def test_attention_model_refuses_prompts_longer_than_max_positions(make_model):
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model.generate(tokens(B=1, T=10), max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
     assert model(tokens(B=1, T=12)).logits.shape == (1, 12, 64)
+
+
+@pytest.mark.parametrize("case", ["mamba2-fenwick", "hybrid"])
+def test_generate_continues_from_a_returned_cache(make_model, case):
+    model, ids = make_model(case), tokens(T=6)
+    with torch.no_grad():
+        once = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        first = model.generate(ids, max_new_tokens=4, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
+        cache = first.past_key_values
+        assert cache.get_seq_length() == 9  # the last generated token is not fed yet
+        again = model.generate(first.sequences, past_key_values=cache, max_new_tokens=4, do_sample=False,
+                               pad_token_id=0)
+    assert torch.equal(again, once)
