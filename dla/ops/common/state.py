@@ -25,6 +25,9 @@ class DLAState:
         counts: ``[B, H, C]`` int64 number of tokens ``n_j`` summarised by each slot.
         info: ``[B, H, C]`` information sums ``I_j`` (slot 0 of a sequence starts with 0).
         num_slots: ``[B, H]`` int64 live slots ``m``. For ``dla_unbounded``, ``C`` is the largest ``m``.
+        open_norm: ``[B, H]`` ``||S_open||_F^2`` as the chunked scan carries it (a running recursion), or
+            ``None``. A continuation uses it instead of recomputing the norm from ``slots``, so that a chunked
+            prefill followed by decode steps takes exactly the decisions of one pass.
 
     The backbone state is ``slots.sum(2)`` for every policy and slot transition. The number of tokens seen
     is ``counts.sum(-1)``; the ``fenwick`` policy reads its levels from the counts.
@@ -34,6 +37,7 @@ class DLAState:
     counts: torch.Tensor
     info: torch.Tensor
     num_slots: torch.Tensor
+    open_norm: Optional[torch.Tensor] = None
 
     @property
     def backbone_state(self) -> torch.Tensor:
@@ -42,11 +46,13 @@ class DLAState:
 
     def to(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> "DLAState":
         """Move to ``device``; cast the float fields (slots, info) to ``dtype``."""
+        norm = None if self.open_norm is None else self.open_norm.to(device=device, dtype=dtype)
         return DLAState(self.slots.to(device=device, dtype=dtype), self.counts.to(device=device),
-                        self.info.to(device=device, dtype=dtype), self.num_slots.to(device=device))
+                        self.info.to(device=device, dtype=dtype), self.num_slots.to(device=device), norm)
 
     def clone(self) -> "DLAState":
-        return DLAState(*(getattr(self, f.name).clone() for f in fields(self)))
+        return DLAState(*(None if getattr(self, f.name) is None else getattr(self, f.name).clone()
+                          for f in fields(self)))
 
 
 @dataclass

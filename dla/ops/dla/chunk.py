@@ -86,7 +86,8 @@ def _check_cu_seqlens(cu_seqlens: torch.Tensor, q: torch.Tensor) -> List[int]:
 
 
 def _row(state: DLAState, n: int) -> DLAState:
-    return DLAState(state.slots[n:n + 1], state.counts[n:n + 1], state.info[n:n + 1], state.num_slots[n:n + 1])
+    norm = None if state.open_norm is None else state.open_norm[n:n + 1]
+    return DLAState(state.slots[n:n + 1], state.counts[n:n + 1], state.info[n:n + 1], state.num_slots[n:n + 1], norm)
 
 
 def _pad_last(x: torch.Tensor, width: int, field: str) -> torch.Tensor:
@@ -102,4 +103,5 @@ def _stack_states(states: List[DLAState]) -> DLAState:
         torch.cat([pad(s.counts, width) for s in states]),
         torch.cat([pad(s.info, width) for s in states]),
         torch.cat([s.num_slots for s in states]),
+        torch.cat([s.open_norm for s in states]),
     )

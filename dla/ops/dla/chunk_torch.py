@@ -278,7 +278,7 @@ def _final_state(k, u, gl, P, S_last, seg, scan: ScanResult, init, M, BT) -> DLA
     slots = (nxt - full) * live[..., None, None]
     counts = _fit(scan.counts.view(B, H, -1), M, 0) * live
     info = _fit(scan.info.view(B, H, -1), M, 0) * live
-    return DLAState(slots, counts, info, m)
+    return DLAState(slots, counts, info, m, scan.open_norm.view(B, H))
 
 
 def _fit(x: torch.Tensor, width: int, fill) -> torch.Tensor:

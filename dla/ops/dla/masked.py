@@ -132,4 +132,6 @@ def _final_state(seg, k, u, D_last, D0_last, init, m0) -> DLAState:
     keep = torch.arange(R, device=k.device) < m[..., None]
     chrono = lambda x: torch.gather(x, 2, order.view(B, H, R, *([1] * (x.dim() - 3))).expand_as(x))  # noqa: E731
     mask = lambda x: x * keep.view(B, H, R, *([1] * (x.dim() - 3))).to(x.dtype)  # noqa: E731
-    return DLAState(mask(chrono(slots_nf)), mask(chrono(counts_nf)), mask(chrono(info_nf)), m)
+    slots = mask(chrono(slots_nf))
+    open_slot = torch.gather(slots, 2, (m - 1).clamp_min(0).view(B, H, 1, 1, 1).expand(B, H, 1, K, slots.shape[-1]))
+    return DLAState(slots, mask(chrono(counts_nf)), mask(chrono(info_nf)), m, (open_slot ** 2).sum((2, 3, 4)))

@@ -201,10 +201,12 @@ def _pack_state(finals, policy, capacity, R, K, V, dt, device) -> DLAState:
     state = DLAState(torch.zeros(B, H, width, K, V, dtype=dt, device=device),
                      torch.zeros(B, H, width, dtype=torch.int64, device=device),
                      torch.zeros(B, H, width, dtype=dt, device=device),
-                     torch.zeros(B, H, dtype=torch.int64, device=device))
+                     torch.zeros(B, H, dtype=torch.int64, device=device), torch.zeros(B, H, dtype=dt, device=device))
     for b in range(B):
         for h in range(H):
             for j, s in enumerate(finals[b][h]):
                 state.slots[b, h, j], state.counts[b, h, j], state.info[b, h, j] = s.S, s.n, s.info
             state.num_slots[b, h] = len(finals[b][h])
+            if finals[b][h]:
+                state.open_norm[b, h] = (finals[b][h][-1].S ** 2).sum()
     return state

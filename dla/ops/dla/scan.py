@@ -31,6 +31,7 @@ class ScanResult:
     counts: torch.Tensor  # [N, M]
     info: torch.Tensor  # [N, M]
     m: torch.Tensor  # [N]
+    open_norm: torch.Tensor  # [N] ||S_open||^2 after the last token (the recursion's value)
 
 
 class _Slots:
@@ -118,6 +119,8 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
     else:
         O = torch.zeros(N, K, V, dtype=dt, device=dev)
     x_carry = (O * O).sum((-1, -2))
+    if initial_state is not None and initial_state.open_norm is not None:
+        x_carry = initial_state.open_norm.reshape(N).to(dev, dt)
     open_start = slots.last(slots.pos)
 
     out = ScanResult(
@@ -126,7 +129,7 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
         merged=torch.full((N, T), -1, dtype=torch.int64, device=dev),
         starts=torch.full((N, T, R), UNUSED_START, dtype=torch.int64, device=dev),
         lam_index=torch.full((N, T, R), -1, dtype=torch.int64, device=dev),
-        pos=slots.pos, counts=slots.n, info=slots.info, m=slots.m)
+        pos=slots.pos, counts=slots.n, info=slots.info, m=slots.m, open_norm=x_carry)
     tril = torch.ones(BT, BT, dtype=torch.bool, device=dev).tril(-1)
     for c in range(0, Tp, BT):
         kc, uc, gl = k[:, c:c + BT], u[:, c:c + BT], g[:, c:c + BT].cumsum(-1)  # [N, BT, K] [N, BT, V] [N, BT]
@@ -176,7 +179,7 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
         w = torch.exp(gl[:, -1:] - gl) * (s_idx >= loc.clamp_min(0))
         O = torch.where(loc[..., None] < 0, torch.exp(gl[:, -1])[:, None, None] * O, torch.zeros_like(O)) \
             + torch.einsum("nt,ntk,ntv->nkv", w, kc, uc)
-    out.pos, out.counts, out.info, out.m = slots.pos, slots.n, slots.info, slots.m
+    out.pos, out.counts, out.info, out.m, out.open_norm = slots.pos, slots.n, slots.info, slots.m, x_carry
     return out
 
 

@@ -22,7 +22,7 @@ def _same_segmentation(a, b):
 def _state_err(a: DLAState, b: DLAState):
     assert bool((a.num_slots == b.num_slots).all())
     assert bool((a.counts == b.counts).all())
-    return max(rel_err(a.slots, b.slots), rel_err(a.info, b.info))
+    return max(rel_err(a.slots, b.slots), rel_err(a.info, b.info), rel_err(a.open_norm, b.open_norm))
 
 
 @pytest.mark.parametrize("T", [1, 63, 64, 65, 300])
