@@ -46,13 +46,17 @@ def masked_dla(
                           initial_state=initial_state)
     if output_final_state and policy == "dla_unbounded":
         raise ValueError("output_final_state: masked_dla cannot rebuild dla_unbounded's slots; use naive_dla")
+    if v.shape[1] == 0:  # nothing to mask: the slot form returns the (initial) state as it is
+        return naive_dla(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
+                         block_size=block_size, score=score, initial_state=initial_state,
+                         output_final_state=output_final_state)
     if segmentation is None:
         with torch.no_grad():
             segmentation = naive_dla(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
                                      block_size=block_size, score=score, initial_state=initial_state,
                                      return_segmentation=True)[2]
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
-    dt = torch.promote_types(v.dtype, torch.float32)
+    out_dtype, dt = v.dtype, torch.promote_types(v.dtype, torch.float32)
     rep = H // dims.G
     q, k = (x.to(dt).repeat_interleave(rep, dim=2).transpose(1, 2) for x in (q, k))  # [B, H, T, K]
     v, g = v.to(dt).transpose(1, 2), g.to(dt).transpose(1, 2)  # [B, H, T, V], [B, H, T]
@@ -90,7 +94,7 @@ def masked_dla(
         w0 = _rank_weight(starts, lam_index, lam, virt[:, :, None, :])  # [B, H, t, C0]
         w0 = w0 * (j < m0[..., None])[:, :, None, :]
         o = o + torch.einsum("bht,bhtj,bhtk,bhjkv->bhtv", D0, w0, q, S0)
-    o = (o * dims.scale).transpose(1, 2).to(v.dtype)
+    o = (o * dims.scale).transpose(1, 2).to(out_dtype)
     if not output_final_state:
         return o, None
     return o, _final_state(segmentation, k, u, D[..., -1, :], D0[..., -1], init, m0)

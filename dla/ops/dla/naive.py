@@ -85,7 +85,7 @@ def naive_dla(
                           initial_state=initial_state)
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     rep = H // dims.G
-    dt = torch.promote_types(v.dtype, torch.float32)
+    out_dtype, dt = v.dtype, torch.promote_types(v.dtype, torch.float32)
     q, k, v, g = (x.to(dt) for x in (q, k, v, g))
     beta = beta.to(dt) if beta is not None else None
     lam = lam.to(dt) if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)
@@ -144,7 +144,7 @@ def naive_dla(
                 seg.score[b, t, h], seg.boundary[b, t, h] = info, opened
                 seg.num_slots[b, t, h], seg.merged[b, t, h] = len(slots), merged
             finals[-1].append(slots)
-    o = (o * dims.scale).to(v.dtype)
+    o = (o * dims.scale).to(out_dtype)
     final = _pack_state(finals, policy, capacity, R, K, V, dt, v.device) if output_final_state else None
     return (o, final, seg) if return_segmentation else (o, final)
 

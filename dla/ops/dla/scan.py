@@ -108,7 +108,7 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
     score_fn = SCORES[score]
     m0 = int(initial_state.num_slots.max()) if initial_state is not None else 0
     M = {"single": 1, "fenwick": R + 1, "dla_unbounded": m0 + T + 1}.get(policy, capacity)
-    M = max(M, m0)
+    M = max(M, initial_state.counts.shape[-1] if initial_state is not None else 0)
     slots = _Slots(N, M, dt, dev, initial_state)
     seen = initial_state.counts.reshape(N, -1).sum(-1).to(dev) if initial_state is not None else \
         torch.zeros(N, dtype=torch.int64, device=dev)
