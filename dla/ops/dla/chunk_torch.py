@@ -148,11 +148,8 @@ def _backbone(q, k, v, g, beta, S0, BT):
 
 
 def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
-    """``lam_open * o_base`` plus the telescoping boundary terms, one query chunk at a time."""
-    B, H, Tp, K = k.shape
-    V = u.shape[-1]
-    NT, R = Tp // BT, starts.shape[-1]
-    dev = k.device
+    """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones)."""
+    Tp = k.shape[2]
     idx0 = lam_index[..., 0].clamp_min(0)
     lam0 = torch.gather(lam, -1, idx0[..., None])[..., 0]  # [B, H, T]
     nxt_valid = lam_index[..., 1:] >= 0
@@ -161,40 +158,70 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
     dlam = torch.where(nxt_valid, lam_r[..., 1:] - lam_r[..., :-1], torch.zeros_like(lam_r[..., 1:]))  # [B,H,T,R-1]
     x = starts[..., :-1]  # boundary positions [B, H, T, R-1]
     real = nxt_valid & (x >= 0)
-    virtual = nxt_valid & (x < 0)
     o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
+    if x.shape[-1] > 0:
+        o = o + F.pad(boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT), (0, 0, 0, Tp - T))
+    if init is not None:
+        virtual = nxt_valid & (x < 0)
+        parts = [_initial_terms(q[:, :, t0:t0 + BT][:, :, :T - t0], gl[:, :, i, :min(BT, T - t0)], seg[:, :, i, 0],
+                                x[:, :, t0:t0 + BT], dlam[:, :, t0:t0 + BT], virtual[:, :, t0:t0 + BT], init)
+                 for i, t0 in enumerate(range(0, T, BT))]
+        o = o + F.pad(torch.cat(parts, 2), (0, 0, 0, Tp - T))
+    return o
+
+
+def boundary_candidates(x: torch.Tensor, real: torch.Tensor, BT: int):
+    """Per query chunk, the key chunks that can hold a live boundary, and each boundary's place among them.
+
+    Args:
+        x: ``[B, H, T, R1]`` boundary positions; real: ``[B, H, T, R1]`` which of them are live and ``>= 0``.
+    Returns:
+        ``cand [B, H, NT, R1 + 1]`` sorted candidate chunks (those of the boundaries live before the query chunk,
+        and the chunk itself; duplicates possible), ``jidx [B, H, T, R1]`` the first candidate equal to each
+        boundary's chunk (-1 where not real), ``off [B, H, T, R1]`` its offset inside that chunk.
+    """
+    B, H, T, R1 = x.shape
+    NT = (T + BT - 1) // BT
+    cx = torch.where(real, torch.div(x, BT, rounding_mode="floor"), -1)
+    i = torch.arange(NT, device=x.device)
+    prev_t = (i * BT - 1).clamp_min(0)
+    prev = cx[:, :, prev_t]  # [B, H, NT, R1] chunks of the boundaries live at the token before each chunk
+    prev = torch.where((prev >= 0) & (i[:, None] > 0), prev, i[:, None])
+    cand = torch.cat([prev, i[None, None, :, None].expand(B, H, NT, 1)], -1).sort(-1).values
+    tok_chunk = torch.arange(T, device=x.device) // BT
+    rows = cand[:, :, tok_chunk]  # [B, H, T, R1 + 1]
+    jidx = torch.searchsorted(rows.contiguous(), cx.clamp_min(0).contiguous())
+    jidx = torch.where(real, jidx, -1)
+    found = torch.gather(rows, -1, jidx.clamp(0, R1))
+    if bool((real & (found != cx)).any()):
+        raise RuntimeError("boundary_candidates: a live boundary outside the candidate chunks (internal error)")
+    return cand, jidx, (x - cx * BT).clamp(0, BT - 1)
+
+
+def boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT):
+    """``sum_x dlam_t(x) D(x-1, t) q_t^T P_x`` over each token's live real boundaries: ``[B, H, T, V]``.
+
+    PyTorch, one query chunk at a time, each under activation checkpointing (the backward keeps only inputs).
+    """
+    B, H, Tp, K = k.shape
+    V, T = u.shape[-1], x.shape[2]
+    NT = Tp // BT
+    cand, jidx, off = boundary_candidates(x, real, BT)
+    J = cand.shape[-1]
     Kc, Uc = k.view(B, H, NT, BT, K), u.view(B, H, NT, BT, V)
-    s_idx = torch.arange(BT, device=dev)
     outs = []
     for i in range(NT):
         t0, t1 = i * BT, min((i + 1) * BT, T)
-        n = t1 - t0
-        if n <= 0:
-            outs.append(o[:, :, t0:t0 + BT])
-            continue
-        qi, gli = q[:, :, t0:t1], gl[:, :, i, :n]  # [B, H, n, K], [B, H, n]
-        xi, dl, ok = x[:, :, t0:t1], dlam[:, :, t0:t1], real[:, :, t0:t1]
-        cx = torch.where(ok, torch.div(xi, BT, rounding_mode="floor"), torch.full_like(xi, i))
-        # candidate key chunks: those of the boundaries live before the chunk, and chunk i itself
-        prev = x[:, :, t0 - 1] if t0 > 0 else torch.full_like(x[:, :, 0], -1)
-        prev_ok = real[:, :, t0 - 1] if t0 > 0 else torch.zeros_like(prev, dtype=torch.bool)
-        cand = torch.cat([torch.where(prev_ok, torch.div(prev, BT, rounding_mode="floor"), i),
-                          torch.full_like(prev[..., :1], i)], -1)  # [B, H, J]
-        J = cand.shape[-1]
-        hit = cx[..., None] == cand[:, :, None, None, :]  # [B, H, n, R-1, J]
-        first = hit & (hit.long().cumsum(-1) == 1)
-        if bool((ok & ~hit.any(-1)).any()):
-            raise RuntimeError("chunk_dla_torch: a live boundary outside the candidate chunks (internal error)")
-        sel = (first & ok[..., None]).to(q.dtype)  # [B, H, n, R-1, J]
-        terms = functools.partial(_chunk_terms, i=i, cand=cand, sel=sel, p=(xi - cx * BT).clamp(0, BT - 1), BT=BT)
-        args = (qi, gli, dl, P, Kc, Uc, gl, seg[:, :, i])
+        if t1 <= t0:
+            break
+        ji = jidx[:, :, t0:t1]
+        sel = (ji[..., None] == torch.arange(J, device=k.device)).to(q.dtype)  # [B, H, n, R1, J]
+        terms = functools.partial(_chunk_terms, i=i, cand=cand[:, :, i], sel=sel, p=off[:, :, t0:t1], BT=BT)
+        args = (q[:, :, t0:t1], gl[:, :, i, :t1 - t0], dlam[:, :, t0:t1], P, Kc, Uc, gl, seg[:, :, i])
         if torch.is_grad_enabled() and any(a.requires_grad for a in args):
-            part = checkpoint(terms, *args, use_reentrant=False)  # keeps only the inputs for the backward
+            outs.append(checkpoint(terms, *args, use_reentrant=False))  # keeps only the inputs for the backward
         else:
-            part = terms(*args)
-        if init is not None:
-            part = part + _initial_terms(qi, gli, seg[:, :, i, 0], xi, dl, virtual[:, :, t0:t1], init)
-        outs.append(o[:, :, t0:t0 + BT] + F.pad(part, (0, 0, 0, BT - n)))
+            outs.append(terms(*args))
     return torch.cat(outs, 2)
 
 
