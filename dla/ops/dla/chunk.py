@@ -29,6 +29,7 @@ def chunk_dla(
     return_segmentation: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
+    backend: Optional[str] = None,
 ):
     """Dynamic Linear Attention, chunked (``O(T C)``); semantics of :func:`dla.ops.naive_dla`.
 
@@ -39,6 +40,8 @@ def chunk_dla(
             packed along ``T`` of a batch of one; every sequence starts with an empty cache (or with row ``n``
             of ``initial_state``, whose batch is then ``N``), and the final state has batch ``N``.
         chunk_size: tokens per chunk.
+        backend: ``torch`` (any device), ``triton`` (the Triton kernels; on CPU only under ``TRITON_INTERPRET=1``),
+            or ``None``: ``triton`` for CUDA tensors when Triton is installed, else ``torch``.
 
     Returns:
         ``(o [B, T, H, V], final_state or None)``, plus the :class:`Segmentation` if asked.
@@ -46,9 +49,11 @@ def chunk_dla(
     Runs the PyTorch chunked form (:mod:`dla.ops.dla.chunk_torch`); gradients are exact for
     ``q, k, v, g, beta, lam``.
     """
+    if backend is None:
+        backend = "triton" if q.is_cuda and _has_triton() else "torch"
     kwargs = dict(scale=scale, tau=tau, capacity=capacity, policy=policy, block_size=block_size, score=score,
                   output_final_state=output_final_state, return_segmentation=return_segmentation,
-                  chunk_size=chunk_size)
+                  chunk_size=chunk_size, backend=backend)
     if cu_seqlens is None:
         return chunk_dla_torch(q, k, v, g, lam, beta, initial_state=initial_state, **kwargs)
     bounds = _check_cu_seqlens(cu_seqlens, q)
@@ -105,3 +110,11 @@ def _stack_states(states: List[DLAState]) -> DLAState:
         torch.cat([s.num_slots for s in states]),
         torch.cat([s.open_norm for s in states]),
     )
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -43,17 +43,24 @@ def chunk_dla_torch(
     output_final_state: bool = False,
     return_segmentation: bool = False,
     chunk_size: int = 64,
+    backend: str = "torch",
 ):
     """Chunked DLA in PyTorch; arguments and returns as :func:`dla.ops.naive_dla` (additive transition).
 
     ``chunk_size``: tokens per chunk (any ``>= 1``; 64 matches the kernels). Computation runs in float64
     for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
+    ``backend``: ``torch``, or ``triton`` for the Triton boundary readout (float32; backward by recomputing the
+    PyTorch form; needs ``chunk_size >= 16`` and a power of two).
     """
     dims = check_dla_args(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
                           block_size=block_size, score=score, slot_transition="additive",
                           initial_state=initial_state)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
+        raise ValueError(f"chunk_size: the triton backend needs a power of two >= 16, got {chunk_size}")
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     dt = torch.promote_types(v.dtype, torch.float32)
     BT = chunk_size
@@ -82,7 +89,7 @@ def chunk_dla_torch(
     # block sums of log-decay: seg[i, c] = sum of chunk totals c..i-1 (0 for c >= i); i, c in 0..NT
     seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
 
-    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T)
+    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T, backend)
     o = (o * dims.scale)[:, :, :T].transpose(1, 2).to(v.dtype)
     final = None
     if output_final_state:
@@ -147,7 +154,7 @@ def _backbone(q, k, v, g, beta, S0, BT):
     return u.reshape(B, H, Tp, V), P, o.reshape(B, H, Tp, V), S, gl
 
 
-def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
+def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch"):
     """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones)."""
     Tp = k.shape[2]
     idx0 = lam_index[..., 0].clamp_min(0)
@@ -159,7 +166,10 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T):
     x = starts[..., :-1]  # boundary positions [B, H, T, R-1]
     real = nxt_valid & (x >= 0)
     o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
-    if x.shape[-1] > 0:
+    if x.shape[-1] > 0 and backend == "triton":
+        from dla.ops.dla.readout_fwd import BoundaryTerms
+        o = o + F.pad(BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT), (0, 0, 0, Tp - T))
+    elif x.shape[-1] > 0:
         o = o + F.pad(boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT), (0, 0, 0, Tp - T))
     if init is not None:
         virtual = nxt_valid & (x < 0)

@@ -1,0 +1,138 @@
+"""Triton forward of DLA's boundary readout (DESIGN.md section 4, step 3).
+
+One program per (value tile, query chunk, batch x head). For each candidate key chunk ``c`` (at most ``R``,
+see :func:`dla.ops.dla.chunk_torch.boundary_candidates`) it adds
+
+    coefA[t] * q_t^T P_c  +  sum_s W[t, s] D(s, t) (q_t . k_s) u_s
+
+where ``coefA[t] = sum_{x in c} dlam_t(x) D(c*BT - 1, t)`` and ``W[t, s] = sum_{x in c, x > s} dlam_t(x)``.
+The math and index conventions are in ``docs/math.md`` section 7.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def readout_fwd_kernel(
+    q, k, u, gl, P, seg, cand, jidx, off, dl, o,
+    T, Tp, NT,
+    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+):
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_t = i_t * BT + tl.arange(0, BT)  # query positions
+    o_s = tl.arange(0, BT)  # key offsets inside a key chunk
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_t, m_k, m_v = o_t < T, o_k < K, o_v < V
+
+    b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+    b_gi = tl.load(gl + i_bh * Tp + o_t, mask=m_t, other=0.)  # [BT] chunk-local log-decay of the queries
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    p_seg = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
+    p_cand = cand + (i_bh * NT + i_t) * J
+    for j in range(J):
+        c = tl.load(p_cand + j)
+        fresh = j == 0
+        if j > 0:
+            fresh = c != tl.load(p_cand + j - 1)  # candidates are sorted; a repeat holds no boundary
+        if fresh:
+            # coefficients of this key chunk, from every rank's boundary that lies in it
+            b_cA = tl.zeros([BT], dtype=tl.float32)
+            b_W = tl.zeros([BT, BT], dtype=tl.float32)
+            for r in range(R1):
+                p_r = (i_bh * T + o_t) * R1 + r
+                b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+                b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
+                b_p = tl.load(off + p_r, mask=m_t, other=0)
+                b_cA += b_d
+                b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)  # [BT, BT]
+            b_cA = b_cA * tl.exp(tl.load(p_seg + c) + b_gi)
+            # part A: q_t^T P_c
+            p_P = P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :]
+            b_P = tl.load(p_P, mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
+            if IEEE:
+                b_qP = tl.dot(b_q, b_P, input_precision="ieee")
+            else:
+                b_qP = tl.dot(b_q, b_P)
+            b_o += b_cA[:, None] * b_qP
+            # part B: masked intra-chunk products against chunk c's keys and values
+            o_c = c * BT + o_s
+            b_k = tl.load(k + (i_bh * Tp + o_c[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+            b_u = tl.load(u + (i_bh * Tp + o_c[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+            b_gc = tl.load(gl + i_bh * Tp + o_c)  # [BT]
+            if c == i_t:
+                b_e = b_gi[:, None] - b_gc[None, :]
+                b_e = tl.where(o_s[None, :] <= tl.arange(0, BT)[:, None], b_e, float("-inf"))
+            else:
+                b_gend = tl.load(gl + i_bh * Tp + c * BT + BT - 1)
+                b_e = (b_gend - b_gc)[None, :] + tl.load(p_seg + c + 1) + b_gi[:, None]
+            if IEEE:
+                b_qk = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+            else:
+                b_qk = tl.dot(b_q, tl.trans(b_k))
+            b_A = b_qk * b_W * tl.exp(b_e)
+            if IEEE:
+                b_o += tl.dot(b_A, b_u, input_precision="ieee")
+            else:
+                b_o += tl.dot(b_A, b_u)
+    tl.store(o + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], b_o, mask=m_t[:, None] & m_v[None, :])
+
+
+def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, ieee: bool = True) -> torch.Tensor:
+    """Launch :func:`readout_fwd_kernel`.
+
+    Args:
+        q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``;
+        seg: ``[B, H, NT + 1, NT + 1]``; cand: ``[B, H, NT, J]``; jidx, off: ``[B, H, T, R1]`` int;
+        dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32).
+        ieee: exact float32 products (``False``: the GPU's TF32 tensor cores).
+    Returns:
+        ``[B, H, T, V]`` float32 boundary terms (unscaled).
+    """
+    B, H, Tp, K = k.shape
+    V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
+    f32 = lambda x: x.float().contiguous()  # noqa: E731
+    o = torch.empty(B, H, Tp, V, dtype=torch.float32, device=k.device)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(64, triton.next_power_of_2(V)))
+    grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
+    readout_fwd_kernel[grid](
+        f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(),
+        jidx.to(torch.int32).contiguous(), off.to(torch.int32).contiguous(), f32(dlam), o,
+        T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, IEEE=ieee, num_warps=4,
+    )
+    return o[:, :, :T]
+
+
+class BoundaryTerms(torch.autograd.Function):
+    """Triton forward; the backward recomputes the PyTorch form and differentiates it (exact gradients)."""
+
+    @staticmethod
+    def forward(ctx, q, k, u, gl, P, dlam, x, real, BT):
+        from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates
+
+        seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
+        cand, jidx, off = boundary_candidates(x, real, BT)
+        ctx.save_for_backward(q, k, u, gl, P, dlam, x, real)
+        ctx.BT = BT
+        B, H = q.shape[:2]
+        out = boundary_terms_fwd(q, k, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off, dlam, BT)
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from dla.ops.dla.chunk_torch import _block_segsum, boundary_terms
+
+        q, k, u, gl, P, dlam, x, real = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, u, gl, P, dlam), ctx.needs_input_grad)]
+        with torch.enable_grad():
+            seg = torch.nn.functional.pad(_block_segsum(inputs[3][..., -1]), (0, 1))
+            out = boundary_terms(*inputs[:5], seg, x, inputs[5], real, ctx.BT)
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else [])
+        return (*(next(grads) if t.requires_grad else None for t in inputs), None, None, None)
