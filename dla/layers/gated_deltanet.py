@@ -75,11 +75,12 @@ class GatedDeltaNetMixer(RecurrentMixer):
                 "A_log": uniform_log(self.num_heads, low, max(self.a_init_range[1], low), device=device),
                 "dt_bias": inverse_softplus_dt(self.num_heads, self.dt_min, self.dt_max, self.dt_floor, device)}
 
-    def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor]) -> Projected:
+    def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor],
+                 cu_seqlens: Optional[torch.Tensor] = None) -> Projected:
         B, T, _ = hidden.shape
         H, G, K, V = self.num_heads, self.num_qk_heads, self.head_k_dim, self.head_v_dim
         qkv = torch.cat([self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)], -1)
-        qkv, tail = self.conv(qkv, conv_tail)
+        qkv, tail = self.conv(qkv, conv_tail, cu_seqlens)
         q, k, v = torch.split(qkv, [self.key_size, self.key_size, self.value_size], -1)
         q = F.normalize(q.reshape(B, T, G, K), dim=-1, eps=1e-6)
         k = F.normalize(k.reshape(B, T, G, K), dim=-1, eps=1e-6)

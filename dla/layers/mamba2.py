@@ -72,11 +72,12 @@ class Mamba2Mixer(RecurrentMixer):
                 "dt_bias": inverse_softplus_dt(self.num_heads, self.dt_min, self.dt_max, self.dt_floor, device),
                 "D": torch.ones(self.num_heads, device=device)}
 
-    def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor]) -> Projected:
+    def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor],
+                 cu_seqlens: Optional[torch.Tensor] = None) -> Projected:
         B, T, _ = hidden.shape
         H, G, N, P = self.num_heads, self.num_qk_heads, self.head_k_dim, self.head_v_dim
         z, xBC, dt = torch.split(self.in_proj(hidden), [self.inner_size, self.conv_dim, H], -1)
-        xBC, tail = self.conv(xBC, conv_tail)
+        xBC, tail = self.conv(xBC, conv_tail, cu_seqlens)
         x, Bm, Cm = torch.split(xBC, [self.inner_size, G * N, G * N], -1)
         x = x.reshape(B, T, H, P)
         dt = F.softplus(dt + self.dt_bias.to(dt.dtype))  # [B, T, H]

@@ -111,8 +111,13 @@ class ShortConv(nn.Module):
             values["bias"] = torch.empty_like(self.bias).uniform_(-bound, bound)
         return values
 
-    def forward(self, x: torch.Tensor, tail: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``x [B, T, D]``, ``tail [B, D, W - 1]`` or ``None`` (zeros) -> ``(silu(conv(x)) [B, T, D], new tail)``."""
+    def forward(self, x: torch.Tensor, tail: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, T, D]``, ``tail [B, D, W - 1]`` or ``None`` (zeros) -> ``(silu(conv(x)) [B, T, D], new tail)``.
+
+        ``cu_seqlens`` (``[N + 1]`` offsets of documents packed in ``x [1, T, D]``, no ``tail``): every document
+        starts from zeros, as if run alone.
+        """
         B, T, D = x.shape
         W = self.kernel_size
         xt = x.transpose(1, 2)
@@ -122,8 +127,25 @@ class ShortConv(nn.Module):
             raise ValueError(f"tail: expected shape {(B, D, W - 1)}, got {tuple(tail.shape)}")
         full = torch.cat([tail.to(xt.dtype), xt], -1)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        y = F.conv1d(full, self.weight.to(x.dtype).unsqueeze(1), bias, groups=D)
-        return F.silu(y).transpose(1, 2), full[..., full.shape[-1] - (W - 1):]
+        if cu_seqlens is None:
+            y = F.conv1d(full, self.weight.to(x.dtype).unsqueeze(1), bias, groups=D).transpose(1, 2)
+        else:
+            y = self._packed(x, cu_seqlens, bias)
+        return F.silu(y), full[..., full.shape[-1] - (W - 1):]
+
+    def _packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The convolution with taps reaching before their document's start zeroed: ``W`` shifted sums."""
+        T, W = x.shape[1], self.kernel_size
+        t = torch.arange(T, device=x.device)
+        bounds = cu_seqlens.to(device=x.device, dtype=torch.int64)
+        start = bounds[torch.searchsorted(bounds[1:], t, right=True).clamp_max(bounds.numel() - 2)]
+        offset = (t - start)[None, :, None]  # [1, T, 1] position inside the document
+        weight = self.weight.to(x.dtype)
+        y = torch.zeros_like(x) if bias is None else bias.expand_as(x).clone()
+        for j in range(min(W, T)):  # tap j reads x[t - j]
+            shifted = F.pad(x, (0, 0, j, 0))[:, :T]
+            y = y + torch.where(offset >= j, shifted, torch.zeros_like(shifted)) * weight[:, W - 1 - j]
+        return y
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -143,8 +165,10 @@ def check_hidden(hidden: torch.Tensor, hidden_size: int) -> None:
         raise ValueError(f"hidden: expected [B, T, {hidden_size}], got {shape}")
 
 
-def check_mask(attention_mask: Optional[torch.Tensor], hidden: torch.Tensor) -> Optional[torch.Tensor]:
-    """Validate a ``[B, T]`` 0/1 padding mask; return it as bool, or ``None`` when it masks nothing."""
+def check_mask(attention_mask: Optional[torch.Tensor], hidden: torch.Tensor,
+               drop_full: bool = True) -> Optional[torch.Tensor]:
+    """Validate a ``[B, T]`` 0/1 padding mask; return it as bool, or ``None`` when it masks nothing (that test reads
+    the mask on the host; ``drop_full=False`` skips it and returns the mask as it is)."""
     if attention_mask is None:
         return None
     B, T = hidden.shape[:2]
@@ -153,7 +177,7 @@ def check_mask(attention_mask: Optional[torch.Tensor], hidden: torch.Tensor) -> 
         raise ValueError(f"attention_mask: expected a [B, T] = {(B, T)} 0/1 tensor (1 = token, 0 = padding), "
                          f"got {shape}")
     mask = attention_mask.to(device=hidden.device) != 0
-    return None if bool(mask.all()) else mask
+    return None if drop_full and bool(mask.all()) else mask
 
 
 def split_packed(cu_seqlens: torch.Tensor, hidden: torch.Tensor) -> List[Tuple[int, int]]:

@@ -1,19 +1,14 @@
-"""The one DLA op every layer calls. Switching implementation is the import below and nothing else.
+"""The DLA ops every recurrent layer calls. Switching implementation is the imports below and nothing else.
 
-``chunk_dla`` (O(T C), differentiable) when the installed ``dla.ops`` has it, else the slot-form reference
-``naive_dla`` (same signature and semantics, O(T C K V) Python loops: for tests and tiny models only).
+- ``dla_op`` (:func:`~dla.ops.chunk_dla`, ``O(T C)``, differentiable): training, prefill, padded batches and
+  packed documents (``cu_seqlens``).
+- ``dla_step`` (:func:`~dla.ops.dla_step`): one decode token for the whole batch, fixed shapes, no host
+  synchronisation; continues exactly from ``dla_op(..., output_final_state=True)``.
 """
 
 from __future__ import annotations
 
-import inspect
+from dla.ops import chunk_dla as dla_op
+from dla.ops import dla_step
 
-try:
-    from dla.ops import chunk_dla as dla_op
-except ImportError:
-    from dla.ops import naive_dla as dla_op
-
-OP_TAKES_CHUNK_SIZE = "chunk_size" in inspect.signature(dla_op).parameters
-"""Whether ``dla_op`` accepts ``chunk_size`` (the chunked op does; the reference does not)."""
-
-__all__ = ["dla_op", "OP_TAKES_CHUNK_SIZE"]
+__all__ = ["dla_op", "dla_step"]

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import math
 from abc import ABCMeta, abstractmethod
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dla.layers.modules import check_hidden, check_mask, copy_initial_values, mark_no_weight_decay, split_packed
-from dla.layers.op import OP_TAKES_CHUNK_SIZE, dla_op
-from dla.layers.state import RecurrentLayerCache, cat_states, empty_state, fit_state_width, select_state
+from dla.layers.op import dla_op, dla_step
+from dla.layers.state import (RecurrentLayerCache, empty_state, fit_state_width, scatter_state, select_state,
+                              where_state)
 from dla.ops import POLICIES, SCORES, DLAState
 from dla.ops.common.state import num_levels
 
@@ -104,8 +105,10 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
         return F.softplus(self.lam_scale * self.lam_proj(hidden).view(B, T, self.num_heads, self.lam_size))
 
     @abstractmethod
-    def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor]) -> Projected:
-        """``-> (q [B,T,G,K], k [B,T,G,K], v [B,T,H,V], g [B,T,H], beta [B,T,H] or None, aux, new conv tail)``."""
+    def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor],
+                 cu_seqlens: Optional[torch.Tensor] = None) -> Projected:
+        """``-> (q [B,T,G,K], k [B,T,G,K], v [B,T,H,V], g [B,T,H], beta [B,T,H] or None, aux, new conv tail)``;
+        with ``cu_seqlens`` the short convolution restarts at every document."""
 
     @abstractmethod
     def _output(self, o: torch.Tensor, aux: Any) -> torch.Tensor:
@@ -121,13 +124,17 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             attention_mask: ``[B, T]`` 1 for tokens, 0 for padding. Padding does not change the layer's state:
                 its input is zeroed (so the short convolution sees zeros), its key and value are zeroed and its
                 decay set to ``g = 0``, so the backbone state passes through unchanged; for the policies with slot
-                bookkeeping (token counts, boundaries) each row is also run on its real tokens only. Exact for left
-                padding (what ``generate`` builds) and for right padding; with holes inside a row the short
-                convolution sees zeros where the masked tokens were. Outputs at padding are 0.
+                bookkeeping (token counts, boundaries) the rows' real tokens are packed into one sequence and run
+                in one op call (``cu_seqlens``), each row from its own state. Exact for left padding (what
+                ``generate`` builds) and for right padding; with holes inside a row the short convolution sees
+                zeros where the masked tokens were. In a decode step a masked token leaves the row's state and
+                convolution tail exactly as they were. Outputs at padding are 0.
             cache: a :class:`RecurrentLayerCache` to continue from; updated in place (conv tail, state,
-                ``seen_tokens``). Prefill then one-token steps equal one pass over the whole sequence.
+                ``seen_tokens``). A call with ``T == 1`` is a decode step (:func:`~dla.ops.dla_step`: fixed
+                shapes, no host synchronisation except when a ``dla_unbounded`` cache must grow); longer calls
+                run the chunked op. Prefill then one-token steps equal one pass over the whole sequence.
             cu_seqlens: ``[N + 1]`` offsets of ``N`` packed documents in ``hidden [1, T, D]``: each document is run
-                on its own from an empty state (no cache, no mask).
+                on its own from an empty state (no cache, no mask), all in one op call.
         """
         check_hidden(hidden, self.hidden_size)
         if cu_seqlens is not None:
@@ -135,17 +142,20 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
                 raise ValueError("cache: packed sequences (cu_seqlens) are run without a cache")
             if attention_mask is not None:
                 raise ValueError("attention_mask: not used with cu_seqlens (documents are delimited by the offsets)")
-            segments = split_packed(cu_seqlens, hidden)
-            return torch.cat([self._forward(hidden[:, s:e], None, None) for s, e in segments], 1)
+            if not split_packed(cu_seqlens, hidden):
+                return hidden.new_zeros(hidden.shape)
+            return self._forward(hidden, None, None, torch.unique_consecutive(cu_seqlens.to(hidden.device)))
         if cache is not None and not isinstance(cache, RecurrentLayerCache):
             raise ValueError(f"cache: expected a RecurrentLayerCache, got {type(cache).__name__}")
+        if cache is not None and hidden.shape[1] == 1:
+            return self._step(hidden, check_mask(attention_mask, hidden, drop_full=False), cache)
         return self._forward(hidden, check_mask(attention_mask, hidden), cache)
 
-    def _forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor],
-                 cache: Optional[RecurrentLayerCache]) -> torch.Tensor:
+    def _forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[RecurrentLayerCache],
+                 cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
         if mask is not None:
             hidden = hidden * mask[..., None].to(hidden.dtype)
-        q, k, v, g, beta, aux, tail = self._project(hidden, cache.conv if cache is not None else None)
+        q, k, v, g, beta, aux, tail = self._project(hidden, cache.conv if cache is not None else None, cu_seqlens)
         lam = self.compute_lam(hidden)
         if mask is not None:
             keep = mask[..., None, None]
@@ -153,8 +163,14 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             v = torch.where(keep, v, torch.zeros_like(v))
             g = torch.where(mask[..., None], g, torch.zeros_like(g))
         state = cache.state if cache is not None else None
-        self._check_length(state, mask, hidden.shape[1])
-        o, final = self._run_op(q, k, v, g, lam, beta, state, mask, want_state=cache is not None)
+        self._check_length(state, mask, hidden.shape[1], cache.seen_tokens if cache is not None else 0)
+        want_state = cache is not None
+        if cu_seqlens is not None:
+            o, final = self._call_op(q, k, v, g, lam, beta, None, False, cu_seqlens)
+        elif mask is None or self.policy == "single":
+            o, final = self._call_op(q, k, v, g, lam, beta, state, want_state)
+        else:
+            o, final = self._run_rows_packed(q, k, v, g, lam, beta, state, mask, want_state)
         y = self._output(o, aux)
         if mask is not None:
             y = y * mask[..., None].to(y.dtype)
@@ -163,8 +179,32 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             cache.seen_tokens += hidden.shape[1]
         return y
 
-    def _check_length(self, state: Optional[DLAState], mask: Optional[torch.Tensor], T: int) -> None:
-        if self.policy != "fenwick":
+    def _step(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], cache: RecurrentLayerCache) -> torch.Tensor:
+        """One decode token ``hidden [B, 1, D]`` through :func:`~dla.ops.dla_step`; ``mask [B, 1]`` bool or None."""
+        q, k, v, g, beta, aux, tail = self._project(hidden, cache.conv)
+        lam = self.compute_lam(hidden)
+        old = cache.state if cache.state is not None else self._empty(hidden.shape[0], v)
+        self._check_length(cache.state, None, 1, cache.seen_tokens)
+        first = lambda x: None if x is None else x[:, 0]  # noqa: E731
+        o, new = dla_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], first(lam), first(beta), state=old, scale=self.scale,
+                          tau=self.tau, capacity=self.capacity, policy=self.policy, block_size=self.block_size,
+                          score=self.score)
+        y = self._output(o[:, None], aux)
+        if mask is not None:  # a masked token: the row keeps its state and tail (torch.where keeps shapes static)
+            keep = mask[:, 0]
+            new = where_state(keep, new, old)
+            prev = cache.conv.to(tail.dtype) if cache.conv is not None else torch.zeros_like(tail)
+            tail = torch.where(keep[:, None, None], tail, prev)
+            y = y * mask[..., None].to(y.dtype)
+        cache.conv, cache.state = tail, new
+        cache.seen_tokens += 1
+        return y
+
+    def _check_length(self, state: Optional[DLAState], mask: Optional[torch.Tensor], T: int, seen_bound: int) -> None:
+        """``fenwick`` only: refuse sequences beyond the ``lam`` levels. ``seen_bound`` (the cache's
+        ``seen_tokens``, padding included) bounds the real tokens seen, so the exact count, read on the host, is
+        needed only when the bound does not settle it."""
+        if self.policy != "fenwick" or num_levels(seen_bound + T) <= self.lam_size:
             return
         seen = int(state.counts.sum(-1).max()) if state is not None and state.counts.numel() else 0
         new = int(mask.sum(-1).max()) if mask is not None else T
@@ -172,38 +212,35 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             raise ValueError(f"max_position_embeddings: policy 'fenwick' was built for {self.max_position_embeddings} "
                              f"positions ({self.lam_size} lam levels); this call reaches {seen + new} tokens")
 
-    def _run_op(self, q, k, v, g, lam, beta, state: Optional[DLAState], mask: Optional[torch.Tensor],
-                want_state: bool) -> Tuple[torch.Tensor, Optional[DLAState]]:
-        if mask is None or self.policy == "single":
-            o, final = self._call_op(q, k, v, g, lam, beta, state, want_state)
-            return o, final
-        # Slot bookkeeping (counts, boundaries, Fenwick levels) must not see padding: one call per row on its tokens.
-        o = torch.zeros_like(v)
-        finals: List[DLAState] = []
-        for b in range(mask.shape[0]):
-            idx = mask[b].nonzero().squeeze(-1)
-            row_state = select_state(state, torch.tensor([b])) if state is not None else None
-            if idx.numel() == 0:
-                if want_state:
-                    finals.append(row_state if row_state is not None else empty_state(
-                        1, self.num_heads, self.state_width or 1, q.shape[-1], v.shape[-1],
-                        torch.promote_types(v.dtype, torch.float32), v.device))
-                continue
-            rows = [x[b:b + 1, idx] if x is not None else None for x in (q, k, v, g, lam, beta)]
-            o_b, final_b = self._call_op(*rows, row_state, want_state)
-            o = o.index_put((torch.full_like(idx, b), idx), o_b[0])
-            if want_state:
-                finals.append(final_b)
-        return o, (cat_states(finals) if want_state else None)
+    def _run_rows_packed(self, q, k, v, g, lam, beta, state: Optional[DLAState], mask: torch.Tensor,
+                         want_state: bool) -> Tuple[torch.Tensor, Optional[DLAState]]:
+        """Slot bookkeeping (counts, boundaries, Fenwick levels) must not see padding: the rows' real tokens are
+        packed into one sequence (``cu_seqlens``), run in one op call, and the outputs scattered back."""
+        B, T, H, V = v.shape
+        lengths = mask.sum(-1)
+        rows = lengths.nonzero().squeeze(-1)  # rows with at least one token
+        flat = mask.reshape(-1).nonzero().squeeze(-1)  # [N] their tokens, row after row
+        if flat.numel() == 0:
+            return torch.zeros_like(v), (state if state is not None else self._empty(B, v)) if want_state else None
+        cu_seqlens = F.pad(lengths.index_select(0, rows).cumsum(0), (1, 0))
+        pack = lambda x: None if x is None else x.flatten(0, 1).index_select(0, flat)[None]  # noqa: E731
+        init = select_state(state, rows) if state is not None else None
+        o, final = self._call_op(*(pack(x) for x in (q, k, v, g, lam, beta)), init, want_state, cu_seqlens)
+        o = v.new_zeros(B * T, H, V).index_copy(0, flat, o[0]).view(B, T, H, V)
+        if want_state and rows.numel() < B:  # rows that were all padding keep their state
+            final = scatter_state(state if state is not None else self._empty(B, v), rows, final)
+        return o, final
 
-    def _call_op(self, q, k, v, g, lam, beta, state: Optional[DLAState],
-                 want_state: bool) -> Tuple[torch.Tensor, Optional[DLAState]]:
-        extra = {"chunk_size": self.chunk_size} if OP_TAKES_CHUNK_SIZE else {}
-        if state is not None:  # hand the op only the live slots: the cache pads to a fixed width
-            state = fit_state_width(state, max(int(state.num_slots.max()), 1))
+    def _empty(self, batch: int, v: torch.Tensor) -> DLAState:
+        """The state a sequence starts from, at the cache's width (``dla_unbounded``: ``capacity``, then grows)."""
+        return empty_state(batch, self.num_heads, self.state_width or self.capacity, self.head_k_dim,
+                           self.head_v_dim, torch.promote_types(v.dtype, torch.float32), v.device)
+
+    def _call_op(self, q, k, v, g, lam, beta, state: Optional[DLAState], want_state: bool,
+                 cu_seqlens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[DLAState]]:
         o, final = dla_op(q, k, v, g, lam, beta, scale=self.scale, tau=self.tau, capacity=self.capacity,
                           policy=self.policy, block_size=self.block_size, score=self.score, initial_state=state,
-                          output_final_state=want_state, **extra)
+                          output_final_state=want_state, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         if final is not None and self.state_width is not None:
             final = fit_state_width(final, self.state_width)
         return o, final

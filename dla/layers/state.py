@@ -22,17 +22,30 @@ from dla.ops import DLAState
 
 def empty_state(batch: int, heads: int, width: int, key_dim: int, value_dim: int, dtype: torch.dtype,
                 device: torch.device) -> DLAState:
-    """A :class:`DLAState` with no live slot (``num_slots == 0``): continuing from it equals starting afresh."""
+    """A :class:`DLAState` with no live slot (``num_slots == 0``, ``open_norm == 0``): continuing from it equals
+    starting afresh."""
     return DLAState(torch.zeros(batch, heads, width, key_dim, value_dim, dtype=dtype, device=device),
                     torch.zeros(batch, heads, width, dtype=torch.int64, device=device),
                     torch.zeros(batch, heads, width, dtype=dtype, device=device),
-                    torch.zeros(batch, heads, dtype=torch.int64, device=device))
+                    torch.zeros(batch, heads, dtype=torch.int64, device=device),
+                    torch.zeros(batch, heads, dtype=dtype, device=device))
+
+
+def with_open_norm(state: DLAState) -> DLAState:
+    """``state`` with ``open_norm`` filled in (``||S_open||_F^2`` from the slots) when it is ``None``."""
+    if state.open_norm is not None:
+        return state
+    B, H, _, K, V = state.slots.shape
+    last = (state.num_slots - 1).clamp_min(0)[..., None, None, None].expand(B, H, 1, K, V)
+    open_slot = torch.gather(state.slots, 2, last)[:, :, 0] * (state.num_slots > 0)[..., None, None]
+    return DLAState(state.slots, state.counts, state.info, state.num_slots, open_slot.pow(2).sum((-1, -2)))
 
 
 def fit_state_width(state: DLAState, width: int) -> DLAState:
     """Pad (with empty slots) or trim the slot dimension of ``state`` to ``width``.
 
-    Trimming only drops entries past every row's ``num_slots``; a state holding more live slots raises.
+    Trimming only drops entries past every row's ``num_slots``; a state holding more live slots raises (the check
+    reads ``num_slots`` on the host; padding never does).
     """
     current = state.slots.shape[2]
     if current == width:
@@ -42,26 +55,46 @@ def fit_state_width(state: DLAState, width: int) -> DLAState:
         if live > width:
             raise ValueError(f"width: the state holds {live} live slots, more than width={width}")
         return DLAState(state.slots[:, :, :width], state.counts[:, :, :width], state.info[:, :, :width],
-                        state.num_slots)
+                        state.num_slots, state.open_norm)
     pad = width - current
     return DLAState(torch.nn.functional.pad(state.slots, (0, 0, 0, 0, 0, pad)),
                     torch.nn.functional.pad(state.counts, (0, pad)),
                     torch.nn.functional.pad(state.info, (0, pad)),
-                    state.num_slots)
+                    state.num_slots, state.open_norm)
 
 
 def select_state(state: DLAState, index: torch.Tensor) -> DLAState:
     """Rows ``index`` of the batch (``index_select`` on dimension 0 of every field)."""
-    return DLAState(*(t.index_select(0, index.to(t.device))
-                      for t in (state.slots, state.counts, state.info, state.num_slots)))
+    return DLAState(*(None if t is None else t.index_select(0, index.to(t.device)) for t in _fields(state)))
 
 
 def cat_states(states: List[DLAState]) -> DLAState:
     """Concatenate along the batch, padding every state to the widest slot dimension first."""
     width = max(s.slots.shape[2] for s in states)
-    states = [fit_state_width(s, width) for s in states]
-    return DLAState(*(torch.cat([getattr(s, name) for s in states], 0)
-                      for name in ("slots", "counts", "info", "num_slots")))
+    states = [fit_state_width(with_open_norm(s), width) for s in states]
+    return DLAState(*(torch.cat(parts, 0) for parts in zip(*(_fields(s) for s in states))))
+
+
+def where_state(keep: torch.Tensor, new: DLAState, old: DLAState) -> DLAState:
+    """Row-wise choice: ``new`` where ``keep [B]`` is true, ``old`` elsewhere; fixed shapes, no host sync.
+
+    ``old`` is padded to the slot width of ``new`` (which is never narrower: a step only widens).
+    """
+    old = fit_state_width(with_open_norm(old), new.slots.shape[2])
+    new = with_open_norm(new)
+    return DLAState(*(torch.where(keep.view(-1, *([1] * (a.dim() - 1))), a, b)
+                      for a, b in zip(_fields(new), _fields(old))))
+
+
+def scatter_state(base: DLAState, index: torch.Tensor, rows: DLAState) -> DLAState:
+    """``base`` with its batch rows ``index`` replaced by ``rows`` (both padded to the wider slot width)."""
+    width = max(base.slots.shape[2], rows.slots.shape[2])
+    base, rows = (fit_state_width(with_open_norm(s), width) for s in (base, rows))
+    return DLAState(*(b.index_copy(0, index.to(b.device), r) for b, r in zip(_fields(base), _fields(rows))))
+
+
+def _fields(state: DLAState):
+    return state.slots, state.counts, state.info, state.num_slots, state.open_norm
 
 
 def _nbytes(*tensors: Optional[torch.Tensor]) -> int:
@@ -87,7 +120,7 @@ class RecurrentLayerCache:
     def nbytes(self) -> int:
         """Bytes held by the cache's tensors."""
         s = self.state
-        return _nbytes(self.conv) + (_nbytes(s.slots, s.counts, s.info, s.num_slots) if s is not None else 0)
+        return _nbytes(self.conv) + (_nbytes(*_fields(s)) if s is not None else 0)
 
     def reset(self) -> None:
         self.conv, self.state, self.seen_tokens = None, None, 0

@@ -1,9 +1,10 @@
 """DLA language models: one modeling file for every mixer (chosen per layer from a registry) and the decoding cache.
 
 ``DLAModel`` stacks pre-norm blocks ``x + mixer(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))`` over a token embedding;
-``DLAForCausalLM`` adds the LM head and ``generate()``. Decoding prefills the prompt with the same op as training,
-then runs one-token steps from the cached state (conv tails and :class:`~dla.ops.DLAState` per recurrent layer,
-keys and values per attention layer).
+``DLAForCausalLM`` adds the LM head and ``generate()``. Decoding prefills the prompt with the same op as training
+(a left-padded batch in one op call), then runs one-token steps from the cached state (conv tails and
+:class:`~dla.ops.DLAState` per recurrent layer, stepped by :func:`~dla.ops.dla_step` with fixed shapes; keys and
+values per attention layer).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Mixers as plain modules, in float64: decoding == one pass, padding and packing leave states untouched,
-the lam wiring, inits and argument errors. Tolerance: relative error ``||a - b|| / ||b|| <= 1e-10`` (float64)."""
+"""Mixers as plain modules, in float64: decoding (dla_step) == one pass, padding and packing leave states untouched
+and take one op call, the lam wiring, inits and argument errors. Tolerance: relative error
+``||a - b|| / ||b|| <= 1e-10`` (float64)."""
 
 import math
 
@@ -7,7 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dla.layers.recurrent as recurrent
 from dla.layers import (AttentionLayerCache, AttentionMixer, GatedDeltaNetMixer, Mamba2Mixer, RecurrentLayerCache)
+from dla.layers.modules import ShortConv
+from dla.layers.state import fit_state_width
 
 TOL64 = 1e-10
 D = 32
@@ -52,14 +56,69 @@ def inputs(B=2, T=16, seed=1):
     return torch.randn(B, T, D, dtype=torch.float64)
 
 
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Count the calls of the chunked op and of the decode step as the recurrent mixers make them."""
+    calls = {"chunk": 0, "step": 0}
+
+    def counting(key, fn):
+        def wrapped(*args, **kwargs):
+            calls[key] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(recurrent, "dla_op", counting("chunk", recurrent.dla_op))
+    monkeypatch.setattr(recurrent, "dla_step", counting("step", recurrent.dla_step))
+    return calls
+
+
+@pytest.mark.parametrize("prefill", [0, 5], ids=["from_empty", "after_prefill"])
 @pytest.mark.parametrize("name,policy", ALL)
-def test_decode_steps_equal_one_pass(name, policy):
+def test_decode_steps_equal_one_pass(name, policy, prefill):
     mixer, x = build(name, policy), inputs()
     full = mixer(x)
     cache = new_cache(name)
-    steps = [mixer(x[:, :5], cache=cache)] + [mixer(x[:, t:t + 1], cache=cache) for t in range(5, x.shape[1])]
+    steps = ([mixer(x[:, :prefill], cache=cache)] if prefill else []) + \
+        [mixer(x[:, t:t + 1], cache=cache) for t in range(prefill, x.shape[1])]
     assert rel(torch.cat(steps, 1), full) <= TOL64
     assert cache.seen_tokens == x.shape[1]
+
+
+@pytest.mark.parametrize("name,policy", RECURRENT)
+def test_decode_steps_call_dla_step_and_not_the_chunked_op(name, policy, op_calls):
+    mixer, x = build(name, policy), inputs(T=8)
+    cache = RecurrentLayerCache()
+    mixer(x[:, :5], cache=cache)
+    assert op_calls == {"chunk": 1, "step": 0}
+    for t in range(5, 8):
+        mixer(x[:, t:t + 1], cache=cache, attention_mask=torch.ones(2, 1))
+    assert op_calls == {"chunk": 1, "step": 3}
+    mixer(x[:, :1])  # no cache: one token is a (tiny) chunked call
+    assert op_calls == {"chunk": 2, "step": 3}
+
+
+@pytest.mark.parametrize("name,policy", ALL)
+def test_masked_decode_step_leaves_the_row_unchanged(name, policy):
+    """A step whose token is masked in one row: that row's cache is exactly what it was, its output is 0, and
+    the later steps equal the row run without that token; the other row advances as usual."""
+    mixer, x = build(name, policy), inputs(T=9)
+    cache = new_cache(name)
+    mixer(x[:, :5], cache=cache)
+    before = (cache.conv.clone(), cache.state.clone()) if name != "attention" else None
+    out = mixer(x[:, 5:6], cache=cache, attention_mask=torch.tensor([[1], [0]]))
+    assert float(out[1].detach().abs().sum()) == 0.0
+    if before is not None:
+        assert torch.equal(cache.conv[1], before[0][1]) and not torch.equal(cache.conv[0], before[0][0])
+        was = fit_state_width(before[1], cache.state.slots.shape[2])  # dla_unbounded may have grown
+        for field in ("slots", "counts", "info", "num_slots", "open_norm"):
+            assert torch.equal(getattr(cache.state, field)[1], getattr(was, field)[1]), field
+    assert rel(out[0:1], mixer(x[0:1, :6])[:, 5:6]) <= TOL64
+    later = [mixer(x[:, t:t + 1], cache=cache) for t in range(6, 9)]
+    for b, seen in ((0, 6), (1, 5)):
+        alone_cache = new_cache(name)
+        mixer(x[b:b + 1, :seen], cache=alone_cache)
+        for t, o in zip(range(6, 9), later):
+            assert rel(o[b:b + 1], mixer(x[b:b + 1, t:t + 1], cache=alone_cache)) <= TOL64
 
 
 @pytest.mark.parametrize("name,policy", ALL)
@@ -72,50 +131,91 @@ def test_prefill_in_two_pieces_equals_one_pass(name, policy):
 
 
 @pytest.mark.parametrize("name,policy", ALL)
-def test_left_padding_equals_each_sequence_alone(name, policy):
-    mixer, x = build(name, policy), inputs(B=3, T=12)
-    pads = [0, 3, 7]
-    mask = torch.ones(3, 12, dtype=torch.long)
+def test_left_padding_equals_each_sequence_alone(name, policy, op_calls):
+    """Left-padded prefill (one op call for the batch; a row of padding only keeps its empty state), then steps
+    under a mask of ones (as generate() passes it): every row equals the row run alone."""
+    mixer, x = build(name, policy), inputs(B=4, T=12)
+    pads = [0, 3, 7, 12]
+    mask = torch.ones(4, 12, dtype=torch.long)
     for b, p in enumerate(pads):
         mask[b, :p] = 0
-    steps = inputs(B=3, T=3, seed=2)
+    steps = inputs(B=4, T=3, seed=2)
     cache = new_cache(name)
     out = mixer(x, attention_mask=mask, cache=cache)
-    out_steps = [mixer(steps[:, t:t + 1], cache=cache) for t in range(3)]
+    if name != "attention":
+        assert op_calls == {"chunk": 1, "step": 0}
+    out_steps = [mixer(steps[:, t:t + 1], cache=cache, attention_mask=torch.ones(4, 1)) for t in range(3)]
     for b, p in enumerate(pads):
         alone_cache = new_cache(name)
-        alone = mixer(x[b:b + 1, p:], cache=alone_cache)
-        assert rel(out[b:b + 1, p:], alone) <= TOL64
+        if p < 12:
+            alone = mixer(x[b:b + 1, p:], cache=alone_cache)
+            assert rel(out[b:b + 1, p:], alone) <= TOL64
         assert float(out[b, :p].detach().abs().sum()) == 0.0
         for t in range(3):
             assert rel(out_steps[t][b:b + 1], mixer(steps[b:b + 1, t:t + 1], cache=alone_cache)) <= TOL64
 
 
+@pytest.mark.parametrize("name,policy", [("mamba2", "fenwick"), ("gdn", "dla")])
+def test_padded_batch_gradients_equal_each_row_alone(name, policy):
+    """The packed call scatters outputs back with index_copy: gradients reach each row's real tokens as alone."""
+    mixer, x = build(name, policy), inputs(B=3, T=10)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, :4] = 0
+    mask[2, :] = 0
+    x.requires_grad_(True)
+    mixer(x, attention_mask=mask).pow(2).sum().backward()
+    batch_grad, x_grad = [p.grad.clone() for p in mixer.parameters()], x.grad.clone()
+    mixer.zero_grad()
+    alone = [x[0:1].detach().clone().requires_grad_(True), x[1:2, 4:].detach().clone().requires_grad_(True)]
+    sum(mixer(a).pow(2).sum() for a in alone).backward()
+    for got, want in zip(batch_grad, [p.grad for p in mixer.parameters()]):
+        assert rel(got, want) <= TOL64
+    assert rel(x_grad[0], alone[0].grad[0]) <= TOL64 and rel(x_grad[1, 4:], alone[1].grad[0]) <= TOL64
+    assert float(x_grad[1, :4].abs().sum()) == 0.0 and float(x_grad[2].abs().sum()) == 0.0
+
+
 @pytest.mark.parametrize("name,policy", ALL)
 def test_masked_tokens_anywhere_leave_the_state_unchanged(name, policy):
     """With holes in the mask (conv width 1, so the short convolution has no memory), every real token and every
-    later step sees exactly the state of the sequence with the masked tokens removed."""
+    later call sees exactly the state of the sequence with the masked tokens removed: a masked prefill, a masked
+    continuation (one row all padding), an unmasked chunk and a decode step."""
     mixer = build(name, policy, **({} if name == "attention" else {"conv_size": 1}))
-    x, steps = inputs(B=2, T=12), inputs(B=2, T=2, seed=3)
-    mask = torch.tensor([[1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 1, 0, 1, 1, 1, 1, 1]])
+    x, y, z = inputs(B=2, T=12), inputs(B=2, T=3, seed=3), inputs(B=2, T=3, seed=4)
+    mask_x = torch.tensor([[1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 1, 0, 1, 1, 1, 1, 1]])
+    mask_y = torch.tensor([[1, 0, 1], [0, 0, 0]])
     cache = new_cache(name)
-    out = mixer(x, attention_mask=mask, cache=cache)
-    out_steps = mixer(steps, cache=cache)
+    outs = [mixer(x, attention_mask=mask_x, cache=cache), mixer(y, attention_mask=mask_y, cache=cache),
+            mixer(z[:, :2], cache=cache), mixer(z[:, 2:], cache=cache)]
     for b in range(2):
-        keep = mask[b].bool()
         alone_cache = new_cache(name)
-        assert rel(out[b, keep], mixer(x[b:b + 1, keep], cache=alone_cache)[0]) <= TOL64
-        assert rel(out_steps[b:b + 1], mixer(steps[b:b + 1], cache=alone_cache)) <= TOL64
+        for out, chunk, keep in zip(outs, (x, y, z[:, :2], z[:, 2:]), (mask_x[b].bool(), mask_y[b].bool(), None,
+                                                                        None)):
+            keep = torch.ones(chunk.shape[1], dtype=torch.bool) if keep is None else keep
+            if keep.any():
+                assert rel(out[b, keep], mixer(chunk[b:b + 1, keep], cache=alone_cache)[0]) <= TOL64
+            assert float(out[b, ~keep].detach().abs().sum()) == 0.0
 
 
-@pytest.mark.parametrize("name,policy", [("mamba2", "dla"), ("gdn", "fenwick"), ("gdn", "single"), ("attention", None)])
-def test_packed_documents_equal_separate_runs(name, policy):
+@pytest.mark.parametrize("name,policy", ALL)
+def test_packed_documents_equal_separate_runs(name, policy, op_calls):
     mixer, x = build(name, policy), inputs(B=1, T=20)
-    cu = torch.tensor([0, 6, 6, 13, 20])
+    cu = torch.tensor([0, 2, 6, 6, 13, 20])  # an empty document and one shorter than the convolution
     packed = mixer(x, cu_seqlens=cu)
-    separate = torch.cat([mixer(x[:, a:b]) for a, b in ((0, 6), (6, 13), (13, 20))], 1)
+    if name != "attention":
+        assert op_calls["chunk"] == 1
+    separate = torch.cat([mixer(x[:, a:b]) for a, b in ((0, 2), (2, 6), (6, 13), (13, 20))], 1)
     assert rel(packed, separate) <= TOL64
     assert rel(packed, mixer(x)) > 1e-3  # the boundaries matter: not a no-op
+
+
+def test_short_conv_restarts_at_every_packed_document():
+    torch.manual_seed(0)
+    conv = ShortConv(6, 4, bias=True).double()
+    x = torch.randn(1, 11, 6, dtype=torch.float64)
+    bounds = [0, 1, 5, 5, 11]
+    packed, _ = conv(x, cu_seqlens=torch.tensor(bounds))
+    separate = torch.cat([conv(x[:, a:b])[0] for a, b in zip(bounds, bounds[1:]) if b > a], 1)
+    assert rel(packed, separate) <= TOL64
 
 
 @pytest.mark.parametrize("name", ["mamba2", "gdn"])

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from dla.layers import AttentionLayerCache, RecurrentLayerCache
-from dla.layers.state import cat_states, empty_state, fit_state_width, select_state
+from dla.layers.state import (cat_states, empty_state, fit_state_width, scatter_state, select_state, where_state,
+                              with_open_norm)
+
+FIELDS = ("slots", "counts", "info", "num_slots", "open_norm")
 
 
 def random_state(B=3, H=2, C=4, K=3, V=5, seed=0):
@@ -15,6 +18,7 @@ def random_state(B=3, H=2, C=4, K=3, V=5, seed=0):
     state.slots = torch.randn(B, H, C, K, V, dtype=torch.float64) * live[..., None, None]
     state.counts = torch.randint(1, 9, (B, H, C)) * live
     state.info = torch.rand(B, H, C, dtype=torch.float64) * live
+    state.open_norm = torch.rand(B, H, dtype=torch.float64)
     return state
 
 
@@ -23,7 +27,7 @@ def test_fit_state_width_pads_and_trims_empty_slots_only():
     wide = fit_state_width(state, 7)
     assert wide.slots.shape[2] == 7 and float(wide.slots[:, :, 4:].abs().sum()) == 0.0
     back = fit_state_width(wide, 4)
-    assert all(torch.equal(getattr(back, f), getattr(state, f)) for f in ("slots", "counts", "info", "num_slots"))
+    assert all(torch.equal(getattr(back, f), getattr(state, f)) for f in FIELDS)
     with pytest.raises(ValueError, match="^width:"):
         fit_state_width(state, int(state.num_slots.max()) - 1)
 
@@ -35,7 +39,7 @@ def test_select_and_cat_states_round_trip():
     joined = cat_states(rows)
     assert joined.slots.shape[2] == 6
     assert torch.equal(fit_state_width(joined, 4).slots, state.slots)
-    assert torch.equal(joined.num_slots, state.num_slots)
+    assert torch.equal(joined.num_slots, state.num_slots) and torch.equal(joined.open_norm, state.open_norm)
     assert torch.equal(select_state(state, torch.tensor([2, 0])).counts, state.counts[[2, 0]])
 
 
@@ -48,7 +52,7 @@ def test_recurrent_cache_reorder_and_repeat():
     cache.batch_repeat_interleave(2)
     assert cache.conv.shape[0] == 6 and cache.state.num_slots.shape[0] == 6
     assert cache.nbytes() == sum(t.numel() * t.element_size() for t in (
-        cache.conv, cache.state.slots, cache.state.counts, cache.state.info, cache.state.num_slots))
+        cache.conv, *(getattr(cache.state, f) for f in FIELDS)))
     with pytest.raises(ValueError, match="^tokens_to_remove:"):
         cache.crop(1)
     cache.reset()
@@ -63,3 +67,24 @@ def test_attention_cache_reorder():
     assert torch.equal(cache.next_position, torch.tensor([1, 2]))
     assert torch.equal(cache.key_mask[0], torch.tensor([False, True]))
     assert torch.equal(cache.keys[0, 0, :, 0], torch.tensor([2., 3.]))
+
+
+def test_where_and_scatter_states_pick_rows_without_mixing_them():
+    old, new = random_state(seed=1), fit_state_width(random_state(seed=2), 6)
+    mixed = where_state(torch.tensor([True, False, True]), new, old)
+    assert mixed.slots.shape[2] == 6
+    for f in FIELDS:
+        assert torch.equal(getattr(mixed, f)[[0, 2]], getattr(new, f)[[0, 2]])
+        assert torch.equal(getattr(fit_state_width(mixed, 4), f)[1], getattr(old, f)[1])
+    put = scatter_state(old, torch.tensor([2]), select_state(new, torch.tensor([0])))
+    assert all(torch.equal(getattr(put, f)[2], getattr(new, f)[0]) for f in FIELDS)
+    assert all(torch.equal(getattr(fit_state_width(put, 4), f)[:2], getattr(old, f)[:2]) for f in FIELDS)
+
+
+def test_with_open_norm_fills_the_open_slot_norm():
+    state = random_state()
+    state.open_norm = None
+    filled = with_open_norm(state).open_norm
+    open_slot = state.slots[torch.arange(3)[:, None], torch.arange(2), state.num_slots - 1]
+    assert torch.allclose(filled, open_slot.pow(2).sum((-1, -2)))
+    assert float(empty_state(1, 2, 3, 4, 5, torch.float32, torch.device("cpu")).open_norm.abs().sum()) == 0.0

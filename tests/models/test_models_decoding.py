@@ -1,16 +1,21 @@
-"""DLA language models: decoding == one pass, padding, packing, constant cache memory, gradients, generate().
+"""DLA language models: decoding (dla_step) == one pass, padding, packing, constant cache memory and step time,
+gradients, generate().
 
 Tolerances (relative error ``||a - b|| / ||b||``): float64 1e-9; float32 1e-5 (measured ~3e-7 at T = 64);
 generate() returns float32 logits, compared with a float64 forward at 1e-5.
 """
 
+import time
+
 import pytest
 import torch
 
+import dla.layers.recurrent as recurrent
 from dla.models import DLACache
 
 CASES = ["mamba2-single", "mamba2-fenwick", "mamba2-dla", "gdn-single", "gdn-fenwick", "gdn-dla", "attention",
          "hybrid"]
+ABLATIONS = ["gdn-fixed", "mamba2-dla_unbounded"]
 TOL64, TOL32, TOL_GENERATE = 1e-9, 1e-5, 1e-5
 
 
@@ -25,7 +30,7 @@ def tokens(B=2, T=16, seed=1):
 
 
 @pytest.mark.parametrize("dtype,tol,T", [(torch.float64, TOL64, 16), (torch.float32, TOL32, 48)], ids=["f64", "f32"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + ABLATIONS)
 def test_incremental_decoding_matches_full_forward(make_model, case, dtype, tol, T):
     model, ids = make_model(case, dtype), tokens(T=T)
     with torch.no_grad():
@@ -60,7 +65,7 @@ def test_generate_logits_match_full_forward(make_model, case):
     assert torch.equal(out.sequences[:, 6:], full[:, 5:13].argmax(-1))
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + ABLATIONS)
 def test_left_padded_batch_equals_each_sequence_alone(make_model, case):
     model = make_model(case)
     lengths, T = [10, 7, 3], 10
@@ -200,3 +205,60 @@ def test_generate_continues_from_a_returned_cache(make_model, case):
         again = model.generate(first.sequences, past_key_values=cache, max_new_tokens=4, do_sample=False,
                                pad_token_id=0)
     assert torch.equal(again, once)
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Count the chunked-op and decode-step calls of the recurrent mixers."""
+    calls = {"chunk": 0, "step": 0}
+
+    def counting(key, fn):
+        def wrapped(*args, **kwargs):
+            calls[key] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(recurrent, "dla_op", counting("chunk", recurrent.dla_op))
+    monkeypatch.setattr(recurrent, "dla_step", counting("step", recurrent.dla_step))
+    return calls
+
+
+@pytest.mark.parametrize("case,recurrent_layers", [("mamba2-fenwick", 2), ("gdn-dla", 2), ("hybrid", 1)])
+def test_padded_generate_prefills_in_one_op_call_and_decodes_with_dla_step(make_model, case, recurrent_layers,
+                                                                           op_calls):
+    model = make_model(case)
+    ids = tokens(B=3, T=8)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = mask[2, :6] = 0
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (3, 13)
+    # the last generated token is never fed back: 4 decode steps
+    assert op_calls == {"chunk": recurrent_layers, "step": 4 * recurrent_layers}
+
+
+def _decode_ms_per_token(model, prefixes, steps: int):
+    """Median ms of one decode step after each prefix; steps alternate between the prefixes so that drifts in
+    machine load hit them alike."""
+    caches, nxt = [], []
+    with torch.no_grad():
+        for ids in prefixes:
+            out = model(ids)
+            caches.append(out.past_key_values)
+            nxt.append(out.logits[:, -1:].argmax(-1))
+        times = [[] for _ in prefixes]
+        for _ in range(steps):
+            for i, cache in enumerate(caches):
+                start = time.perf_counter()
+                logits = model(nxt[i], past_key_values=cache).logits
+                times[i].append(time.perf_counter() - start)
+                nxt[i] = logits.argmax(-1)
+    return [1e3 * sorted(t)[len(t) // 2] for t in times]
+
+
+def test_decode_time_per_token_does_not_grow_with_the_prefix(make_model):
+    """Constant-time decode: a step after 1000 tokens costs about what it costs after 100 (the slot cache has a
+    fixed size; the step never touches the prefix)."""
+    model = make_model("gdn-dla", torch.float32, max_position_embeddings=2048)
+    short, long = _decode_ms_per_token(model, [tokens(B=1, T=100), tokens(B=1, T=1000)], steps=40)
+    assert long / short < 2.0, f"decode ms/token: {short:.2f} after 100 tokens, {long:.2f} after 1000"
