@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """``||a - b|| / ||b||`` (absolute error when ``b`` is zero)."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     den = b.norm()
     return float((a - b).norm() / den) if den > 0 else float((a - b).norm())
 
