@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import torch
 
-from dla.ops.common.state import UNUSED_START, DLAState, Segmentation
+from dla.ops.common.state import DLAState, Segmentation
 from dla.ops.dla.chunk_torch import chunk_dla_torch
 
 
@@ -57,24 +57,26 @@ def chunk_dla(
     if cu_seqlens is None:
         return chunk_dla_torch(q, k, v, g, lam, beta, initial_state=initial_state, **kwargs)
     bounds = _check_cu_seqlens(cu_seqlens, q)
-    outs, finals, segs = [], [], []
-    for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        piece = lambda x: None if x is None else x[:, a:b]  # noqa: E731
-        init = None if initial_state is None else _row(initial_state, n)
-        res = chunk_dla_torch(piece(q), piece(k), piece(v), piece(g), piece(lam), piece(beta), initial_state=init,
-                              **kwargs)
-        outs.append(res[0])
-        finals.append(res[1])
-        if return_segmentation:
-            segs.append(res[2])
-    o = torch.cat(outs, 1)
-    final = _stack_states(finals) if output_final_state else None
+    # the sequences become the rows of one right-padded batch; the scan stops each row at its length
+    lens = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=q.device)
+    N, Tmax = len(lens), int(lens.max())
+    t = torch.arange(Tmax, device=q.device)
+    valid = t[None] < lens[:, None]  # [N, Tmax]
+    pos = torch.where(valid, cu_seqlens[:-1].to(q.device)[:, None] + t[None], 0)
+
+    def rows(x):
+        if x is None:
+            return None
+        y = x[0][pos]  # [N, Tmax, ...]
+        return y * valid.view(N, Tmax, *([1] * (y.dim() - 2))).to(y.dtype)
+
+    res = chunk_dla_torch(rows(q), rows(k), rows(v), rows(g), rows(lam), rows(beta), initial_state=initial_state,
+                          lengths=lens, **kwargs)
+    o = res[0][valid][None]
+    final = res[1]
     if not return_segmentation:
         return o, final
-    seg = Segmentation(*(torch.cat([getattr(s, f) for s in segs], 1) if f not in ("starts", "lam_index")
-                         else torch.cat([_pad_last(getattr(s, f), max(x.starts.shape[-1] for x in segs), f)
-                                         for s in segs], 1)
-                         for f in Segmentation.__dataclass_fields__))
+    seg = Segmentation(*(getattr(res[2], f)[valid][None] for f in Segmentation.__dataclass_fields__))
     return o, final, seg
 
 
@@ -88,28 +90,6 @@ def _check_cu_seqlens(cu_seqlens: torch.Tensor, q: torch.Tensor) -> List[int]:
     if bounds[0] != 0 or bounds[-1] != q.shape[1] or any(b <= a for a, b in zip(bounds[:-1], bounds[1:])):
         raise ValueError(f"cu_seqlens: must rise strictly from 0 to T={q.shape[1]}, got {bounds}")
     return bounds
-
-
-def _row(state: DLAState, n: int) -> DLAState:
-    norm = None if state.open_norm is None else state.open_norm[n:n + 1]
-    return DLAState(state.slots[n:n + 1], state.counts[n:n + 1], state.info[n:n + 1], state.num_slots[n:n + 1], norm)
-
-
-def _pad_last(x: torch.Tensor, width: int, field: str) -> torch.Tensor:
-    fill = -1 if field == "lam_index" else UNUSED_START
-    return torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=fill)
-
-
-def _stack_states(states: List[DLAState]) -> DLAState:
-    width = max(s.slots.shape[2] for s in states)
-    pad = lambda x, w, *rest: torch.nn.functional.pad(x, (*rest, 0, w - x.shape[2]))  # noqa: E731
-    return DLAState(
-        torch.cat([pad(s.slots, width, 0, 0, 0, 0) for s in states]),
-        torch.cat([pad(s.counts, width) for s in states]),
-        torch.cat([pad(s.info, width) for s in states]),
-        torch.cat([s.num_slots for s in states]),
-        torch.cat([s.open_norm for s in states]),
-    )
 
 
 def _has_triton() -> bool:

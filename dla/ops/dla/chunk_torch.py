@@ -44,6 +44,7 @@ def chunk_dla_torch(
     return_segmentation: bool = False,
     chunk_size: int = 64,
     backend: str = "torch",
+    lengths: Optional[torch.Tensor] = None,
 ):
     """Chunked DLA in PyTorch; arguments and returns as :func:`dla.ops.naive_dla` (additive transition).
 
@@ -51,6 +52,8 @@ def chunk_dla_torch(
     for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
     ``backend``: ``torch``, or ``triton`` for the Triton boundary readout (float32; backward by recomputing the
     PyTorch form; needs ``chunk_size >= 16`` and a power of two).
+    ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
+    the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """
     dims = check_dla_args(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
                           block_size=block_size, score=score, slot_transition="additive",
@@ -82,7 +85,8 @@ def chunk_dla_torch(
         N = B * H
         scan = dla_scan(kh.detach().reshape(N, -1, K), u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
                         chunk_size=BT, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
-                        score=score, R=R, initial_state=initial_state)
+                        score=score, R=R, initial_state=initial_state,
+                        lengths=None if lengths is None else lengths.to(v.device).repeat_interleave(H))
     starts = scan.starts.view(B, H, T, R)
     lam_index = scan.lam_index.view(B, H, T, R)
 

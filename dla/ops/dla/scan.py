@@ -74,11 +74,14 @@ class _Slots:
         self.pos = torch.where(mk, new_pos, self.pos)
         self.m = self.m - mask.long()
 
-    def append_or_absorb(self, opened: torch.Tensor, position: int, info: torch.Tensor) -> None:
+    def append_or_absorb(self, opened: torch.Tensor, position: int, info: torch.Tensor,
+                         active: Optional[torch.Tensor] = None) -> None:
+        """Open a slot where ``opened``; elsewhere the open slot absorbs the token (only where ``active``)."""
         at = torch.where(opened, self.m, (self.m - 1).clamp_min(0))
         cur_n, cur_info = self.n[self.rows, at], self.info[self.rows, at]
-        self.n[self.rows, at] = torch.where(opened, torch.ones_like(cur_n), cur_n + 1)
-        self.info[self.rows, at] = torch.where(opened, info, cur_info + info)
+        add_n, add_info = (1, info) if active is None else (active.long(), torch.where(active, info, 0))
+        self.n[self.rows, at] = torch.where(opened, torch.ones_like(cur_n), cur_n + add_n)
+        self.info[self.rows, at] = torch.where(opened, info, cur_info + add_info)
         self.pos[self.rows, at] = torch.where(opened, torch.full_like(at, position), self.pos[self.rows, at])
         self.m = self.m + opened.long()
 
@@ -93,7 +96,8 @@ class _Slots:
 
 
 def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk_size: int, policy: str, tau: float,
-             capacity: int, block_size: int, score: str, R: int, initial_state: Optional[DLAState]) -> ScanResult:
+             capacity: int, block_size: int, score: str, R: int, initial_state: Optional[DLAState],
+             lengths: Optional[torch.Tensor] = None) -> ScanResult:
     """Decide boundaries and merges for ``N`` sequences.
 
     Args:
@@ -101,6 +105,8 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
         u: ``[N, Tp, V]`` values or pseudo-values (the backbone's write is ``k u^T``).
         g: ``[N, Tp]`` log-decays (zero padding).
         T: real length; R: entries per token in the live-slot record.
+        lengths: ``[N]`` per-sequence lengths ``<= T`` (right padding: tokens past them change nothing; their
+            records are meaningless), or ``None``.
     """
     N, Tp, K = k.shape
     V = u.shape[-1]
@@ -151,6 +157,9 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
             if policy in ("dla", "fixed") and capacity == 1:
                 want = torch.zeros_like(want)
             opened = empty | want
+            active = None if lengths is None else t < lengths
+            if active is not None:
+                opened = opened & active
             merged = torch.full_like(slots.m, -1)
             if policy in ("dla", "fixed") and capacity >= 2:
                 full = opened & (slots.m == capacity)
@@ -166,8 +175,9 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
                     i = slots.m - 2
                     slots.merge(i, carry)
                     merged = torch.where(carry, i, merged)
-            slots.append_or_absorb(opened, t, info)
-            x_carry = torch.where(opened, z[:, tt], x + 2 * y + z[:, tt])
+            slots.append_or_absorb(opened, t, info, active)
+            x_new = torch.where(opened, z[:, tt], x + 2 * y + z[:, tt])
+            x_carry = x_new if active is None else torch.where(active, x_new, x_carry)
             open_start = torch.where(opened, torch.full_like(open_start, t), open_start)
             starts, counts, live = slots.newest(R)
             out.score[:, t], out.boundary[:, t], out.num_slots[:, t], out.merged[:, t] = info, opened, slots.m, merged

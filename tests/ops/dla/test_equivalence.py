@@ -141,3 +141,23 @@ def test_float32_chunked_close_to_float64_slot(gdn, record):
     assert agree > 0.99
     if agree == 1.0:
         assert record("output, float32 chunked vs float64 slot", rel_err(o32, o)) < 1e-5
+
+
+@pytest.mark.parametrize("policy,capacity", [("dla", 3), ("fixed", 2), ("fenwick", None), ("dla_unbounded", 3)])
+def test_packed_rows_keep_their_own_final_states(policy, capacity):
+    """Packed sequences run as one right-padded batch: short rows must not absorb the padding."""
+    lens = [3, 40, 1, 17]
+    T = sum(lens)
+    R = num_levels(T) if policy == "fenwick" else capacity
+    x = make_inputs(B=1, T=T, H=2, G=2, K=3, V=4, R=R, gdn=True, seed=29)
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)))
+    kw = dict(policy=policy, capacity=R, tau=0.3, block_size=4)
+    o, st, seg = chunk_dla(**x, **kw, cu_seqlens=cu, output_final_state=True, return_segmentation=True)
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        piece = {k: (t[:, a:b] if t is not None else None) for k, t in x.items()}
+        on, sn, segn = naive_dla(**piece, **kw, output_final_state=True, return_segmentation=True)
+        assert rel_err(o[:, a:b], on) < 1e-12
+        assert bool((st.counts[n, :, :sn.counts.shape[2]] == sn.counts[0]).all())
+        assert bool((st.num_slots[n] == sn.num_slots[0]).all())
+        assert rel_err(st.open_norm[n], sn.open_norm[0]) < 1e-12
+        assert bool((seg.boundary[:, a:b] == segn.boundary).all())
