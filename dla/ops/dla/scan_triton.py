@@ -17,8 +17,10 @@ Where things live:
   initial state are written by the host).
 
 Limits: ``K <= 256`` (one key block), any ``V`` (tiled), any ``chunk_size >= 1`` (padded to a power of two
-``>= 16``), float32 or float64 (the interpreter runs float64; on GPU use float32). Floats are compared in the
-input dtype, with IEEE-rounded division and square root, so near-threshold decisions agree with the reference.
+``>= 16``), any capacity (``MB`` = the next power of two; merges cost ``O(MB^2)`` per boundary). float32 on GPU;
+float64 runs under the interpreter (on an H100 at ``K = V = 128`` it needs more shared memory than there is).
+Scores are computed and compared with ``tau`` in the input dtype, with IEEE-rounded division and square root and
+libdevice's ``exp`` on GPU, so near-threshold decisions agree with the reference.
 """
 
 from __future__ import annotations
@@ -359,12 +361,13 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         out.boundary = out.boundary.bool()
         return out
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    NT = triton.cdiv(T, chunk_size)  # chunks past T decide nothing
     dla_scan_kernel[(N,)](
         k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous(), O, consts, seen.contiguous(),
         slots.m.contiguous(), x0.contiguous(),
         out.pos, out.counts, out.info, out.m, out.open_norm,
         out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,
-        T, Tp, triton.cdiv(T, chunk_size), T - (triton.cdiv(T, chunk_size) - 1) * chunk_size, M, R, capacity, block_size if policy == "fixed" else 1,
+        T, Tp, NT, T - (NT - 1) * chunk_size, M, R, capacity, block_size if policy == "fixed" else 1,
         K=K, V=V, CS=chunk_size, BT=max(triton.next_power_of_2(chunk_size), 16),
         BK=max(triton.next_power_of_2(K), 16), BV=min(max(triton.next_power_of_2(V), 16), 64),
         MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,

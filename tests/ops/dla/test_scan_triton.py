@@ -1,0 +1,135 @@
+"""The Triton segmentation scan == the vectorised PyTorch scan (``dla_scan``) on the same inputs.
+
+Runs under ``TRITON_INTERPRET=1`` (set by conftest): integer and bool fields must be equal, scores, information
+sums and the open slot's norm equal to 1e-6 (float32) / 1e-12 (float64) relative error.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dla.ops.common.state import DLAState, num_levels
+from dla.ops.dla.chunk import chunk_dla
+from dla.ops.dla.scan import dla_scan
+from tests.conftest import make_inputs, rel_err
+
+pytest.importorskip("triton")
+from dla.ops.dla.scan_triton import dla_scan_triton  # noqa: E402
+
+POLICIES = ("dla", "fixed", "fenwick", "single", "dla_unbounded")
+EXACT = ("boundary", "num_slots", "merged", "starts", "lam_index", "pos", "counts", "m")
+CLOSE = ("score", "info", "open_norm")
+TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+HEAD = 7  # tokens summarised by an initial state
+
+
+def _case(policy, *, T=70, chunk_size=16, dtype=torch.float64, init=False, tau=0.6, capacity=4, block_size=3,
+          score="drift", K=4, V=6, H=2, decay=0.3, seed=0, values=None):
+    """Scan inputs as ``chunk_dla_torch`` builds them (``u = v``, heads expanded, zero padding) and the kwargs."""
+    x = make_inputs(B=1, T=T + (HEAD if init else 0), H=H, G=1, K=K, V=V, dtype=dtype, decay=decay, seed=seed)
+    if values is not None:
+        x["v"] = values(x["v"])
+    kw = dict(tau=tau, capacity=capacity, policy=policy, block_size=block_size, score=score)
+    state, seen = None, 0
+    if init:
+        head = {n: None if n == "lam" or t is None else t[:, :HEAD] for n, t in x.items()}
+        _, state = chunk_dla(**head, **kw, output_final_state=True)
+        x = {n: None if t is None else t[:, HEAD:] for n, t in x.items()}
+        seen = HEAD
+    Tp = -(-T // chunk_size) * chunk_size
+    k = F.pad(x["k"].transpose(1, 2).expand(1, H, T, K), (0, 0, 0, Tp - T)).reshape(H, Tp, K)
+    u = F.pad(x["v"].transpose(1, 2), (0, 0, 0, Tp - T)).reshape(H, Tp, V)
+    g = F.pad(x["g"].transpose(1, 2), (0, Tp - T)).reshape(H, Tp)
+    R = {"single": 1, "fenwick": num_levels(seen + T)}.get(policy, capacity)
+    args = dict(chunk_size=chunk_size, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
+                score=score, R=R, initial_state=state)
+    return (k, u, g, T), args
+
+
+def _check(inputs, args, record, name):
+    ref = dla_scan(*inputs, **args)
+    out = dla_scan_triton(*inputs, **args)
+    for field in EXACT:
+        a, b = getattr(out, field), getattr(ref, field)
+        assert a.dtype == b.dtype and a.shape == b.shape, field
+        assert torch.equal(a, b), f"{field}: {int((a != b).sum())} entries differ"
+    tol = TOL[inputs[1].dtype]
+    for field in CLOSE:
+        a, b = getattr(out, field), getattr(ref, field)
+        assert a.dtype == b.dtype and a.shape == b.shape, field
+        assert record(f"{name}, {field} ({str(b.dtype)[6:]})", rel_err(a, b)) <= tol, field
+    return ref
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["empty", "initial_state"])
+@pytest.mark.parametrize("score", ["drift", "write"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_matches_reference_float64(policy, score, init, record):
+    inputs, args = _case(policy, T=40, score=score, init=init)
+    _check(inputs, args, record, "scan, triton vs torch")
+
+
+@pytest.mark.parametrize("score", ["drift", "write"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_matches_reference_float32(policy, score, record):
+    inputs, args = _case(policy, T=40, score=score, init=True, dtype=torch.float32, seed=1)
+    _check(inputs, args, record, "scan, triton vs torch")
+
+
+@pytest.mark.parametrize("T, chunk_size", [(1, 16), (5, 16), (64, 16), (64, 64), (70, 64), (1, 64), (20, 10)])
+@pytest.mark.parametrize("policy", ["dla", "fenwick"])
+def test_lengths_and_chunk_sizes(policy, T, chunk_size, record):
+    inputs, args = _case(policy, T=T, chunk_size=chunk_size, init=T % 2 == 0, seed=T)
+    _check(inputs, args, record, "scan, lengths and chunk sizes")
+
+
+def test_wide_values_and_odd_dims(record):
+    """``K`` padded to a block of 32, ``V = 70`` in two value tiles, ``chunk_size`` not a power of two."""
+    inputs, args = _case("dla", T=30, chunk_size=12, K=20, V=70, H=1, init=True, tau=0.3)
+    _check(inputs, args, record, "scan, K=20 V=70")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_merges(dtype, record):
+    inputs, args = _case("dla", tau=0.05, capacity=3, dtype=dtype, init=True)
+    ref = _check(inputs, args, record, "scan, many merges")
+    assert int((ref.merged >= 0).sum()) > 50
+
+
+@pytest.mark.parametrize("policy, tau", [("fixed", 0.6), ("dla", 0.0)])
+def test_merge_ties_go_to_the_oldest_pair(policy, tau, record):
+    """Zero values: every score and density is 0, every merge is a tie; the rule picks the smallest index."""
+    inputs, args = _case(policy, tau=tau, capacity=3, block_size=2, init=True, values=torch.zeros_like)
+    ref = _check(inputs, args, record, "scan, ties")
+    merged = ref.merged[ref.merged >= 0]
+    assert merged.numel() > 10 and bool((merged == 0).all())
+
+
+def test_unbounded_initial_state_wider_than_registers(record):
+    """``dla_unbounded`` with ``tau = 0``: the initial state holds more slots than the register window (R = 2)."""
+    inputs, args = _case("dla_unbounded", tau=0.0, capacity=2, init=True, T=20)
+    assert int(args["initial_state"].num_slots.min()) > 2
+    _check(inputs, args, record, "scan, unbounded window")
+
+
+def test_capacity_one_is_the_backbone(record):
+    inputs, args = _case("dla", tau=0.0, capacity=1, init=True, T=20)
+    ref = _check(inputs, args, record, "scan, capacity 1")
+    assert bool((ref.num_slots == 1).all())
+
+
+def test_initial_state_without_open_norm(record):
+    inputs, args = _case("dla", init=True, T=20)
+    st = args["initial_state"]
+    args["initial_state"] = DLAState(st.slots, st.counts, st.info, st.num_slots)
+    _check(inputs, args, record, "scan, state without open_norm")
+
+
+def test_rejects_what_it_does_not_implement():
+    (k, u, g, T), args = _case("dla", T=5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        dla_scan_triton(k, u, g, T, **{**args, "chunk_size": 3})
+    with pytest.raises(ValueError, match="float32 or float64"):
+        dla_scan_triton(k, u.half(), g, T, **args)
+    with pytest.raises(ValueError, match="K <= 256"):
+        dla_scan_triton(torch.zeros(2, 16, 257, dtype=u.dtype), u, g, T, **args)
