@@ -131,7 +131,7 @@ def _lam_index(b_cnt, o_r, capacity, POLICY: tl.constexpr, NBITS: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T", "Tp", "NT", "LAST"])
 def dla_scan_kernel(
-    k, u, g, O, consts, seen, m_init, x_init,
+    k, u, g, O, consts, seen, lengths, m_init, x_init,
     pos, cnt, info, m_final, x_final,
     o_score, o_boundary, o_num_slots, o_merged, o_starts, o_lam,
     T, Tp, NT, LAST, M, R, capacity, block_size,
@@ -150,6 +150,7 @@ def dla_scan_kernel(
     sqrt_n_c, tau = tl.load(consts + 3), tl.load(consts + 4)
     p_slots = i_n * M
     seen_n = tl.load(seen + i_n)
+    len_n = tl.load(lengths + i_n)  # tokens past it change nothing (right padding)
     m = tl.load(m_init + i_n)
     x_carry = tl.load(x_init + i_n)
     # the slot cache by recency rank: rank r is the chronological slot m-1-r
@@ -216,7 +217,8 @@ def dla_scan_kernel(
                 want = m < 0
             if POLICY == _DLA or POLICY == _FIXED:
                 want = want & (capacity > 1)  # capacity 1: the slot absorbs every token
-            opened = empty | want
+            active = t < len_n
+            opened = (empty | want) & active
             merged = m * 0 - 1
             if POLICY == _DLA or POLICY == _FIXED:
                 if opened & (m == capacity) & (capacity >= 2):
@@ -243,9 +245,9 @@ def dla_scan_kernel(
                 b_pos, b_cnt, b_info = _push(b_pos, b_cnt, b_info, t, info_t, o_r)
                 m = m + 1
             else:
-                b_cnt = tl.where(o_r == 0, b_cnt + 1, b_cnt)
-                b_info = tl.where(o_r == 0, b_info + info_t, b_info)
-            x_carry = tl.where(opened, z_t, x + 2 * y + z_t)
+                b_cnt = tl.where((o_r == 0) & active, b_cnt + 1, b_cnt)
+                b_info = tl.where((o_r == 0) & active, b_info + info_t, b_info)
+            x_carry = tl.where(active, tl.where(opened, z_t, x + 2 * y + z_t), x_carry)
             open_start = tl.where(opened, t, open_start)
 
             b_sc = tl.where(m_tt, info_t, b_sc)
@@ -295,7 +297,7 @@ def dla_scan_kernel(
 
 def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk_size: int, policy: str,
                     tau: float, capacity: int, block_size: int, score: str, R: int,
-                    initial_state: Optional[DLAState]) -> ScanResult:
+                    initial_state: Optional[DLAState], lengths: Optional[torch.Tensor] = None) -> ScanResult:
     """Decide boundaries and merges for ``N`` sequences; arguments and returns as :func:`dla.ops.dla.scan.dla_scan`.
 
     Args:
@@ -303,6 +305,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         u: ``[N, Tp, V]`` values or pseudo-values, float32 or float64 (``k`` and ``g`` are cast to its dtype).
         g: ``[N, Tp]`` log-decays.
         T: real length; R: entries per token in the live-slot record.
+        lengths: ``[N]`` per-sequence lengths ``<= T`` (right padding with ``k = u = 0``, ``g = 0``: tokens past
+            them change nothing), or ``None``.
     Returns:
         :class:`ScanResult`, equal to ``dla_scan``'s on the same inputs (integer fields exactly, scores to
         rounding: matrix products and sums run in another order).
@@ -329,7 +333,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         raise ValueError(f"score: the Triton scan implements 'drift' and 'write', got {score!r} "
                          f"(registered: {sorted(SCORES)})")
     m0 = int(initial_state.num_slots.max()) if initial_state is not None else 0
-    M = max({"single": 1, "fenwick": R + 1, "dla_unbounded": m0 + T + 1}.get(policy, capacity), m0)
+    M = max({"single": 1, "fenwick": R + 1, "dla_unbounded": m0 + T + 1}.get(policy, capacity),
+            initial_state.counts.shape[-1] if initial_state is not None else 0)
     slots = _Slots(N, M, dt, dev, initial_state)
     if initial_state is not None:
         seen = initial_state.counts.reshape(N, -1).sum(-1).to(dev)
@@ -360,10 +365,15 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     if N == 0:
         out.boundary = out.boundary.bool()
         return out
+    if lengths is None:
+        lengths = torch.full((N,), T, dtype=torch.int64, device=dev)
+    elif tuple(lengths.shape) != (N,):
+        raise ValueError(f"lengths: expected [N={N}], got {tuple(lengths.shape)}")
+    lengths = lengths.to(dev, torch.int64).contiguous()
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     NT = triton.cdiv(T, chunk_size)  # chunks past T decide nothing
     dla_scan_kernel[(N,)](
-        k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous(), O, consts, seen.contiguous(),
+        k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous(), O, consts, seen.contiguous(), lengths,
         slots.m.contiguous(), x0.contiguous(),
         out.pos, out.counts, out.info, out.m, out.open_norm,
         out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,

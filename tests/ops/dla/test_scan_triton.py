@@ -1,8 +1,10 @@
 """The Triton segmentation scan == the vectorised PyTorch scan (``dla_scan``) on the same inputs.
 
-Runs under ``TRITON_INTERPRET=1`` (set by conftest): integer and bool fields must be equal, scores, information
-sums and the open slot's norm equal to 1e-6 (float32) / 1e-12 (float64) relative error.
+On a GPU both run on it; without one, under ``TRITON_INTERPRET=1`` (set by conftest). Integer and bool fields must
+be equal, scores, information sums and the open slot's norm equal to 1e-6 (float32) / 1e-12 (float64) relative.
 """
+
+import os
 
 import pytest
 import torch
@@ -15,6 +17,10 @@ from tests.conftest import make_inputs, rel_err
 
 pytest.importorskip("triton")
 from dla.ops.dla.scan_triton import dla_scan_triton  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs a GPU or TRITON_INTERPRET=1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 POLICIES = ("dla", "fixed", "fenwick", "single", "dla_unbounded")
 EXACT = ("boundary", "num_slots", "merged", "starts", "lam_index", "pos", "counts", "m")
@@ -42,8 +48,8 @@ def _case(policy, *, T=70, chunk_size=16, dtype=torch.float64, init=False, tau=0
     g = F.pad(x["g"].transpose(1, 2), (0, Tp - T)).reshape(H, Tp)
     R = {"single": 1, "fenwick": num_levels(seen + T)}.get(policy, capacity)
     args = dict(chunk_size=chunk_size, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
-                score=score, R=R, initial_state=state)
-    return (k, u, g, T), args
+                score=score, R=R, initial_state=None if state is None else state.to(DEVICE))
+    return (k.to(DEVICE), u.to(DEVICE), g.to(DEVICE), T), args
 
 
 def _check(inputs, args, record, name):
@@ -125,6 +131,27 @@ def test_initial_state_without_open_norm(record):
     _check(inputs, args, record, "scan, state without open_norm")
 
 
+def test_initial_state_wider_than_capacity(record):
+    """A continuation from a state of width 6 > capacity 4 (zero entries past ``num_slots``)."""
+    inputs, args = _case("dla", init=True, T=20)
+    st = args["initial_state"]
+    wide = DLAState(F.pad(st.slots, (0, 0, 0, 0, 0, 2)), F.pad(st.counts, (0, 2)), F.pad(st.info, (0, 2)),
+                    st.num_slots, st.open_norm)
+    ref = _check(inputs, {**args, "initial_state": wide}, record, "scan, wide initial state")
+    assert ref.pos.shape[1] == 6
+
+
+@pytest.mark.parametrize("policy", ["dla", "fenwick", "dla_unbounded"])
+def test_right_padded_rows(policy, record):
+    """Rows shorter than ``T`` (``lengths``, zero padding): tokens past a row's length change nothing."""
+    (k, u, g, T), args = _case(policy, T=30, H=3, init=True, tau=0.3)
+    lengths = torch.tensor([30, 17, 0], device=k.device)
+    live = (torch.arange(k.shape[1], device=k.device)[None] < lengths[:, None])
+    k, u, g = k * live[..., None], u * live[..., None], g * live
+    ref = _check((k, u, g, T), {**args, "lengths": lengths}, record, "scan, right-padded rows")
+    assert int(ref.boundary[1, 17:].sum()) == 0 and int(ref.boundary[1, :17].sum()) > 0
+
+
 def test_rejects_what_it_does_not_implement():
     (k, u, g, T), args = _case("dla", T=5)
     with pytest.raises(ValueError, match="chunk_size"):
@@ -132,4 +159,4 @@ def test_rejects_what_it_does_not_implement():
     with pytest.raises(ValueError, match="float32 or float64"):
         dla_scan_triton(k, u.half(), g, T, **args)
     with pytest.raises(ValueError, match="K <= 256"):
-        dla_scan_triton(torch.zeros(2, 16, 257, dtype=u.dtype), u, g, T, **args)
+        dla_scan_triton(torch.zeros(2, 16, 257, dtype=u.dtype, device=u.device), u, g, T, **args)
