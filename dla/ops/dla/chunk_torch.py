@@ -50,8 +50,8 @@ def chunk_dla_torch(
 
     ``chunk_size``: tokens per chunk (any ``>= 1``; 64 matches the kernels). Computation runs in float64
     for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
-    ``backend``: ``torch``, or ``triton`` for the Triton boundary readout (float32; backward by recomputing the
-    PyTorch form; needs ``chunk_size >= 16`` and a power of two).
+    ``backend``: ``torch``, or ``triton`` for the Triton segmentation scan and boundary readout (float32; the
+    readout's backward recomputes the PyTorch form; needs ``chunk_size >= 16`` and a power of two).
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """
@@ -81,9 +81,13 @@ def chunk_dla_torch(
         torch.zeros(B, H, K, V, dtype=dt, device=v.device)
     u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, BT)
 
+    scan_fn = dla_scan
+    if backend == "triton" and dt == torch.float32:
+        from dla.ops.dla.scan_triton import dla_scan_triton  # lazy: CPU installs may lack Triton
+        scan_fn = dla_scan_triton
     with torch.no_grad():
         N = B * H
-        scan = dla_scan(kh.detach().reshape(N, -1, K), u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
+        scan = scan_fn(kh.detach().reshape(N, -1, K), u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
                         chunk_size=BT, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
                         score=score, R=R, initial_state=initial_state,
                         lengths=None if lengths is None else lengths.to(v.device).repeat_interleave(H))
