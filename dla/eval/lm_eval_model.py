@@ -83,7 +83,8 @@ class DLALM(TemplateLM):
             checkpoint's limit if it has one, else ``config.max_position_embeddings`` (the training length).
         batch_size: requests (or context groups) per forward; lm-eval passes ``--batch_size`` here.
         max_batch_size: accepted for lm-eval's command line; unused (no automatic batch size).
-        device: ``cpu``, ``cuda``, ``cuda:1`` ...; default ``cuda`` when available, else ``cpu``.
+        device: ``cpu``, ``cuda``, ``cuda:1`` ...; default ``cuda`` when available, else ``cpu`` (also when
+            ``cuda`` is asked for but absent, with a warning).
         dtype: ``auto`` (as stored) | ``float32`` | ``bfloat16`` | ``float16`` | ``float64``.
         max_gen_toks: default generation budget when a task sets none (lm-eval's default is 256).
         chunk_size: tokens per forward call; longer inputs run chunk by chunk through the cache.
@@ -118,6 +119,9 @@ class DLALM(TemplateLM):
         self.add_bos_token = _as_bool("add_bos_token", add_bos_token)
         _as_int("max_batch_size", max_batch_size, allow_none=True)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            logger.warning("dla: device %r requested but CUDA is not available; using cpu", device)
+            device = "cpu"  # lm-eval's command line passes --device cuda by default
         if isinstance(pretrained, torch.nn.Module):
             if tokenizer is None:
                 raise ValueError("tokenizer: required when pretrained is a model object")

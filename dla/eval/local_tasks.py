@@ -179,8 +179,8 @@ def fixture_documents(num: int, seed: int = 0) -> List[Dict[str, object]]:
 
 
 def write_fixture_tasks(out_dir: Union[str, Path], *, num_docs: int = 6, niah_lengths: Sequence[int] = (64, 128),
-                        niah_depths: Sequence[float] = (10.0, 90.0), tokenize=None, seed: int = 0,
-                        manager=None) -> Dict[str, Path]:
+                        niah_depths: Sequence[float] = (10.0, 90.0), tokenize=None,
+                        seed: int = 0) -> Dict[str, Path]:
     """Write the fixture tasks (``FIXTURE_TASKS``) with their data into ``out_dir``.
 
     Args:
@@ -188,27 +188,33 @@ def write_fixture_tasks(out_dir: Union[str, Path], *, num_docs: int = 6, niah_le
         niah_lengths, niah_depths: the NIAH grid (lengths in tokens of ``tokenize``, words when ``None``).
         tokenize: ``str -> sequence`` sizing the NIAH prompts (the model's tokenizer).
         seed: data seed (same seed, same files).
-        manager: an lm-eval ``TaskManager`` (built when ``None``).
 
     Returns:
         task name -> YAML path.
     """
-    from dla.eval.suite import task_manager
+    import lm_eval
 
     out = Path(out_dir)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    manager = manager or task_manager()
     docs = fixture_documents(num_docs, seed)
     for schema in ("lambada", "piqa", "swde", "ppl"):
         write_jsonl([d[schema] for d in docs], data / f"{schema}.jsonl")
+    stock = Path(lm_eval.__file__).parent / "tasks"
+
+    def local(name: str, include: Optional[str], split: str, schema: str, **extra) -> Path:
+        files = {"data_files": {split: str((data / f"{schema}.jsonl").resolve())}}
+        cfg = {"include": str(stock / include), "task": name, "dataset_path": "json", "dataset_name": None,
+               "dataset_kwargs": files, "tag": [], **extra} if include else \
+            {"task": name, **extra, "dataset_kwargs": files}
+        (out / f"{name}.yaml").write_text(_yaml(cfg))
+        return out / f"{name}.yaml"
+
     paths = {
-        "dla_lambada_local": write_local_task(out, "lambada_openai", {"test": data / "lambada.jsonl"},
-                                              name="dla_lambada_local", manager=manager),
-        "dla_piqa_local": write_local_task(out, "piqa", {"validation": data / "piqa.jsonl"}, name="dla_piqa_local",
-                                           manager=manager),
-        "dla_swde_local": write_local_task(out, "swde", {"validation": data / "swde.jsonl"}, name="dla_swde_local",
-                                           manager=manager),
+        "dla_lambada_local": local("dla_lambada_local", "lambada/lambada_openai.yaml", "test", "lambada"),
+        "dla_piqa_local": local("dla_piqa_local", "piqa/piqa.yaml", "validation", "piqa", training_split=None),
+        "dla_swde_local": local("dla_swde_local", None, "validation", "swde",
+                                **{"class!": "dla.eval.local_tasks.LocalSWDE"}),
     }
     from dla.eval.synthetic import niah_grid
 

@@ -64,7 +64,7 @@ def score_tokens(model, input_ids: torch.Tensor, targets: torch.Tensor, *, atten
         mask = attention_mask[:, s:e].to(device) if attention_mask is not None else None
         logits = model(input_ids=input_ids[:, s:e].to(device), attention_mask=mask, past_key_values=cache,
                        use_cache=True).logits
-        lp = F.log_softmax(logits.float(), dim=-1)  # [B, t, V]
+        lp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [B, t, V]
         tgt = targets[:, s:e].to(device)
         scored = tgt >= 0
         safe = tgt.clamp(min=0)
