@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from dla.eval.metrics import string_match
-from dla.eval.synthetic import generate_niah, write_jsonl
+from dla.eval.synthetic import niah_grid, write_jsonl
 
 FIXTURE_TASKS = ("dla_lambada_local", "dla_piqa_local", "dla_swde_local", "dla_niah_local", "dla_ppl_local")
 """Tasks :func:`write_fixture_tasks` writes."""
@@ -216,7 +216,6 @@ def write_fixture_tasks(out_dir: Union[str, Path], *, num_docs: int = 6, niah_le
         "dla_swde_local": local("dla_swde_local", None, "validation", "swde",
                                 **{"class!": "dla.eval.local_tasks.LocalSWDE"}),
     }
-    from dla.eval.synthetic import niah_grid
 
     niah = niah_grid("niah_single_1", niah_lengths, niah_depths, tokenize=tokenize, seed=seed)
     write_jsonl(niah, data / "niah.jsonl")
