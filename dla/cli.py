@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("report", help="markdown table and PNG from a benchmark JSON")
     p.add_argument("json")
     p.set_defaults(fn=_bench_report)
+
+    from dla.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
