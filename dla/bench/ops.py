@@ -126,6 +126,7 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
             ops[f"single_{backbone} (ours)"] = ("single", gdn, 1, None)
     rows: List[Row] = []
     too_slow = set()
+    meta = _meta(tokens_per_call)
     cases = [(s, T, name) for s in shapes for T in lengths for name in ops]
     for shape, T, name in tqdm(cases, disable=not progress, desc="bench ops"):
         if (shape, name) in too_slow:
@@ -153,10 +154,10 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
         rows.append(row)
         if row.fwdbwd_ms is not None and row.fwdbwd_ms / 1e3 > max_call_s:
             too_slow.add((shape, name))
-    result = {"meta": _meta(tokens_per_call), "rows": [asdict(r) for r in rows]}
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        result = {"meta": meta, "rows": [asdict(r) for r in rows]}
+        if out is not None:  # after every row: a run cut short keeps what it measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1))
     return result
 
 
