@@ -6,14 +6,35 @@
 - ``dla.train.quickstart``: tiny DLA models and baselines trained and compared on CPU in minutes.
 - ``dla.train.cli``: the ``dla train`` and ``dla quickstart`` subcommands.
 
-Run as ``python -m dla.train CONFIG [section.field=value ...]`` (or under ``torchrun``).
+Run as ``python -m dla.train CONFIG [section.field=value ...]`` (or under ``torchrun``). The names below are
+imported on first use, so that building the command line stays fast.
+
+Example:
+    >>> from dla.train import load_config, train
+    >>> result = train(load_config("tiny", ["train.max_steps=20"]))
 """
 
-from dla.train.config import (CheckpointSection, DataSection, LogSection, ModelSpec, MQARSection, RunConfig,
-                              TrainSection, apply_overrides, config_from_dict, dump_config, load_config)
-from dla.train.loop import TrainResult, check_fit, evaluate, train
-from dla.train.recipes import list_recipes, resolve_recipe
+import importlib
 
-__all__ = ["RunConfig", "ModelSpec", "DataSection", "MQARSection", "TrainSection", "CheckpointSection", "LogSection",
-           "load_config", "config_from_dict", "apply_overrides", "dump_config", "train", "TrainResult", "evaluate",
-           "check_fit", "list_recipes", "resolve_recipe"]
+_EXPORTS = {
+    "dla.train.config": ("RunConfig", "ModelSpec", "DataSection", "MQARSection", "TrainSection", "CheckpointSection",
+                         "LogSection", "load_config", "config_from_dict", "apply_overrides", "dump_config"),
+    "dla.train.loop": ("train", "TrainResult", "evaluate", "check_fit"),
+    "dla.train.recipes": ("list_recipes", "resolve_recipe"),
+    "dla.train.quickstart": ("run_quickstart",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dla.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -36,13 +36,13 @@ import yaml
 
 from dla.data import SourceConfig, TokenizerConfig
 from dla.eval.synthetic import MQARConfig
+from dla.train.recipes import CONFIG_SUFFIXES, resolve_recipe
 
 TASKS = ("lm", "mqar")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "float32", "bfloat16")
 PARALLELISMS = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
-CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
 
 @dataclass(frozen=True)
@@ -455,8 +455,6 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunCon
         FileNotFoundError: no such file or recipe.
         ValueError: a parse error, an unknown field, a bad type or value (the message names the field).
     """
-    from dla.train.recipes import resolve_recipe
-
     return config_from_dict(apply_overrides(read_file(resolve_recipe(path)), overrides))
 
 

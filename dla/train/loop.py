@@ -162,11 +162,10 @@ def evaluate(step_fn: _Step, model: nn.Module, loader, env: DistEnv, max_batches
             "val_tokens": int(count)}
 
 
-def _grad_norm(model: nn.Module, max_norm: Optional[float]) -> float:
+def _grad_norm(model: nn.Module, max_norm: Optional[float]) -> torch.Tensor:
+    """Clip to ``max_norm`` (None: only measure); the global norm before clipping, as a tensor (no host sync)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm is not None else float("inf"))
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return float(norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def _resolve_resume(resume: Union[bool, str, os.PathLike, None], ckpt_dir: Path) -> Optional[Path]:
@@ -335,18 +334,19 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
     last_ckpt: Optional[Path] = None
     final_loss: Optional[float] = None
     interval_nll = torch.zeros((), dtype=torch.float64, device=env.device)
-    interval_count, interval_tokens, interval_time = 0.0, 0, 0.0
+    interval_count = torch.zeros((), dtype=torch.float64, device=env.device)
+    interval_tokens, interval_time = 0, 0.0
     stopped_early = False
     step = start_step
     while step < total_steps:
         t0 = time.perf_counter()
         micro = [next(train_iter) for _ in range(accum)]
+        # every rank's gradient is scaled by world_size / (scored labels of the step on all ranks): DDP and FSDP
+        # average over ranks, so the update is the mean over all scored labels (a tensor: no host sync)
         scored = torch.tensor(float(sum(int((b["labels"] != -100).sum()) for b in micro)), dtype=torch.float64,
                               device=env.device)
-        scored = float(all_reduce_sum(scored, env))
-        if scored == 0:
-            raise ValueError(f"data: step {step + 1} has no scored label on any rank")
-        scale = env.world_size / scored
+        scored = all_reduce_sum(scored, env)
+        scale = (env.world_size / scored.clamp(min=1.0)).float()
         for i, batch in enumerate(micro):
             last = i == accum - 1
             if sharded:
@@ -371,20 +371,24 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
         interval_count += scored
 
         if step % config.log.every == 0 or step == total_steps:
-            loss = float(all_reduce_sum(interval_nll, env)) / interval_count
+            count = float(interval_count)
+            if count == 0:
+                raise ValueError(f"data: no scored label (all -100) in steps up to {step}")
+            loss = float(all_reduce_sum(interval_nll, env)) / count
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss: {loss} at step {step}; lower train.lr or check the data")
             final_loss = loss
             tps = interval_tokens / max(interval_time, 1e-9)
             run_log.log({"kind": "train", "step": step, "tokens": tokens, "loss": loss, "lr": lr,
-                         "grad_norm": grad_norm, "tokens_per_s": tps, "time_s": train_time})
+                         "grad_norm": float(grad_norm), "tokens_per_s": tps, "time_s": train_time})
             run_log.advance(0, loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
             interval_nll = torch.zeros((), dtype=torch.float64, device=env.device)
-            interval_count, interval_tokens, interval_time = 0.0, 0, 0.0
+            interval_count = torch.zeros((), dtype=torch.float64, device=env.device)
+            interval_tokens, interval_time = 0, 0.0
         run_log.advance(1)
         if t.eval_every and step % t.eval_every == 0 and step < total_steps:
             metrics = validate(step)
-        out_of_time = any_rank(t.max_time_s is not None and train_time >= t.max_time_s, env)
+        out_of_time = t.max_time_s is not None and any_rank(train_time >= t.max_time_s, env)
         if config.checkpoint.every and step % config.checkpoint.every == 0 and step < total_steps and not out_of_time:
             last_ckpt = checkpoint(step) or last_ckpt
         if out_of_time and step < total_steps:

@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from dla.train.config import load_config
 from dla.train.logs import plot_loss_curves, read_log
-from dla.train.loop import train
 
 BACKBONES = {"mamba2": "Mamba-2", "gdn": "GDN"}
 """Backbone -> display name."""
@@ -122,6 +120,9 @@ def run_quickstart(out_dir: Union[str, Path] = "runs/quickstart", *, backbones: 
     Raises:
         ValueError: an unknown backbone or task, or ``scale <= 0``.
     """
+    from dla.train.config import load_config
+    from dla.train.loop import train
+
     unknown = [t for t in tasks if t not in TASK_RECIPES]
     if unknown or not tasks:
         raise ValueError(f"tasks: expected some of {', '.join(TASK_RECIPES)}, got {list(tasks)!r}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from dla.train.config import CONFIG_SUFFIXES
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+"""File types a recipe may have."""
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"
 """``configs/`` next to the ``dla`` package (a source checkout or an editable install)."""
@@ -38,4 +39,4 @@ def resolve_recipe(name_or_path: Union[str, Path]) -> Path:
     raise FileNotFoundError(f"config: no file {str(name_or_path)!r} and no recipe of that name; recipes: {known}")
 
 
-__all__ = ["RECIPES_DIR", "list_recipes", "resolve_recipe"]
+__all__ = ["RECIPES_DIR", "CONFIG_SUFFIXES", "list_recipes", "resolve_recipe"]
