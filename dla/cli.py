@@ -118,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_bench_parser(bench)
 
     from dla.eval.cli import add_eval_parser
+    from dla.train.cli import add_quickstart_parser, add_train_parser
 
+    add_quickstart_parser(sub)
+    add_train_parser(sub)
     add_eval_parser(sub)
     return parser
 
