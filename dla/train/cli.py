@@ -64,7 +64,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     _setup_logging()
     logging.getLogger("dla").setLevel(logging.WARNING)
     run_quickstart(args.out, backbones=tuple(args.backbones), tasks=tuple(args.tasks), scale=args.scale,
-                   cache_dir=args.cache_dir, progress=not args.no_progress)
+                   cache_dir=args.cache_dir, progress=not args.no_progress and sys.stderr.isatty())
     return 0
 
 
@@ -83,7 +83,8 @@ def add_quickstart_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--tasks", nargs="+", default=list(TASK_RECIPES), choices=list(TASK_RECIPES))
     p.add_argument("--scale", type=float, default=1.0, help="multiply every run's training steps (default 1)")
     p.add_argument("--cache-dir", default="runs/cache", help="tokenizer and token cache (default runs/cache)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none either when stderr is not a "
+                   "terminal)")
     p.set_defaults(fn=_quickstart)
     return p
 

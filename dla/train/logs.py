@@ -52,7 +52,9 @@ class RunLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1)
+                # on resume, events after the checkpoint's step (written before the run stopped) are dropped
+                self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"),
+                                            purge_step=start_step + 1 if start_step else None)
             except ImportError:
                 logger.warning("log.tensorboard: the tensorboard package is not installed; no events are written "
                                "(pip install tensorboard, or set log.tensorboard=false)")
