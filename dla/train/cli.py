@@ -24,13 +24,17 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out_dir is not None:
         overrides.append(f"out_dir={args.out_dir}")
-    config = load_config(args.config, overrides)
-    if args.print_config:
-        import yaml
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
-        return 0
-    _setup_logging()
-    result = train(config, resume=args.resume)
+    try:
+        config = load_config(args.config, overrides)
+        if args.print_config:
+            import yaml
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            return 0
+        _setup_logging()
+        result = train(config, resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:  # bad config, data or checkpoint: the message says what to fix
+        print(f"dla train: error: {e}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {"out_dir": str(result.out_dir), "steps": result.steps, "tokens": result.tokens,
                    "train_time_s": round(result.train_time_s, 2), "tokens_per_s": round(result.tokens_per_s, 1),
