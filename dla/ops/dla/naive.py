@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from dla.ops.common.merge import lam_indices, pick_merge
+from dla.ops.common.merge import lam_indices, pick_merge, wants_boundary
 from dla.ops.common.score import SCORES
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
 from dla.ops.utils.checks import check_dla_args
@@ -125,9 +125,7 @@ def naive_dla(
                     S_open = slots[-1].S
                     x, y, z = (S_open * S_open).sum(), (S_open * st).sum(), (kt @ kt) * (ut @ ut)
                     info = score_fn(x, y, z, K * V)
-                    opened = _wants_boundary(policy, info, tau, seen + t, block_size)
-                    if opened and policy in ("dla", "fixed") and capacity == 1:
-                        opened = False
+                    opened = bool(wants_boundary(policy, info, tau, seen + t, block_size, capacity))
                     if opened:  # 5. merge when full, then append
                         merged = _make_room(slots, policy, capacity)
                         slots.append(_Slot(st, 1, info, t))
@@ -147,14 +145,6 @@ def naive_dla(
     o = (o * dims.scale).to(out_dtype)
     final = _pack_state(finals, policy, capacity, R, K, V, dt, v.device) if output_final_state else None
     return (o, final, seg) if return_segmentation else (o, final)
-
-
-def _wants_boundary(policy: str, info: torch.Tensor, tau: float, position: int, block_size: int) -> bool:
-    if policy in ("dla", "dla_unbounded"):
-        return bool(info >= tau)  # compared in the computation dtype, as every implementation does
-    if policy == "fixed":
-        return position % block_size == 0
-    return policy == "fenwick"  # fenwick: every token opens a slot; single: never
 
 
 def _make_room(slots: List[_Slot], policy: str, capacity: int) -> int:

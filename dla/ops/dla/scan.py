@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from dla.ops.common.merge import lam_indices, pick_merge
+from dla.ops.common.merge import lam_indices, pick_merge, wants_boundary
 from dla.ops.common.score import SCORES
 from dla.ops.common.state import UNUSED_START, DLAState
 
@@ -153,10 +153,7 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
             y = y + tail[slots.rows, tt, loc.clamp(0, BT)]
             empty = slots.m == 0
             info = torch.where(empty, torch.zeros_like(x), score_fn(x, y, z[:, tt], K * V))
-            want = _wants_boundary(policy, info, tau, seen + t, block_size)
-            if policy in ("dla", "fixed") and capacity == 1:
-                want = torch.zeros_like(want)
-            opened = empty | want
+            opened = empty | wants_boundary(policy, info, tau, seen + t, block_size, capacity)
             active = None if lengths is None else t < lengths
             if active is not None:
                 opened = opened & active
@@ -191,12 +188,3 @@ def dla_scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk
             + torch.einsum("nt,ntk,ntv->nkv", w, kc, uc)
     out.pos, out.counts, out.info, out.m, out.open_norm = slots.pos, slots.n, slots.info, slots.m, x_carry
     return out
-
-
-def _wants_boundary(policy: str, info: torch.Tensor, tau: float, position: torch.Tensor,
-                    block_size: int) -> torch.Tensor:
-    if policy in ("dla", "dla_unbounded"):
-        return info >= tau
-    if policy == "fixed":
-        return position % block_size == 0
-    return torch.full_like(info, policy == "fenwick", dtype=torch.bool)

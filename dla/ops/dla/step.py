@@ -12,9 +12,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from dla.ops.common.merge import pick_merge
+from dla.ops.common.merge import lam_index, pick_merge, wants_boundary
 from dla.ops.common.score import SCORES
-from dla.ops.common.state import POLICIES, DLAState, fenwick_level
+from dla.ops.common.state import POLICIES, DLAState
 
 
 def empty_state(B: int, H: int, K: int, V: int, width: int, dtype=torch.float32, device=None) -> DLAState:
@@ -86,14 +86,7 @@ def dla_step(
     z = (kh * kh).sum(-1) * (u * u).sum(-1)
     empty = m == 0
     I_t = torch.where(empty, torch.zeros_like(x), SCORES[score](x, y, z, K * V))
-    if policy in ("dla", "dla_unbounded"):
-        want = I_t >= tau
-    elif policy == "fixed":
-        want = n.sum(-1) % block_size == 0
-    else:
-        want = torch.full_like(empty, policy == "fenwick")
-    if policy in ("dla", "fixed") and capacity == 1:
-        want = torch.zeros_like(want)
+    want = wants_boundary(policy, I_t, tau, n.sum(-1), block_size, capacity)
     opened = empty | want
     if policy in ("dla", "fixed") and capacity >= 2:
         full = opened & (m == capacity)
@@ -115,14 +108,7 @@ def dla_step(
     # readout: rank r = m - 1 - j; lam index by policy
     rank = m[..., None] - 1 - rows
     live = rank >= 0
-    if policy == "fenwick":
-        idx = torch.where(rank == 0, 0, fenwick_level(n))
-    elif policy == "dla_unbounded":
-        idx = rank.clamp(0, capacity - 1)
-    elif policy == "single":
-        idx = torch.zeros_like(rank)
-    else:
-        idx = rank.clamp_min(0)
+    idx = lam_index(policy, rank.clamp_min(0), n, capacity)
     lam_t = lam.to(dt) if lam is not None else torch.ones(B, H, 1, dtype=dt, device=S.device)
     w = torch.gather(lam_t, -1, idx.clamp(0, lam_t.shape[-1] - 1)) * live
     sc = K ** -0.5 if scale is None else scale

@@ -34,3 +34,14 @@ def test_lam_indices_per_policy():
     assert lam_indices("dla_unbounded", counts, 3).tolist() == [0, 1, 2, 2, 2]
     assert lam_indices("fenwick", counts, 30).tolist() == [0, 1, 2, 4, 5]
     assert lam_indices("single", counts[:1], 30).tolist() == [0]
+
+
+def test_wants_boundary_per_policy():
+    from dla.ops.common.merge import wants_boundary
+    info = torch.tensor([0.1, 0.7], dtype=torch.float64)
+    pos = torch.tensor([4, 5])
+    assert wants_boundary("dla", info, 0.6, pos, 4, 8).tolist() == [False, True]
+    assert wants_boundary("dla", info, 0.6, pos, 4, 1).tolist() == [False, False]  # C == 1 absorbs
+    assert wants_boundary("fixed", info, 0.6, pos, 4, 8).tolist() == [True, False]
+    assert wants_boundary("fenwick", info, 0.6, pos, 4, 8).tolist() == [True, True]
+    assert wants_boundary("single", info, 0.6, pos, 4, 8).tolist() == [False, False]
