@@ -114,6 +114,13 @@ def list_files(path: Union[str, os.PathLike]) -> list[Path]:
     return files
 
 
+def _text(value, field: str, where: str):
+    """A document's text: ``None`` (skipped) or a ``str``; anything else is a ``ValueError`` naming ``text_field``."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"text_field: {field} in {where} holds {type(value).__name__}, expected str")
+    return value
+
+
 def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -128,13 +135,9 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(f"text_field: {text_field!r} not found in {str(path)!r} line {line_no}; "
                                  f"available: {keys}")
-            value = record[text_field]
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise ValueError(f"text_field: {text_field!r} in {str(path)!r} line {line_no} holds "
-                                 f"{type(value).__name__}, expected str")
-            yield value
+            value = _text(record[text_field], f"{text_field!r}", f"{str(path)!r} line {line_no}")
+            if value is not None:
+                yield value
 
 
 def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
@@ -146,12 +149,9 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
         raise ValueError(f"text_field: column {text_field!r} not found in {str(path)!r}; available: {columns}")
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
         for value in batch.column(0).to_pylist():
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise ValueError(f"text_field: column {text_field!r} in {str(path)!r} holds "
-                                 f"{type(value).__name__}, expected str")
-            yield value
+            value = _text(value, f"column {text_field!r}", f"{str(path)!r}")
+            if value is not None:
+                yield value
 
 
 def iter_file_documents(path: Union[str, os.PathLike], text_field: str = "text") -> Iterator[str]:
@@ -228,13 +228,9 @@ def iter_hf_documents(path: str, name: Optional[str] = None, *, split: str = "tr
         if text_field not in example:
             raise ValueError(f"text_field: {text_field!r} not found in dataset {path!r} example {index}; "
                              f"available: {sorted(example)}")
-        value = example[text_field]
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise ValueError(f"text_field: {text_field!r} in dataset {path!r} example {index} holds "
-                             f"{type(value).__name__}, expected str")
-        yield value
+        value = _text(example[text_field], f"{text_field!r}", f"dataset {path!r} example {index}")
+        if value is not None:
+            yield value
 
 
 def iter_documents(config: SourceConfig) -> Iterator[str]:
