@@ -1,23 +1,26 @@
 """The segmentation scan (DESIGN.md section 4, step 2) as one Triton kernel: what :func:`dla.ops.dla.scan.dla_scan`
 computes, decision for decision.
 
-One program per sequence ``n = (b, h)``, sequential over chunks. Per chunk: the open slot's state at the chunk
-start ``O [K, V]`` gives ``y`` for an open slot that started before the chunk (one mat-vec), the Gram terms
-``exp(gl_t - gl_s) (k_t . k_s)(u_t . u_s)`` give it for one that started inside (two ``tl.dot``); a scalar loop over
-the chunk's tokens scores, decides boundaries and merges; at the chunk end ``O`` moves to the next chunk start.
+One program per sequence ``n = (b, h)``, sequential over chunks. Per chunk, vectorised: the open slot's state
+at the chunk start ``O [K, V]`` gives ``y`` for an open slot that started before the chunk (one mat-vec), the Gram
+terms ``A[t, s] = exp(gl_t - gl_s) (k_t . k_s)(u_t . u_s)`` give it for one that started inside (two ``tl.dot``);
+their row suffix sums ``sum_{j <= s < t} A[t, s]`` go to a per-program scratch, so the scalar loop over the
+chunk's tokens reads ``y`` as one entry instead of reducing a row. At the chunk end ``O`` moves to the next start.
 
 Where things live:
 - ``O`` lives in a global scratch buffer ``[N, K, V]`` (read and written once per chunk, tiled over ``V``), so
-  registers hold only the ``[BT, BK]`` keys, one ``[BT, BV]`` value tile and two ``[BT, BT]`` Gram blocks.
-- The slot bookkeeping (start, count, information sum) is three register vectors of length ``MB`` ordered by
-  recency rank (0 = open slot): the record of the ``R`` newest is a slice, an append is a shift by one, a merge of
-  the chronological pair ``(i, i+1)`` is a merge of the ranks ``(m-2-i, m-1-i)``. ``MB`` holds every live slot
-  for ``dla``, ``fixed``, ``fenwick`` and ``single``. ``dla_unbounded`` never merges, so its registers keep only
-  the ``MB >= R`` newest slots and every slot is written to the final arrays when it closes (older slots of an
-  initial state are written by the host).
+  registers hold only the ``[BT, BK]`` keys, one ``[BT, BV]`` value tile and two ``[BT, BT]`` Gram blocks; the
+  suffix sums, ``y`` against ``O`` and ``z = ||s_t||^2`` in a second scratch ``[N, (BT + 2) * BT]``.
+- The slot bookkeeping (start, count, information sum) is three register vectors of length ``MB`` in
+  chronological order: an append writes entry ``m``, an absorb updates entry ``m - 1`` (no data movement), a
+  merge of the pair ``(i, i+1)`` moves the entries above ``i`` down by one (``tl.gather``); the per-token record
+  by recency rank ``r = m - 1 - j`` is a scatter store. Only a merge decision reduces over the entries.
+  ``MB`` holds every live slot for ``dla``, ``fixed``, ``fenwick`` and ``single``. ``dla_unbounded`` never
+  merges, so its registers are a ring of the ``MB >= R`` newest slots and every slot is written to the final
+  arrays when it closes (older slots of an initial state are written by the host).
 
 Limits: ``K <= 256`` (one key block), any ``V`` (tiled), any ``chunk_size >= 1`` (padded to a power of two
-``>= 16``), any capacity (``MB`` = the next power of two; merges cost ``O(MB^2)`` per boundary). float32 on GPU;
+``>= 16``), any capacity (``MB`` = the next power of two). float32 on GPU;
 float64 runs under the interpreter (on an H100 at ``K = V = 128`` it needs more shared memory than there is).
 Scores are computed and compared with ``tau`` in the input dtype, with IEEE-rounded division and square root and
 libdevice's ``exp`` on GPU, so near-threshold decisions agree with the reference.
@@ -80,64 +83,67 @@ def _score(x, y, z, n, eps, c_n, sqrt_n_c, USE_DRIFT: tl.constexpr, USE_RN: tl.c
 
 
 @triton.jit
-def _push(b_pos, b_cnt, b_info, t, info_t, o_r):
-    """Append the slot ``(t, 1, info_t)`` as rank 0: every rank moves one older (the last one drops)."""
-    m_sh = o_r[None, :] == o_r[:, None] - 1  # [MB, MB] out[r] = b[r - 1]
-    b_pos = tl.where(o_r == 0, t, tl.sum(tl.where(m_sh, b_pos[None, :], 0), 1))
-    b_cnt = tl.where(o_r == 0, 1, tl.sum(tl.where(m_sh, b_cnt[None, :], 0), 1))
-    b_info = tl.where(o_r == 0, info_t, tl.sum(tl.where(m_sh, b_info[None, :], 0.0), 1))
-    return b_pos, b_cnt, b_info
+def _merge_at(b_pos, b_cnt, b_info, i, m, o_r, MB: tl.constexpr):
+    """Merge the chronological pair ``(i, i + 1)`` into ``i`` (older start, summed count and information); the
+    slots above move down by one and the freed top entry ``m - 1`` is cleared."""
+    nxt = tl.minimum(o_r + 1, MB - 1)
+    n_pos = tl.gather(b_pos, nxt, 0)
+    n_cnt = tl.gather(b_cnt, nxt, 0)
+    n_info = tl.gather(b_info, nxt, 0)
+    b_pos = tl.where(o_r <= i, b_pos, n_pos)
+    b_cnt = tl.where(o_r < i, b_cnt, tl.where(o_r == i, b_cnt + n_cnt, n_cnt))
+    b_info = tl.where(o_r < i, b_info, tl.where(o_r == i, b_info + n_info, n_info))
+    m_top = o_r >= m - 1
+    return tl.where(m_top, _UNUSED, b_pos), tl.where(m_top, 0, b_cnt), tl.where(m_top, 0.0, b_info)
 
 
 @triton.jit
-def _merge(b_pos, b_cnt, b_info, m, o_r, PICK: tl.constexpr, USE_RN: tl.constexpr):
-    """Merge the ranks ``(q, q + 1)`` into rank ``q`` (older start, summed count and information); return the
-    arrays and ``q``. PICK: ``q`` of the pair of lowest density ``(I_a + I_b) / (n_a + n_b)``, ties to the oldest
-    pair (largest ``q``, i.e. smallest chronological index); otherwise ``q = 0`` (Fenwick carry)."""
-    m_sh = o_r[None, :] == o_r[:, None] + 1  # [MB, MB] out[r] = b[r + 1]
-    s_pos = tl.sum(tl.where(m_sh, b_pos[None, :], 0), 1)
-    s_cnt = tl.sum(tl.where(m_sh, b_cnt[None, :], 0), 1)
-    s_info = tl.sum(tl.where(m_sh, b_info[None, :], 0.0), 1)
-    if PICK:
-        m_valid = o_r < m - 1
-        b_n = tl.where(m_valid, b_cnt + s_cnt, 1).to(b_info.dtype)
-        b_dens = tl.div_rn(b_info + s_info, b_n) if USE_RN else (b_info + s_info) / b_n
-        b_dens = tl.where(m_valid, b_dens, float("inf"))
-        q = tl.max(tl.where(m_valid & (b_dens == tl.min(b_dens, 0)), o_r, -1), 0)
-    else:
-        q = tl.max(o_r * 0, 0)
-    b_pos = tl.where(o_r < q, b_pos, s_pos)
-    b_cnt = tl.where(o_r < q, b_cnt, tl.where(o_r == q, b_cnt + s_cnt, s_cnt))
-    b_info = tl.where(o_r < q, b_info, tl.where(o_r == q, b_info + s_info, s_info))
-    m_top = o_r >= m - 1  # the rank freed at the old end
-    return tl.where(m_top, _UNUSED, b_pos), tl.where(m_top, 0, b_cnt), tl.where(m_top, 0.0, b_info), q
+def _pick_pair(b_cnt, b_info, m, o_r, MB: tl.constexpr, USE_RN: tl.constexpr):
+    """The chronological pair ``(i, i + 1)`` of lowest density ``(I_i + I_{i+1}) / (n_i + n_{i+1})``, ties to
+    the smallest ``i`` (lexicographic (density, index), as :func:`dla.ops.common.merge.pick_merge`)."""
+    nxt = tl.minimum(o_r + 1, MB - 1)
+    m_valid = o_r < m - 1
+    b_n = tl.where(m_valid, b_cnt + tl.gather(b_cnt, nxt, 0), 1).to(b_info.dtype)
+    b_i = b_info + tl.gather(b_info, nxt, 0)
+    b_dens = tl.div_rn(b_i, b_n) if USE_RN else b_i / b_n
+    b_dens = tl.where(m_valid, b_dens, float("inf"))
+    return tl.min(tl.where(m_valid & (b_dens == tl.min(b_dens, 0)), o_r, MB), 0)
 
 
 @triton.jit
-def _lam_index(b_cnt, o_r, capacity, POLICY: tl.constexpr, NBITS: tl.constexpr):
+def _lam_index(b_cnt, b_rank, capacity, POLICY: tl.constexpr, NBITS: tl.constexpr):
+    """The ``lam`` entry each slot is read with, from its recency rank (and, for ``fenwick``, its count)."""
     if POLICY == _FENWICK:
         # level of a closed slot: bit_length(count)
         b_lvl = tl.zeros_like(b_cnt)
         for i_b in tl.static_range(NBITS):
             b_lvl += ((b_cnt >> i_b) > 0).to(b_cnt.dtype)
-        return tl.where(o_r == 0, 0, b_lvl)
+        return tl.where(b_rank == 0, 0, b_lvl)
     elif POLICY == _UNBOUNDED:
-        return tl.minimum(o_r, capacity - 1)
+        return tl.minimum(b_rank, capacity - 1)
     elif POLICY == _SINGLE:
-        return o_r * 0
+        return b_rank * 0
     else:
-        return o_r
+        return b_rank
+
+
+@triton.jit
+def _ranks(m, o_r, MB: tl.constexpr):
+    """Recency rank of each register entry: entry ``p`` holds the chronological slot ``j = m - 1 - rank``
+    (``j == p`` while ``m <= MB``; a ring ``j % MB == p`` for ``dla_unbounded``). Live: ``rank < m``."""
+    d = (m - 1 - o_r) % MB  # sign conventions of % differ between the GPU and the interpreter: fold twice
+    return (d + MB) % MB
 
 
 @triton.jit(do_not_specialize=["T", "Tp", "NT", "LAST"])
 def dla_scan_kernel(
-    k, u, g, O, consts, seen, lengths, m_init, x_init,
+    k, u, g, O, W, consts, seen, lengths, m_init, x_init,
     pos, cnt, info, m_final, x_final,
     o_score, o_boundary, o_num_slots, o_merged, o_starts, o_lam,
     T, Tp, NT, LAST, M, R, capacity, block_size,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MB: tl.constexpr, NBITS: tl.constexpr, POLICY: tl.constexpr, USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     o_t = tl.arange(0, BT)
@@ -149,16 +155,18 @@ def dla_scan_kernel(
     n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
     sqrt_n_c, tau = tl.load(consts + 3), tl.load(consts + 4)
     p_slots = i_n * M
+    p_W = W + i_n * (BT + 2) * BT  # this program's scratch: rows 0..BT-1 Gram suffix sums, BT: y vs O, BT+1: z
     seen_n = tl.load(seen + i_n)
     len_n = tl.load(lengths + i_n)  # tokens past it change nothing (right padding)
     m = tl.load(m_init + i_n)
     x_carry = tl.load(x_init + i_n)
-    # the slot cache by recency rank: rank r is the chronological slot m-1-r
-    m_live = o_r < m
-    b_pos = tl.load(pos + p_slots + m - 1 - o_r, mask=m_live, other=_UNUSED)  # [MB]
-    b_cnt = tl.load(cnt + p_slots + m - 1 - o_r, mask=m_live, other=0)  # [MB]
-    b_info = tl.load(info + p_slots + m - 1 - o_r, mask=m_live, other=0)  # [MB]
-    open_start = tl.where(m > 0, tl.sum(tl.where(o_r == 0, b_pos, 0), 0), _UNUSED)
+    # the slot cache, chronological: register entry p holds slot j = m-1-rank(p) (the newest MB for a ring)
+    b_rank = _ranks(m, o_r, MB)
+    m_live = b_rank < m
+    b_pos = tl.load(pos + p_slots + m - 1 - b_rank, mask=m_live, other=_UNUSED)  # [MB]
+    b_cnt = tl.load(cnt + p_slots + m - 1 - b_rank, mask=m_live, other=0)  # [MB]
+    b_info = tl.load(info + p_slots + m - 1 - b_rank, mask=m_live, other=0)  # [MB]
+    open_start = tl.where(m > 0, tl.sum(tl.where(b_rank == 0, b_pos, 0), 0), _UNUSED)
 
     # while, not for: the interpreter (numpy >= 2) cannot take a runtime int as a range bound
     i_c = 0
@@ -170,7 +178,7 @@ def dla_scan_kernel(
         b_g = tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0)  # [BT]
         b_gl = tl.cumsum(b_g, 0)  # chunk-local: differences of a global cumsum lose precision
         b_kk = tl.sum(b_k * b_k, 1)  # [BT]
-        b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision="ieee")  # [BT, BT]
+        b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
         b_uu = tl.zeros([BT], dtype=b_g.dtype)
         b_yo = tl.zeros([BT], dtype=b_g.dtype)
         b_Au = tl.zeros([BT, BT], dtype=b_g.dtype)
@@ -182,29 +190,30 @@ def dla_scan_kernel(
             p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
             b_O = tl.load(p_O, mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
             b_uu += tl.sum(b_u * b_u, 1)
-            b_Au += tl.dot(b_u, tl.trans(b_u), input_precision="ieee")
-            b_yo += tl.sum(tl.dot(b_k, b_O, input_precision="ieee") * b_u, 1)
-        b_z = b_kk * b_uu  # [BT] ||s_t||^2
+            b_Au += tl.dot(b_u, tl.trans(b_u), input_precision=DOT)
+            b_yo += tl.sum(tl.dot(b_k, b_O, input_precision=DOT) * b_u, 1)
         b_yo = (libdevice.exp(b_gl) if USE_LIBDEVICE else tl.exp(b_gl)) * b_yo  # [BT] <decayed O, s_t>
         b_d = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_gl[:, None] - b_gl[None, :], float("-inf"))
         b_A = (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)) * b_Ak * b_Au  # [BT, BT] Gram, s < t
+        # y of token t for an open slot starting at chunk offset j >= 0: sum_{j <= s < t} A[t, s]; the token loop
+        # reads one entry instead of reducing a row
+        tl.store(p_W + o_t[:, None] * BT + o_t[None, :], tl.cumsum(b_A, 1, reverse=True))
+        tl.store(p_W + BT * BT + o_t, b_yo)
+        tl.store(p_W + (BT + 1) * BT + o_t, b_kk * b_uu)  # ||s_t||^2
+        tl.debug_barrier()  # the token loop reads what other threads wrote
 
-        b_sc = tl.zeros([BT], dtype=b_g.dtype)
-        b_bd = tl.zeros([BT], dtype=tl.int32)
-        b_ns = tl.zeros([BT], dtype=tl.int64)
-        b_mg = tl.full([BT], -1, dtype=tl.int64)
         n_tok = tl.where(i_c == NT - 1, LAST, CS)
         tt = 0
         while tt < n_tok:
             t = c + tt
-            m_tt = o_t == tt
-            g_t = 2 * tl.sum(tl.where(m_tt, b_g, 0.0), 0)
-            z_t = tl.sum(tl.where(m_tt, b_z, 0.0), 0)
+            g_t = 2 * tl.load(g + i_n * Tp + t)
+            z_t = tl.load(p_W + (BT + 1) * BT + tt)
             x = x_carry * (libdevice.exp(g_t) if USE_LIBDEVICE else tl.exp(g_t))
             loc = open_start - c  # the open slot's start, chunk-relative
             # y: against O if the slot started before the chunk, plus its tokens s < t inside the chunk
-            y = tl.where(loc < 0, tl.sum(tl.where(m_tt, b_yo, 0.0), 0), 0.0) + \
-                tl.sum(tl.where(m_tt[:, None] & (o_t[None, :] >= loc), b_A, 0.0))
+            y = tl.load(p_W + tt * BT + tl.maximum(loc, 0))
+            if loc < 0:
+                y = tl.load(p_W + BT * BT + tt) + y
             empty = m == 0
             info_t = tl.where(empty, 0.0, _score(x, y, z_t, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, USE_RN))
             if POLICY == _DLA or POLICY == _UNBOUNDED:
@@ -222,49 +231,54 @@ def dla_scan_kernel(
             merged = m * 0 - 1
             if POLICY == _DLA or POLICY == _FIXED:
                 if opened & (m == capacity) & (capacity >= 2):
-                    b_pos, b_cnt, b_info, q = _merge(b_pos, b_cnt, b_info, m, o_r, True, USE_RN)
-                    merged = m - 2 - q
+                    i_m = _pick_pair(b_cnt, b_info, m, o_r, MB, USE_RN)
+                    b_pos, b_cnt, b_info = _merge_at(b_pos, b_cnt, b_info, i_m, m, o_r, MB)
+                    merged = m * 0 + i_m
                     m = m - 1
             elif POLICY == _FENWICK:
                 # binary carry: while the two newest slots hold equal counts, merge them
-                n_01 = tl.sum(tl.where(o_r == 0, b_cnt, 0) - tl.where(o_r == 1, b_cnt, 0))  # n_open - n_previous
+                n_01 = tl.sum(tl.where(o_r == m - 1, b_cnt, 0) - tl.where(o_r == m - 2, b_cnt, 0))
                 carry = opened & (m >= 2) & (n_01 == 0)
                 while carry:
-                    b_pos, b_cnt, b_info, q = _merge(b_pos, b_cnt, b_info, m, o_r, False, USE_RN)
+                    b_pos, b_cnt, b_info = _merge_at(b_pos, b_cnt, b_info, m - 2, m, o_r, MB)
                     merged = m - 2
                     m = m - 1
-                    n_01 = tl.sum(tl.where(o_r == 0, b_cnt, 0) - tl.where(o_r == 1, b_cnt, 0))
+                    n_01 = tl.sum(tl.where(o_r == m - 1, b_cnt, 0) - tl.where(o_r == m - 2, b_cnt, 0))
                     carry = (m >= 2) & (n_01 == 0)
             if POLICY == _UNBOUNDED:
-                # the closing slot never changes again: write it out before it can leave the registers
-                m_w = (o_r == 0) & opened & (m > 0)
-                tl.store(pos + p_slots + m - 1 - o_r, b_pos, mask=m_w)
-                tl.store(cnt + p_slots + m - 1 - o_r, b_cnt, mask=m_w)
-                tl.store(info + p_slots + m - 1 - o_r, b_info, mask=m_w)
+                # the closing slot never changes again: write it out before the ring can drop it
+                m_w = (_ranks(m, o_r, MB) == 0) & opened & (m > 0)
+                tl.store(pos + p_slots + m - 1 + o_r * 0, b_pos, mask=m_w)
+                tl.store(cnt + p_slots + m - 1 + o_r * 0, b_cnt, mask=m_w)
+                tl.store(info + p_slots + m - 1 + o_r * 0, b_info, mask=m_w)
             if opened:
-                b_pos, b_cnt, b_info = _push(b_pos, b_cnt, b_info, t, info_t, o_r)
+                m_new = o_r == m % MB
+                b_pos = tl.where(m_new, t, b_pos)
+                b_cnt = tl.where(m_new, 1, b_cnt)
+                b_info = tl.where(m_new, info_t, b_info)
                 m = m + 1
-            else:
-                b_cnt = tl.where((o_r == 0) & active, b_cnt + 1, b_cnt)
-                b_info = tl.where((o_r == 0) & active, b_info + info_t, b_info)
+            elif active:
+                m_open = o_r == (m - 1 + MB) % MB
+                b_cnt = tl.where(m_open, b_cnt + 1, b_cnt)
+                b_info = tl.where(m_open, b_info + info_t, b_info)
             x_carry = tl.where(active, tl.where(opened, z_t, x + 2 * y + z_t), x_carry)
             open_start = tl.where(opened, t, open_start)
 
-            b_sc = tl.where(m_tt, info_t, b_sc)
-            b_bd = tl.where(m_tt, opened.to(tl.int32), b_bd)
-            b_ns = tl.where(m_tt, m, b_ns)
-            b_mg = tl.where(m_tt, merged, b_mg)
-            m_live = o_r < m
-            p_rec = (i_n * T + t) * R + o_r
-            tl.store(o_starts + p_rec, tl.where(m_live, b_pos, _UNUSED), mask=o_r < R)
-            tl.store(o_lam + p_rec, tl.where(m_live, _lam_index(b_cnt, o_r, capacity, POLICY, NBITS), -1),
-                     mask=o_r < R)
+            p_tok = i_n * T + t
+            tl.store(o_score + p_tok, info_t)
+            tl.store(o_boundary + p_tok, opened.to(tl.int8))
+            tl.store(o_num_slots + p_tok, m)
+            tl.store(o_merged + p_tok, merged)
+            # the live-slot record by recency rank: live entries scatter to their rank, the rest is unused
+            b_rank = _ranks(m, o_r, MB)
+            m_live = b_rank < m
+            p_rec = p_tok * R
+            tl.store(o_starts + p_rec + b_rank, b_pos, mask=m_live & (b_rank < R))
+            tl.store(o_lam + p_rec + b_rank, _lam_index(b_cnt, b_rank, capacity, POLICY, NBITS),
+                     mask=m_live & (b_rank < R))
+            tl.store(o_starts + p_rec + o_r, tl.full([MB], _UNUSED, tl.int64), mask=(o_r >= m) & (o_r < R))
+            tl.store(o_lam + p_rec + o_r, tl.full([MB], -1, tl.int64), mask=(o_r >= m) & (o_r < R))
             tt += 1
-        m_rec = (o_t < CS) & (c + o_t < T)
-        tl.store(o_score + i_n * T + c + o_t, b_sc, mask=m_rec)
-        tl.store(o_boundary + i_n * T + c + o_t, b_bd.to(tl.int8), mask=m_rec)
-        tl.store(o_num_slots + i_n * T + c + o_t, b_ns, mask=m_rec)
-        tl.store(o_merged + i_n * T + c + o_t, b_mg, mask=m_rec)
 
         # O <- the open slot's state at the next chunk start
         loc = open_start - c
@@ -280,13 +294,14 @@ def dla_scan_kernel(
             b_u = tl.load(p_u, mask=m_t[:, None] & m_v[None, :], other=0)  # [BT, BV]
             p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
             b_O = tl.load(p_O, mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
-            b_O = tl.where(loc < 0, d_last * b_O, 0.0) + tl.dot(tl.trans(b_kw), b_u, input_precision="ieee")
+            b_O = tl.where(loc < 0, d_last * b_O, 0.0) + tl.dot(tl.trans(b_kw), b_u, input_precision=DOT)
             tl.store(p_O, b_O, mask=m_k[:, None] & m_v[None, :])
-        tl.debug_barrier()  # the next chunk reads O written by other threads
+        tl.debug_barrier()  # the next chunk reads O (and rewrites the scratch) other threads used
         i_c += 1
 
-    # chronological slot j = m-1-r for the live ranks; the free ranks r >= m fill positions r >= m
-    o_j = tl.where(o_r < m, m - 1 - o_r, o_r)
+    # live entries to their chronological slot; free entries (only while m <= MB) keep their unused values
+    b_rank = _ranks(m, o_r, MB)
+    o_j = tl.where(b_rank < m, m - 1 - b_rank, o_r)
     m_j = o_j < M
     tl.store(pos + p_slots + o_j, b_pos, mask=m_j)
     tl.store(cnt + p_slots + o_j, b_cnt, mask=m_j)
@@ -297,7 +312,8 @@ def dla_scan_kernel(
 
 def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk_size: int, policy: str,
                     tau: float, capacity: int, block_size: int, score: str, R: int,
-                    initial_state: Optional[DLAState], lengths: Optional[torch.Tensor] = None) -> ScanResult:
+                    initial_state: Optional[DLAState], lengths: Optional[torch.Tensor] = None,
+                    num_warps: int = 4, dot_precision: str = "ieee") -> ScanResult:
     """Decide boundaries and merges for ``N`` sequences; arguments and returns as :func:`dla.ops.dla.scan.dla_scan`.
 
     Args:
@@ -307,6 +323,9 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         T: real length; R: entries per token in the live-slot record.
         lengths: ``[N]`` per-sequence lengths ``<= T`` (right padding with ``k = u = 0``, ``g = 0``: tokens past
             them change nothing), or ``None``.
+        num_warps: warps per program (a tuning knob; decisions do not depend on it).
+        dot_precision: ``ieee`` (exact float32 products, the default) or ``tf32x3`` (three TF32 tensor-core
+            products, float32-accurate to about 1e-7 relative: near-threshold decisions may differ from ``ieee``).
     Returns:
         :class:`ScanResult`, equal to ``dla_scan``'s on the same inputs (integer fields exactly, scores to
         rounding: matrix products and sums run in another order).
@@ -319,6 +338,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     N, Tp, K = k.shape
     V = u.shape[-1]
     dt, dev = u.dtype, u.device
+    if dot_precision not in ("ieee", "tf32x3"):
+        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
     if dt not in (torch.float32, torch.float64):
         raise ValueError(f"u: expected float32 or float64, got {dt}")
     if tuple(u.shape[:2]) != (N, Tp) or tuple(g.shape) != (N, Tp):
@@ -347,6 +368,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     if initial_state is not None and initial_state.open_norm is not None:
         x0 = initial_state.open_norm.reshape(N).to(dev, dt)  # the recursion's value, as a one-pass scan has it
     O = O.contiguous()
+    BT = max(triton.next_power_of_2(chunk_size), 16)
+    W = torch.empty(N, (BT + 2) * BT, dtype=dt, device=dev)  # per-program scratch of one chunk's Gram sums
     n = K * V
     # the constants as torch rounds Python scalars into the tensors' dtype
     consts = torch.tensor([float(n), EPS, n * EPS, (n ** 0.5) * (n * EPS), tau], dtype=dt, device=dev)
@@ -373,16 +396,17 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     NT = triton.cdiv(T, chunk_size)  # chunks past T decide nothing
     dla_scan_kernel[(N,)](
-        k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous(), O, consts, seen.contiguous(), lengths,
+        k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous(), O, W, consts, seen.contiguous(), lengths,
         slots.m.contiguous(), x0.contiguous(),
         out.pos, out.counts, out.info, out.m, out.open_norm,
         out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,
         T, Tp, NT, T - (NT - 1) * chunk_size, M, R, capacity, block_size if policy == "fixed" else 1,
-        K=K, V=V, CS=chunk_size, BT=max(triton.next_power_of_2(chunk_size), 16),
+        K=K, V=V, CS=chunk_size, BT=BT,
         BK=max(triton.next_power_of_2(K), 16), BV=min(max(triton.next_power_of_2(V), 16), 64),
         MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
         USE_LIBDEVICE=dt == torch.float32 and u.is_cuda and not interpret,
-        num_warps=4,
+        DOT="ieee" if dt == torch.float64 or interpret else dot_precision,
+        num_warps=num_warps,
     )
     out.boundary = out.boundary.bool()
     return out
