@@ -9,8 +9,8 @@ from dla.layers.gated_deltanet import GatedDeltaNetMixer
 from dla.layers.mamba2 import Mamba2Mixer
 from dla.layers.modules import GatedRMSNorm, RMSNorm, ShortConv
 from dla.layers.op import dla_op
-from dla.layers.recurrent import RecurrentMixer
+from dla.layers.recurrent import RecurrentMixer, capture_segmentations
 from dla.layers.state import AttentionLayerCache, RecurrentLayerCache
 
-__all__ = ["Mamba2Mixer", "GatedDeltaNetMixer", "AttentionMixer", "RecurrentMixer", "RMSNorm", "GatedRMSNorm",
+__all__ = ["Mamba2Mixer", "GatedDeltaNetMixer", "AttentionMixer", "RecurrentMixer", "capture_segmentations", "RMSNorm", "GatedRMSNorm",
            "ShortConv", "RecurrentLayerCache", "AttentionLayerCache", "dla_op"]

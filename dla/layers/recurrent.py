@@ -1,11 +1,13 @@
 """What the Mamba-2 and Gated DeltaNet mixers share: the memory policy, the ``lam`` projection, padding masks,
-packed sequences, the decoding cache and the call of the DLA op."""
+packed sequences, the decoding cache, the call of the DLA op and the segmentation hook
+(:meth:`RecurrentMixer.capture_segmentation`, :func:`capture_segmentations`)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABCMeta, abstractmethod
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,8 +17,8 @@ from dla.layers.modules import check_hidden, check_mask, copy_initial_values, ma
 from dla.layers.op import dla_op, dla_step
 from dla.layers.state import (RecurrentLayerCache, empty_state, fit_state_width, scatter_state, select_state,
                               where_state)
-from dla.ops import POLICIES, SCORES, DLAState
-from dla.ops.common.state import num_levels
+from dla.ops import POLICIES, SCORES, DLAState, Segmentation
+from dla.ops.common.state import UNUSED_START, num_levels
 
 Projected = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Any, torch.Tensor]
 
@@ -50,7 +52,14 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
     Every policy but ``single`` reads the slots with ``lam = softplus(lam_scale * lam_proj(x))`` of shape
     ``[B, T, H, R]`` (``R = capacity``, or the Fenwick levels), with ``lam_scale [H, R]`` initialised to ones as
     Log-Linear Attention does.
+
+    The op's :class:`~dla.ops.Segmentation` (scores, boundaries, merges, slot starts) of the model's own forward
+    is available through :meth:`capture_segmentation` (one mixer) or :func:`capture_segmentations` (every
+    recurrent mixer of a model); nothing is recorded, and the op is called as before, outside those contexts.
     """
+
+    _segmentation_sink: Optional[List[Segmentation]] = None
+    """The list :meth:`capture_segmentation` appends to while its context is open."""
 
     needs_positions = False
     """Recurrent mixers carry position in their state and take no ``position_ids``."""
@@ -103,6 +112,39 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             return None
         B, T, _ = hidden.shape
         return F.softplus(self.lam_scale * self.lam_proj(hidden).view(B, T, self.num_heads, self.lam_size))
+
+    @contextlib.contextmanager
+    def capture_segmentation(self) -> Iterator[List[Segmentation]]:
+        """Record the op's segmentation of every multi-token forward of this mixer while the context is open.
+
+        Yields a list that gets one :class:`~dla.ops.Segmentation` (detached, fields ``[B, T, H]`` and
+        ``[B, T, H, R]``, the layout of the forward's ``hidden``) per forward call with more than one token (or
+        without a cache); the op computes it alongside the output (``return_segmentation=True``), so the model
+        runs exactly as it does otherwise. What the fields mean in each input layout:
+
+        * no mask: as the op returns it; positions count from the call's first token, slots carried in from a
+          cache start at negative positions (:class:`~dla.ops.Segmentation`).
+        * ``attention_mask`` (padding) with slot bookkeeping: each row's real tokens run as one sequence, so
+          positions (``starts``) count that row's real tokens only; padding positions hold ``score 0``,
+          ``boundary False``, ``num_slots 0``, ``merged -1``, ``starts`` :data:`~dla.ops.common.state.UNUSED_START`
+          and ``lam_index -1``. The ``single`` policy runs padded rows as they are (one slot, no boundaries).
+        * ``cu_seqlens``: ``[1, T, ...]`` packed like the input; positions count from each document's start.
+
+        One-token decode steps from a cache (:func:`~dla.ops.dla_step`) record nothing: the step op returns no
+        segmentation; the slots it leaves are in the cache's :class:`~dla.ops.DLAState`.
+
+        Raises:
+            ValueError: the mixer is already capturing (contexts on one mixer do not nest).
+        """
+        if self._segmentation_sink is not None:
+            raise ValueError("capture_segmentation: this mixer is already capturing; contexts on one mixer do not "
+                             "nest (use the list the open context yielded)")
+        records: List[Segmentation] = []
+        self._segmentation_sink = records
+        try:
+            yield records
+        finally:
+            self._segmentation_sink = None
 
     @abstractmethod
     def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor],
@@ -165,12 +207,16 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
         state = cache.state if cache is not None else None
         self._check_length(state, mask, hidden.shape[1], cache.seen_tokens if cache is not None else 0)
         want_state = cache is not None
+        sink = self._segmentation_sink
         if cu_seqlens is not None:
-            o, final = self._call_op(q, k, v, g, lam, beta, None, False, cu_seqlens)
+            o, final, seg = self._call_op(q, k, v, g, lam, beta, None, False, cu_seqlens, want_seg=sink is not None)
         elif mask is None or self.policy == "single":
-            o, final = self._call_op(q, k, v, g, lam, beta, state, want_state)
+            o, final, seg = self._call_op(q, k, v, g, lam, beta, state, want_state, want_seg=sink is not None)
         else:
-            o, final = self._run_rows_packed(q, k, v, g, lam, beta, state, mask, want_state)
+            o, final, seg = self._run_rows_packed(q, k, v, g, lam, beta, state, mask, want_state,
+                                                  want_seg=sink is not None)
+        if sink is not None:
+            sink.append(Segmentation(*(getattr(seg, f).detach() for f in Segmentation.__dataclass_fields__)))
         y = self._output(o, aux)
         if mask is not None:
             y = y * mask[..., None].to(y.dtype)
@@ -213,23 +259,49 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
                              f"positions ({self.lam_size} lam levels); this call reaches {seen + new} tokens")
 
     def _run_rows_packed(self, q, k, v, g, lam, beta, state: Optional[DLAState], mask: torch.Tensor,
-                         want_state: bool) -> Tuple[torch.Tensor, Optional[DLAState]]:
+                         want_state: bool, want_seg: bool = False
+                         ) -> Tuple[torch.Tensor, Optional[DLAState], Optional[Segmentation]]:
         """Slot bookkeeping (counts, boundaries, Fenwick levels) must not see padding: the rows' real tokens are
-        packed into one sequence (``cu_seqlens``), run in one op call, and the outputs scattered back."""
+        packed into one sequence (``cu_seqlens``), run in one op call, and the outputs (and the segmentation,
+        when asked) scattered back."""
         B, T, H, V = v.shape
         lengths = mask.sum(-1)
         rows = lengths.nonzero().squeeze(-1)  # rows with at least one token
         flat = mask.reshape(-1).nonzero().squeeze(-1)  # [N] their tokens, row after row
         if flat.numel() == 0:
-            return torch.zeros_like(v), (state if state is not None else self._empty(B, v)) if want_state else None
+            seg = self._scatter_segmentation(None, flat, B, T, v) if want_seg else None
+            return (torch.zeros_like(v), (state if state is not None else self._empty(B, v)) if want_state else None,
+                    seg)
         cu_seqlens = F.pad(lengths.index_select(0, rows).cumsum(0), (1, 0))
         pack = lambda x: None if x is None else x.flatten(0, 1).index_select(0, flat)[None]  # noqa: E731
         init = select_state(state, rows) if state is not None else None
-        o, final = self._call_op(*(pack(x) for x in (q, k, v, g, lam, beta)), init, want_state, cu_seqlens)
+        o, final, seg = self._call_op(*(pack(x) for x in (q, k, v, g, lam, beta)), init, want_state, cu_seqlens,
+                                      want_seg=want_seg)
         o = v.new_zeros(B * T, H, V).index_copy(0, flat, o[0]).view(B, T, H, V)
         if want_state and rows.numel() < B:  # rows that were all padding keep their state
             final = scatter_state(state if state is not None else self._empty(B, v), rows, final)
-        return o, final
+        if want_seg:
+            seg = self._scatter_segmentation(seg, flat, B, T, v)
+        return o, final, seg
+
+    def _scatter_segmentation(self, packed: Optional[Segmentation], flat: torch.Tensor, B: int, T: int,
+                              v: torch.Tensor) -> Segmentation:
+        """The packed ``[1, N, ...]`` segmentation of the real tokens back at their ``[B, T, ...]`` positions;
+        padding gets the values of a token that touched nothing (see :meth:`capture_segmentation`)."""
+        H, R = v.shape[2], self.lam_size or 1
+        fill = {"score": 0, "boundary": False, "num_slots": 0, "merged": -1, "starts": UNUSED_START,
+                "lam_index": -1}
+        fields = {}
+        for name, value in fill.items():
+            src = getattr(packed, name)[0] if packed is not None else None
+            tail = src.shape[2:] if src is not None else ((R,) if name in ("starts", "lam_index") else ())
+            dtype = src.dtype if src is not None else {"score": torch.promote_types(v.dtype, torch.float32),
+                                                       "boundary": torch.bool}.get(name, torch.int64)
+            out = torch.full((B * T, H, *tail), value, dtype=dtype, device=v.device)
+            if src is not None:
+                out.index_copy_(0, flat, src)
+            fields[name] = out.view(B, T, H, *tail)
+        return Segmentation(**fields)
 
     def _empty(self, batch: int, v: torch.Tensor) -> DLAState:
         """The state a sequence starts from, at the cache's width (``dla_unbounded``: ``capacity``, then grows)."""
@@ -237,15 +309,40 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
                            self.head_v_dim, torch.promote_types(v.dtype, torch.float32), v.device)
 
     def _call_op(self, q, k, v, g, lam, beta, state: Optional[DLAState], want_state: bool,
-                 cu_seqlens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[DLAState]]:
-        o, final = dla_op(q, k, v, g, lam, beta, scale=self.scale, tau=self.tau, capacity=self.capacity,
-                          policy=self.policy, block_size=self.block_size, score=self.score, initial_state=state,
-                          output_final_state=want_state, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
+                 cu_seqlens: Optional[torch.Tensor] = None, want_seg: bool = False
+                 ) -> Tuple[torch.Tensor, Optional[DLAState], Optional[Segmentation]]:
+        extra = {"return_segmentation": True} if want_seg else {}
+        res = dla_op(q, k, v, g, lam, beta, scale=self.scale, tau=self.tau, capacity=self.capacity,
+                     policy=self.policy, block_size=self.block_size, score=self.score, initial_state=state,
+                     output_final_state=want_state, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, **extra)
+        o, final = res[0], res[1]
         if final is not None and self.state_width is not None:
             final = fit_state_width(final, self.state_width)
-        return o, final
+        return o, final, (res[2] if want_seg else None)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_qk_heads={self.num_qk_heads}, "
                 f"head_k_dim={self.head_k_dim}, head_v_dim={self.head_v_dim}, policy={self.policy!r}, "
                 f"capacity={self.capacity}, tau={self.tau}, score={self.score!r}")
+
+
+@contextlib.contextmanager
+def capture_segmentations(model: nn.Module) -> Iterator[Dict[str, List[Segmentation]]]:
+    """:meth:`RecurrentMixer.capture_segmentation` on every recurrent mixer of ``model`` at once.
+
+    Yields ``{module name: list of Segmentation}`` (names as ``model.named_modules()`` gives them, e.g.
+    ``model.layers.0.mixer``); each list gets one record per multi-token forward of that mixer::
+
+        with capture_segmentations(model) as segs:
+            model(input_ids=ids, use_cache=False)
+        boundaries = segs["model.layers.0.mixer"][0].boundary  # [B, T, H]
+
+    Raises:
+        ValueError: ``model`` has no :class:`RecurrentMixer`, or one of them is already capturing.
+    """
+    mixers = [(name, m) for name, m in model.named_modules() if isinstance(m, RecurrentMixer)]
+    if not mixers:
+        raise ValueError(f"model: {type(model).__name__} has no RecurrentMixer (every mixer is attention, or it is "
+                         f"not a DLA model)")
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(m.capture_segmentation()) for name, m in mixers}
