@@ -1,10 +1,9 @@
 """Where DLA's boundaries and merges fall on a real text: per layer and head, as PNG and HTML.
 
 :func:`segmentations` runs a DLA model on one text and records, for every recurrent layer, the
-:class:`~dla.ops.Segmentation` its op computes. It hooks each recurrent mixer's forward, takes the mixer's input,
-recomputes the op inputs with the mixer's own projections and calls :func:`dla.ops.chunk_dla` with
-``return_segmentation=True`` and the layer's policy settings. The recomputed mixer output is compared with the
-one the model produced (``LayerSegmentation.replay_error``), so a replay that drifted from the layer shows.
+:class:`~dla.ops.Segmentation` its op computes during that forward, through the mixers' own hook
+(:meth:`dla.layers.RecurrentMixer.capture_segmentation`): nothing is recomputed, the record is what the layer's
+op call decided.
 
 :func:`token_slots` turns one head's record into per-token facts (slot at the end of the text, boundaries,
 merges); :func:`write_html` colours every token by the slot holding it at the end, draws a solid bar before a
@@ -14,6 +13,7 @@ token at which a merge happened with ``⊕``. :func:`write_png` draws the same p
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from dla.ops import Segmentation, chunk_dla
+from dla.ops import Segmentation
 
 PALETTE = ("#fde2e4", "#cde7f0", "#d8f3dc", "#fff1c1", "#e4d9f5", "#ffd8be", "#d0f4de", "#e9edc9", "#f8c8dc",
            "#caf0f8", "#f1e3d3", "#dee2ff")
@@ -38,13 +38,11 @@ class LayerSegmentation:
         layer: layer index.
         policy: the layer's memory policy.
         seg: the op's :class:`~dla.ops.Segmentation` (``[1, T, H]`` fields).
-        replay_error: ``||y_replay - y|| / ||y||`` of the recomputed mixer output against the model's.
     """
 
     layer: int
     policy: str
     seg: Segmentation
-    replay_error: float
 
 
 @dataclass
@@ -89,31 +87,14 @@ def segmentations(model, input_ids: torch.Tensor) -> List[LayerSegmentation]:
     mixers = _recurrent_mixers(model)
     if not mixers:
         raise ValueError("model: has no recurrent (DLA) layer; every layer is attention")
-    seen: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(idx):
-        def fn(module, args, kwargs, output):
-            hidden = args[0] if args else kwargs["hidden"]
-            seen[idx] = (hidden.detach(), output.detach())
-        return fn
-
-    handles = [m.register_forward_hook(hook(i), with_kwargs=True) for i, m in mixers]
-    try:
+    with contextlib.ExitStack() as stack:
+        records = {i: stack.enter_context(m.capture_segmentation()) for i, m in mixers}
         model(input_ids=input_ids.to(next(model.parameters()).device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
     out = []
     for i, mixer in mixers:
-        hidden, y = seen[i]
-        q, k, v, g, beta, aux, _ = mixer._project(hidden, None)
-        lam = mixer.compute_lam(hidden)
-        o, _, seg = chunk_dla(q, k, v, g, lam, beta, scale=mixer.scale, tau=mixer.tau, capacity=mixer.capacity,
-                              policy=mixer.policy, block_size=mixer.block_size, score=mixer.score,
-                              chunk_size=mixer.chunk_size, return_segmentation=True)
-        y_replay = mixer._output(o, aux)
-        err = float((y_replay.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30))
-        out.append(LayerSegmentation(i, mixer.policy, seg, err))
+        if len(records[i]) != 1:  # one forward without a cache is one op call per layer
+            raise ValueError(f"model: layer {i} made {len(records[i])} op calls for one forward; expected 1")
+        out.append(LayerSegmentation(i, mixer.policy, records[i][0]))
     return out
 
 
