@@ -4,15 +4,17 @@
 
 * commonsense (8, zero-shot log-likelihood): ``lambada_openai``, ``piqa``, ``hellaswag``, ``winogrande``,
   ``arc_easy``, ``arc_challenge``, ``openbookqa``, ``commonsense_qa``;
-* in-context retrieval (6, generation): ``squad_completion``, ``swde``, ``fda`` (the Based/JRT tasks in stock
-  lm-eval) and ``nq_open``, ``triviaqa``, ``drop`` (stock lm-eval has these only in their closed-book / plain
-  forms; the JRT context-given variants live in HazyResearch's fork);
+* in-context retrieval (6, generation, metric ``contains``): ``squad_completion``, ``swde``, ``fda`` (the Based
+  recall tasks in stock lm-eval) and the project's ``jrt_nq_2048``, ``jrt_triviaqa``, ``jrt_drop``
+  (:mod:`dla.eval.jrt`: stock lm-eval has NQ / TriviaQA / DROP only closed-book or as plain generation; these put
+  the passage in the prompt as the JRT evaluation does);
 * RULER NIAH: ``niah_single_1/2/3``, ``niah_multikey_1``, ``niah_multiquery``, ``niah_multivalue`` at 4K/8K/16K
   (``RULER_LENGTHS``, passed as lm-eval metadata ``max_seq_lengths``);
 * LongBench (12 English tasks, metric ``score``).
 
 Every name and metric here is checked against the installed lm-eval by :func:`verify_suite` (the registry
-lists tasks and their configs without downloading data); the tests run it.
+lists tasks and their configs without downloading data; :func:`task_manager` always indexes the project's task
+files, :data:`dla.eval.jrt.TASK_DIR`, too); the tests run it.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ _COMMONSENSE = (
 )
 _RETRIEVAL = (
     TaskSpec("squad_completion", "SQuAD", "retrieval", ("contains",)),
-    TaskSpec("triviaqa", "TQA", "retrieval", ("exact_match",)),
+    TaskSpec("jrt_triviaqa", "TQA", "retrieval", ("contains",)),
     TaskSpec("swde", "SWDE", "retrieval", ("contains",)),
     TaskSpec("fda", "FDA", "retrieval", ("contains",)),
-    TaskSpec("nq_open", "NQ", "retrieval", ("exact_match",)),
-    TaskSpec("drop", "DROP", "retrieval", ("f1", "em")),
+    TaskSpec("jrt_nq_2048", "NQ", "retrieval", ("contains",)),
+    TaskSpec("jrt_drop", "DROP", "retrieval", ("contains",)),
 )
 _RULER = tuple(TaskSpec(task, label, "ruler", tuple(str(n) for n in RULER_LENGTHS)) for task, label in (
     ("niah_single_1", "S-NIAH-1"), ("niah_single_2", "S-NIAH-2"), ("niah_single_3", "S-NIAH-3"),
@@ -104,10 +106,14 @@ def get_suite(suite: str) -> Tuple[TaskSpec, ...]:
 
 
 def task_manager(include_path: Optional[Sequence[str]] = None, metadata: Optional[dict] = None):
-    """lm-eval's ``TaskManager`` (indexes the installed task YAMLs plus ``include_path``; downloads nothing)."""
+    """lm-eval's ``TaskManager`` indexing the installed task YAMLs, the project's own task files
+    (:data:`dla.eval.jrt.TASK_DIR`: the JRT in-context NQ / TriviaQA / DROP) and ``include_path``; downloads
+    nothing."""
     from lm_eval.tasks import TaskManager
 
-    paths = [str(p) for p in include_path] if include_path else None
+    from dla.eval.jrt import TASK_DIR
+
+    paths = [str(TASK_DIR)] + [str(p) for p in include_path or () if Path(p).resolve() != TASK_DIR]
     return TaskManager(include_path=paths, metadata=metadata)
 
 
