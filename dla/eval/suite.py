@@ -167,11 +167,42 @@ def task_dataset(task: str, manager) -> Optional[Tuple[str, Optional[str]]]:
     return path, entry.cfg.get("dataset_name") or None
 
 
-def verify_suite(suite: str, manager) -> List[TaskSpec]:
-    """Check that every task of ``suite`` exists in the installed lm-eval and reports the metrics named here.
+def load_task_code(task: str, manager) -> Dict[str, object]:
+    """``task``'s config with its ``!function`` entries imported (what lm-eval does when it builds the task, before
+    any data is read): a missing optional package shows here, not after a download.
+
+    Returns:
+        The config dict (functions as callables); for class tasks, ``{"class": cls}``.
 
     Raises:
-        ValueError: listing unknown tasks or missing metrics.
+        ValueError: the task's code does not import (e.g. ``lm-eval[ruler]`` / ``lm-eval[longbench]`` missing).
+    """
+    entry = manager.task_index[task]
+    try:
+        if "class" in entry.cfg:
+            return {"class": _class_of(entry)}
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    except ImportError as e:
+        raise ValueError(f"{task}: its task code does not import ({e}); RULER needs `pip install "
+                         f"\"lm-eval[ruler]\"`, LongBench `pip install \"lm-eval[longbench]\"` (both in dla's eval "
+                         f"extra)") from e
+    for key in ("process_results", "custom_dataset"):
+        if cfg.get(key) is not None and not callable(cfg[key]):
+            raise ValueError(f"{task}: {key} did not resolve to a function, got {cfg[key]!r}")
+    return cfg
+
+
+def verify_suite(suite: str, manager, *, load_code: bool = False) -> List[TaskSpec]:
+    """Check that every task of ``suite`` exists in the installed lm-eval and reports the metrics named here.
+
+    Args:
+        load_code: also import every task's functions (:func:`load_task_code`: prompt, metric and RULER data
+            generator code), which needs the optional packages the tasks use; still no data is read.
+
+    Raises:
+        ValueError: listing unknown tasks, missing metrics or task code that does not import.
     """
     specs = list(get_suite(suite))
     check_task_names([s.task for s in specs], manager)
@@ -183,6 +214,9 @@ def verify_suite(suite: str, manager) -> List[TaskSpec]:
             problems.append(f"{spec.task}: {', '.join(missing)} not among its metrics {', '.join(have)}")
     if problems:
         raise ValueError("suite " + suite + ": " + "; ".join(problems))
+    if load_code:
+        for task in dict.fromkeys(s.task for s in specs):
+            load_task_code(task, manager)
     return specs
 
 
@@ -226,4 +260,5 @@ def cache_datasets(suite: str, cache_dir: Optional[str] = None, nltk_dir: Option
 
 
 __all__ = ["TaskSpec", "SUITES", "RULER_LENGTHS", "ESSAY_DATASET", "get_suite", "suite_tasks", "task_manager",
-           "check_task_names", "task_metrics", "task_dataset", "verify_suite", "suite_datasets", "cache_datasets"]
+           "check_task_names", "task_metrics", "task_dataset", "load_task_code", "verify_suite", "suite_datasets",
+           "cache_datasets"]

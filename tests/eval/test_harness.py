@@ -60,6 +60,15 @@ def test_fixture_tasks_end_to_end(ckpt, manager):
         assert s["resps"][0][0] == text
     assert 0.0 <= res["dla_niah_local"]["string_match,none"] <= 1.0
     assert "contains,none" in res["dla_swde_local"]
+    # RULER-format rows through RULER's prompt (input, then the answer prefix) and per-length metric
+    from dla.eval.metrics import string_match
+
+    for s in samples["dla_ruler_local"]:
+        doc = s["doc"]
+        assert s["arguments"][0][0] == doc["input"] + " " + doc["gen_prefix"]
+        assert s[str(doc["max_length"])] == string_match(s["resps"][0][0].strip(), doc["outputs"])
+    assert {"236,none", "256,none"} <= set(res["dla_ruler_local"])
+    assert 0.0 <= res["dla_longbench_local"]["score,none"] <= 1.0
 
 
 def test_lm_eval_command_line(ckpt, fixture_tasks, tmp_path):
