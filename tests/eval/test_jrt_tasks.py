@@ -158,3 +158,14 @@ def test_paper_suite_retrieval_is_in_context(manager):
     assert ("hazyresearch/based_drop", None) in data and ("hazyresearch/based-squad", "default") in data
     assert set(JRT_TASKS) <= set(manager.all_tasks) and (TASK_DIR / "jrt_drop.yaml").is_file()
     assert not {"nq_open", "triviaqa", "drop"} & {s.task for s in SUITES["paper"]}
+
+
+def test_harness_command_line_indexes_the_task_dir():
+    from dla.eval.harness import with_task_dir
+
+    assert with_task_dir(["run", "--tasks", "jrt_drop"]) == ["run", "--tasks", "jrt_drop", "--include_path",
+                                                              str(TASK_DIR)]
+    assert with_task_dir(["--model", "dla", "--tasks", "x"])[-2:] == ["--include_path", str(TASK_DIR)]  # legacy form
+    mine = ["run", "--tasks", "x", "--include_path", "/my/tasks"]
+    assert with_task_dir(mine) == mine and with_task_dir(["--help"])[-1] == str(TASK_DIR)
+    assert with_task_dir([]) == [] and with_task_dir(["ls", "tasks"])[-1] == str(TASK_DIR)
