@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+from triton.language.extra.cuda import globaltimer
 
 from dla.ops.common.score import EPS, SCORES
 from dla.ops.common.state import POLICIES, UNUSED_START, DLAState
@@ -135,15 +136,41 @@ def _ranks(m, o_r, MB: tl.constexpr):
     return (d + MB) % MB
 
 
+@triton.jit
+def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_k, o_v, m_k,
+                  K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BV: tl.constexpr,
+                  USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr):
+    """``O <-`` the open slot's state at the end of the chunk starting at ``c`` (decayed ``O`` if the slot
+    started before that chunk, plus the chunk's writes from the slot's start on)."""
+    m_t = (o_t < CS) & (c + o_t < Tp)
+    loc = open_start - c
+    b_gl = tl.cumsum(tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0), 0)
+    gl_last = tl.sum(tl.where(o_t == CS - 1, b_gl, 0.0), 0)
+    b_d = tl.where(m_t & (o_t >= loc), gl_last - b_gl, float("-inf"))  # [BT]
+    p_k = k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :]
+    b_kw = tl.load(p_k, mask=m_t[:, None] & m_k[None, :], other=0) * \
+        (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d))[:, None]  # [BT, BK]
+    d_last = libdevice.exp(gl_last) if USE_LIBDEVICE else tl.exp(gl_last)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_vv = i_v * BV + o_v
+        m_v = o_vv < V
+        p_u = u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :]
+        b_u = tl.load(p_u, mask=m_t[:, None] & m_v[None, :], other=0)  # [BT, BV]
+        p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
+        b_O = tl.load(p_O, mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
+        b_O = tl.where(loc < 0, d_last * b_O, 0.0) + tl.dot(tl.trans(b_kw), b_u, input_precision=DOT)
+        tl.store(p_O, b_O, mask=m_k[:, None] & m_v[None, :])
+
+
 @triton.jit(do_not_specialize=["T", "Tp", "NT", "LAST"])
 def dla_scan_kernel(
     k, u, g, O, W, consts, seen, lengths, m_init, x_init,
-    pos, cnt, info, m_final, x_final,
+    pos, cnt, info, m_final, x_final, timing,
     o_score, o_boundary, o_num_slots, o_merged, o_starts, o_lam,
     T, Tp, NT, LAST, M, R, capacity, block_size,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     MB: tl.constexpr, NBITS: tl.constexpr, POLICY: tl.constexpr, USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, TIMING: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     o_t = tl.arange(0, BT)
@@ -169,9 +196,20 @@ def dla_scan_kernel(
     open_start = tl.where(m > 0, tl.sum(tl.where(b_rank == 0, b_pos, 0), 0), _UNUSED)
 
     # while, not for: the interpreter (numpy >= 2) cannot take a runtime int as a range bound
+    ns_open, ns_dense, ns_loop = m * 0, m * 0, m * 0  # TIMING (GPU only): nanoseconds in each phase
     i_c = 0
     while i_c < NT:
         c = i_c * CS
+        if TIMING:
+            t0 = globaltimer()
+        if i_c > 0:
+            # the open slot's state moves over the previous chunk here, where no scalar loop state is live
+            _advance_open(k, u, g, O, i_n, c - CS, Tp, open_start, o_t, o_k, o_v, m_k, K, V, CS, BV,
+                          USE_LIBDEVICE, DOT)
+            tl.debug_barrier()  # O is read below by other threads
+        if TIMING:
+            t1 = globaltimer()
+            ns_open += t1 - t0
         m_t = (o_t < CS) & (c + o_t < Tp)
         p_k = k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :]
         b_k = tl.load(p_k, mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
@@ -201,6 +239,9 @@ def dla_scan_kernel(
         tl.store(p_W + BT * BT + o_t, b_yo)
         tl.store(p_W + (BT + 1) * BT + o_t, b_kk * b_uu)  # ||s_t||^2
         tl.debug_barrier()  # the token loop reads what other threads wrote
+        if TIMING:
+            t2 = globaltimer()
+            ns_dense += t2 - t1
 
         n_tok = tl.where(i_c == NT - 1, LAST, CS)
         tt = 0
@@ -279,24 +320,9 @@ def dla_scan_kernel(
             tl.store(o_starts + p_rec + o_r, tl.full([MB], _UNUSED, tl.int64), mask=(o_r >= m) & (o_r < R))
             tl.store(o_lam + p_rec + o_r, tl.full([MB], -1, tl.int64), mask=(o_r >= m) & (o_r < R))
             tt += 1
-
-        # O <- the open slot's state at the next chunk start
-        loc = open_start - c
-        gl_last = tl.sum(tl.where(o_t == CS - 1, b_gl, 0.0), 0)
-        b_d = tl.where(m_t & (o_t >= loc), gl_last - b_gl, float("-inf"))  # [BT]
-        b_kw = tl.load(p_k, mask=m_t[:, None] & m_k[None, :], other=0) * \
-            (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d))[:, None]  # [BT, BK]
-        d_last = libdevice.exp(gl_last) if USE_LIBDEVICE else tl.exp(gl_last)
-        for i_v in range(tl.cdiv(V, BV)):
-            o_vv = i_v * BV + o_v
-            m_v = o_vv < V
-            p_u = u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :]
-            b_u = tl.load(p_u, mask=m_t[:, None] & m_v[None, :], other=0)  # [BT, BV]
-            p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
-            b_O = tl.load(p_O, mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
-            b_O = tl.where(loc < 0, d_last * b_O, 0.0) + tl.dot(tl.trans(b_kw), b_u, input_precision=DOT)
-            tl.store(p_O, b_O, mask=m_k[:, None] & m_v[None, :])
-        tl.debug_barrier()  # the next chunk reads O (and rewrites the scratch) other threads used
+        tl.debug_barrier()  # the next chunk rewrites the scratch other threads read
+        if TIMING:
+            ns_loop += globaltimer() - t2
         i_c += 1
 
     # live entries to their chronological slot; free entries (only while m <= MB) keep their unused values
@@ -308,12 +334,17 @@ def dla_scan_kernel(
     tl.store(info + p_slots + o_j, b_info, mask=m_j)
     tl.store(m_final + i_n, m)
     tl.store(x_final + i_n, x_carry)
+    if TIMING:
+        tl.store(timing + i_n * 3 + 0, ns_open)
+        tl.store(timing + i_n * 3 + 1, ns_dense)
+        tl.store(timing + i_n * 3 + 2, ns_loop)
 
 
 def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk_size: int, policy: str,
                     tau: float, capacity: int, block_size: int, score: str, R: int,
                     initial_state: Optional[DLAState], lengths: Optional[torch.Tensor] = None,
-                    num_warps: int = 4, dot_precision: str = "ieee") -> ScanResult:
+                    num_warps: int = 4, dot_precision: str = "ieee",
+                    timing: Optional[torch.Tensor] = None) -> ScanResult:
     """Decide boundaries and merges for ``N`` sequences; arguments and returns as :func:`dla.ops.dla.scan.dla_scan`.
 
     Args:
@@ -326,6 +357,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         num_warps: warps per program (a tuning knob; decisions do not depend on it).
         dot_precision: ``ieee`` (exact float32 products, the default) or ``tf32x3`` (three TF32 tensor-core
             products, float32-accurate to about 1e-7 relative: near-threshold decisions may differ from ``ieee``).
+        timing: ``[N, 3]`` int64 CUDA tensor or ``None``: receives each program's nanoseconds in moving the open
+            slot's state, in the chunk's Gram sums, and in the token loop (profiling; GPU only).
     Returns:
         :class:`ScanResult`, equal to ``dla_scan``'s on the same inputs (integer fields exactly, scores to
         rounding: matrix products and sums run in another order).
@@ -398,14 +431,14 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     dla_scan_kernel[(N,)](
         k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous(), O, W, consts, seen.contiguous(), lengths,
         slots.m.contiguous(), x0.contiguous(),
-        out.pos, out.counts, out.info, out.m, out.open_norm,
+        out.pos, out.counts, out.info, out.m, out.open_norm, timing if timing is not None else out.m,
         out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,
         T, Tp, NT, T - (NT - 1) * chunk_size, M, R, capacity, block_size if policy == "fixed" else 1,
         K=K, V=V, CS=chunk_size, BT=BT,
-        BK=max(triton.next_power_of_2(K), 16), BV=min(max(triton.next_power_of_2(V), 16), 64),
+        BK=max(triton.next_power_of_2(K), 16), BV=min(max(triton.next_power_of_2(V), 16), 32),
         MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
         USE_LIBDEVICE=dt == torch.float32 and u.is_cuda and not interpret,
-        DOT="ieee" if dt == torch.float64 or interpret else dot_precision,
+        DOT="ieee" if dt == torch.float64 or interpret else dot_precision, TIMING=timing is not None,
         num_warps=num_warps,
     )
     out.boundary = out.boundary.bool()
