@@ -1,0 +1,140 @@
+"""Where chunk_dla's time goes on a GPU: the stages of the chunked form timed one by one.
+
+Usage (CUDA machine, repo root): python scripts/gpu_profile.py OUT.json [--lengths 4096 16384] [--tokens 65536]
+Prints a table and writes OUT.json (GPU, versions, date, shapes, one row per stage).
+Stages: the backbone's chunk pass (fwd, fwd+bwd), the segmentation scan (Triton, by warps per program and
+policy), the boundary readout (fwd, fwd+bwd), and the whole op (fwd, fwd+bwd, peak memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dla.bench.ops import SHAPES, _inputs, _meta, _time
+from dla.ops import chunk_dla
+from dla.ops.dla.chunk_torch import _backbone, _block_segsum, _readout
+from dla.ops.dla.scan_triton import dla_scan_triton
+
+
+def prepare(x, BT=64):
+    """chunk_dla_torch's head-major float32 layout."""
+    q, k, v, g, beta = x["q"], x["k"], x["v"], x["g"], x["beta"]
+    B, T, H = v.shape[:3]
+    rep = H // q.shape[2]
+    pad = (-T) % BT
+    qh, kh = (F.pad(t.float().repeat_interleave(rep, 2).transpose(1, 2), (0, 0, 0, pad)) for t in (q, k))
+    vh = F.pad(v.float().transpose(1, 2), (0, 0, 0, pad))
+    gh = F.pad(g.float().transpose(1, 2), (0, pad))
+    bh = F.pad(beta.float().transpose(1, 2), (0, pad)) if beta is not None else None
+    return qh, kh, vh, gh, bh
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--capacity", type=int, default=30)
+    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--warps", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--precisions", nargs="+", default=["ieee", "tf32x3"])
+    ap.add_argument("--scan-only", action="store_true", help="time the scans only")
+    args = ap.parse_args(argv)
+    rows = []
+    C = args.capacity
+
+    def add(**r):
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        Path(args.out).write_text(json.dumps({"meta": _meta(args.tokens), "rows": rows}, indent=1))
+
+    for T in args.lengths:
+        B = max(1, args.tokens // T)
+        for gdn in (False, True):
+            bb = "gdn" if gdn else "mamba2"
+            x = _inputs("h16", B, T, C, gdn)
+            qh, kh, vh, gh, bh = prepare(x)
+            H, K, V = 16, 128, 128
+            S0 = torch.zeros(B, H, K, V, device="cuda")
+            with torch.no_grad():
+                ms = _time(lambda: _backbone(qh, kh, vh, gh, bh, S0, 64), args.budget)
+            add(T=T, B=B, backbone=bb, stage="backbone fwd", ms=ms)
+            leaves = [t.detach().requires_grad_(True) for t in (qh, kh, vh, gh) + ((bh,) if gdn else ())]
+
+            def bb_step():
+                u, P, o, S, gl = _backbone(*leaves[:4], leaves[4] if gdn else None, S0, 64)
+                (o.sum() + u.sum() + P.sum()).backward()
+            add(T=T, B=B, backbone=bb, stage="backbone fwd+bwd", ms=_time(bb_step, args.budget))
+            with torch.no_grad():
+                u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, 64)
+            N = B * H
+            for policy, tau in (("dla", 0.6), ("dla", 0.0), ("single", 0.6), ("fenwick", 0.6)):
+                R = {"single": 1, "fenwick": 16}.get(policy, C)
+                ref = None
+                grid = [(w, p) for w in args.warps for p in args.precisions]
+                for w, prec in (grid if (policy, tau) == ("dla", 0.6) else [(4, "ieee")]):
+                    def scan():
+                        return dla_scan_triton(kh.reshape(N, -1, K), u.reshape(N, -1, V), gh.reshape(N, -1), T,
+                                               chunk_size=64, policy=policy, tau=tau, capacity=R, block_size=64,
+                                               score="drift", R=R, initial_state=None, num_warps=w,
+                                               dot_precision=prec)
+                    res = scan()
+                    same = None
+                    if ref is None:
+                        ref = res
+                    else:
+                        same = bool(torch.equal(ref.boundary, res.boundary) and torch.equal(ref.starts, res.starts))
+                    ms = _time(scan, args.budget, reps=3)
+                    add(T=T, B=B, backbone=bb, stage=f"scan {policy} tau={tau:g} warps={w} {prec}", ms=ms,
+                        same_as_first=same, slots_per_head=float(res.boundary.sum()) / N)
+            if args.scan_only:
+                continue
+            # readout, with the dla tau=0.6 segmentation
+            scan = dla_scan_triton(kh.reshape(N, -1, K), u.reshape(N, -1, V), gh.reshape(N, -1), T, chunk_size=64,
+                                   policy="dla", tau=0.6, capacity=C, block_size=64, score="drift", R=C,
+                                   initial_state=None)
+            starts, lam_index = scan.starts.view(B, H, T, C), scan.lam_index.view(B, H, T, C)
+            lamh = x["lam"].float().transpose(1, 2)
+            seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
+            with torch.no_grad():
+                ms = _time(lambda: _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, None, 64, T,
+                                            "triton"), args.budget)
+            add(T=T, B=B, backbone=bb, stage="readout fwd (triton)", ms=ms)
+            rl = [t.detach().requires_grad_(True) for t in (qh, kh, u, P, o_base, lamh)]
+
+            def ro_step():
+                out = _readout(rl[0], rl[1], rl[2], gl, rl[3], rl[4], rl[5], starts, lam_index, seg, None, 64, T,
+                               "triton")
+                out.sum().backward()
+            add(T=T, B=B, backbone=bb, stage="readout fwd+bwd (triton fwd, torch bwd)", ms=_time(ro_step, args.budget))
+            for tau in (0.6, 0.0):
+                kw = dict(policy="dla", capacity=C, tau=tau, scale=1.0)
+                with torch.no_grad():
+                    ms = _time(lambda: chunk_dla(**x, **kw)[0], args.budget)
+                add(T=T, B=B, backbone=bb, stage=f"chunk_dla tau={tau:g} fwd", ms=ms)
+                xs = {n: (t.detach().requires_grad_(True) if t is not None and t.is_floating_point() else t)
+                      for n, t in x.items()}
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+
+                def step():
+                    o = chunk_dla(**xs, **kw)[0]
+                    o.backward(torch.ones_like(o))
+                ms = _time(step, args.budget)
+                add(T=T, B=B, backbone=bb, stage=f"chunk_dla tau={tau:g} fwd+bwd", ms=ms,
+                    peak_mib=(torch.cuda.max_memory_allocated() - base) / 2 ** 20)
+            del x, qh, kh, vh, gh, bh, u, P, o_base, scan, rl, xs
+            torch.cuda.empty_cache()
+    print("\n| T | B | backbone | stage | ms |\n| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['T']} | {r['B']} | {r['backbone']} | {r['stage']} | {r['ms']:.2f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
