@@ -128,3 +128,17 @@ def test_capture_segmentations_on_a_model():
             _, ref = direct(model.model.layers[i].mixer, inputs_seen[i])
         (seg,) = segs[f"model.layers.{i}.mixer"]
         assert_same(seg, ref)
+
+
+@pytest.mark.parametrize("name", ["gdn", "mamba2"])
+def test_capturing_leaves_training_unchanged(name):
+    """Under autograd the capture changes neither the output nor the gradients; the records hold no graph."""
+    mixer, x = build(name, "dla"), inputs(T=20).requires_grad_()
+    y0 = mixer(x)
+    g0 = torch.autograd.grad(y0.square().sum(), x)[0]
+    with mixer.capture_segmentation() as records:
+        y = mixer(x)
+    g = torch.autograd.grad(y.square().sum(), x)[0]
+    assert torch.equal(y, y0) and torch.equal(g, g0)
+    assert not any(getattr(records[0], f).requires_grad for f in FIELDS)
+    assert int(records[0].boundary.sum()) > 2
