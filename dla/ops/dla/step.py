@@ -41,6 +41,7 @@ def dla_step(
     policy: str = "dla",
     block_size: int = 64,
     score: str = "drift",
+    backend: Optional[str] = None,
 ) -> Tuple[torch.Tensor, DLAState]:
     """Advance every sequence of the batch by one token.
 
@@ -50,6 +51,9 @@ def dla_step(
         state: the cache to continue from (``chunk_dla(..., output_final_state=True)`` or :func:`empty_state`);
             not modified.
         scale, tau, capacity, policy, block_size, score: as :func:`dla.ops.naive_dla`.
+        backend: ``torch``, ``triton`` (:mod:`dla.ops.dla.step_triton`: float32 slots, policies ``dla``,
+            ``fixed``, ``single``, ``fenwick``; on CPU only under ``TRITON_INTERPRET=1``), or ``None``: ``triton``
+            for CUDA float32 states of those policies when Triton is installed, else ``torch``.
 
     Returns:
         ``o [B, H, V]`` in the dtype of ``v`` and the new :class:`DLAState` (float32 or float64 slots).
@@ -68,6 +72,16 @@ def dla_step(
     R = lam.shape[-1] if lam is not None else 1
     width = {"dla": capacity, "fixed": capacity, "fenwick": R, "single": 1}.get(policy, state.slots.shape[2])
     state = _widen(state, width)
+    if backend not in (None, "torch", "triton"):
+        raise ValueError(f"backend: expected None, 'torch' or 'triton', got {backend!r}")
+    if backend is None:
+        backend = "triton" if (state.slots.is_cuda and dt == torch.float32 and policy != "dla_unbounded"
+                               and score in ("drift", "write") and _has_triton()) else "torch"
+    if backend == "triton":
+        from dla.ops.dla.step_triton import dla_step_triton  # lazy: CPU installs may lack Triton
+
+        return dla_step_triton(q, k, v, g, lam, beta, state=state, scale=K ** -0.5 if scale is None else scale,
+                               tau=tau, capacity=capacity, policy=policy, block_size=block_size, score=score)
     S, n, info, m = state.slots, state.counts, state.info, state.num_slots
     W = S.shape[2]
     qh, kh = (x.to(dt).repeat_interleave(rep, dim=1) for x in (q, k))  # [B, H, K]
@@ -114,6 +128,14 @@ def dla_step(
     sc = K ** -0.5 if scale is None else scale
     o = sc * torch.einsum("bhj,bhk,bhjkv->bhv", w, qh, S)
     return o.to(v.dtype), DLAState(S, n, info, m, norm)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _at(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
