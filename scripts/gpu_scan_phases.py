@@ -36,8 +36,8 @@ def main(argv=None):
         u = x["v"].float().transpose(1, 2).reshape(N, T, V).contiguous()
         g = x["g"].float().transpose(1, 2).reshape(N, T).contiguous()
         ref = None
-        for w in args.warps:
-            for prec in args.precisions:
+        for prec in args.precisions:
+            for w in args.warps:
                 kw = dict(chunk_size=64, policy="dla", tau=0.6, capacity=args.capacity, block_size=64,
                           score="drift", R=args.capacity, initial_state=None, num_warps=w, dot_precision=prec)
                 ms = _time(lambda: dla_scan_triton(k, u, g, T, **kw), 0.3, reps=3)
