@@ -79,9 +79,9 @@ def _at(x, o_r, j):
 
 @triton.jit
 def _step_apply(
-    q, k, g, lam, S, cnt_in, info_in, m_in, norm_in, U, part, consts,
+    q, k, g, lam, S, cnt_in, info_in, m_in, norm_in, U, part,
     S_out, cnt_out, info_out, m_out, norm_out, o,
-    H, G, W, R, capacity, block_size, scale,
+    H, G, W, R, capacity, block_size, scale, n_el, eps, c_n, sqrt_n_c, tau,
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, MB: tl.constexpr,
     NBITS: tl.constexpr, POLICY: tl.constexpr, USE_DRIFT: tl.constexpr, HAS_NORM: tl.constexpr,
     HAS_LAM: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
@@ -94,8 +94,6 @@ def _step_apply(
     o_r = tl.arange(0, MB)
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
-    n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
-    sqrt_n_c, tau = tl.load(consts + 3), tl.load(consts + 4)
 
     b_k = tl.load(k + (i_b * G + i_g) * K + o_k, mask=m_k, other=0.).to(tl.float32)
     b_q = tl.load(q + (i_b * G + i_g) * K + o_k, mask=m_k, other=0.).to(tl.float32)
@@ -208,8 +206,7 @@ def dla_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     BV = max(16, min(32, triton.next_power_of_2(V)))
     NV = triton.cdiv(V, BV)
     MB = max(2, triton.next_power_of_2(W + 1))
-    n = K * V
-    consts = torch.tensor([float(n), EPS, n * EPS, (n ** 0.5) * (n * EPS), tau], dtype=torch.float32, device=dev)
+    n = K * V  # the score's constants go as float32 arguments: no host-to-device copy (CUDA-graph capturable)
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     libdev = S.is_cuda and not interpret
     c = lambda x: x.contiguous()  # noqa: E731
@@ -228,9 +225,9 @@ def dla_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     nbits = 32 if policy == "fenwick" else 1  # Fenwick levels of slots up to 2^32 - 1 tokens
     _step_apply[grid](
         c(q), c(k), c(g), c(lam) if lam is not None else g, c(S), c(state.counts), c(state.info), m,
-        c(state.open_norm.float()) if state.open_norm is not None else g, U, part, consts,
+        c(state.open_norm.float()) if state.open_norm is not None else g, U, part,
         S_new, cnt, info, m_new, norm, o,
-        H, G, W, R, capacity, block_size, float(scale),
+        H, G, W, R, capacity, block_size, float(scale), float(n), EPS, n * EPS, (n ** 0.5) * (n * EPS), float(tau),
         K=K, V=V, BK=BK, BV=BV, NV=NV, MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy],
         USE_DRIFT=score == "drift", HAS_NORM=state.open_norm is not None, HAS_LAM=lam is not None,
         USE_LIBDEVICE=libdev, num_warps=4,
