@@ -137,6 +137,14 @@ def _ranks(m, o_r, MB: tl.constexpr):
 
 
 @triton.jit
+def _y_entry(p_W, tt, loc, BT: tl.constexpr):
+    """``y`` of chunk token ``tt`` for an open slot starting at chunk offset ``loc`` (negative: before the chunk),
+    from the scratch: the Gram suffix sum from ``max(loc, 0)``, plus ``y`` against ``O`` when ``loc < 0``."""
+    y = tl.load(p_W + tt * BT + tl.maximum(loc, 0))
+    return tl.where(loc < 0, tl.load(p_W + BT * BT + tt) + y, y)
+
+
+@triton.jit
 def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_k, o_v, m_k,
                   K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BV: tl.constexpr,
                   USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr):
@@ -244,17 +252,19 @@ def dla_scan_kernel(
             ns_dense += t2 - t1
 
         n_tok = tl.where(i_c == NT - 1, LAST, CS)
+        # y of token t: against O if the open slot started before the chunk, plus its tokens s < t inside it
+        y_next = _y_entry(p_W, 0, open_start - c, BT)
         tt = 0
         while tt < n_tok:
             t = c + tt
             g_t = 2 * tl.load(g + i_n * Tp + t)
             z_t = tl.load(p_W + (BT + 1) * BT + tt)
             x = x_carry * (libdevice.exp(g_t) if USE_LIBDEVICE else tl.exp(g_t))
-            loc = open_start - c  # the open slot's start, chunk-relative
-            # y: against O if the slot started before the chunk, plus its tokens s < t inside the chunk
-            y = tl.load(p_W + tt * BT + tl.maximum(loc, 0))
-            if loc < 0:
-                y = tl.load(p_W + BT * BT + tt) + y
+            y = y_next
+            # the next token's y for both outcomes of this token, loaded before the decision (off its latency)
+            t_n = tl.minimum(tt + 1, BT - 1)
+            y_keep = _y_entry(p_W, t_n, open_start - c, BT)
+            y_open = tl.load(p_W + t_n * BT + tt)
             empty = m == 0
             info_t = tl.where(empty, 0.0, _score(x, y, z_t, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, USE_RN))
             if POLICY == _DLA or POLICY == _UNBOUNDED:
@@ -304,6 +314,7 @@ def dla_scan_kernel(
                 b_info = tl.where(m_open, b_info + info_t, b_info)
             x_carry = tl.where(active, tl.where(opened, z_t, x + 2 * y + z_t), x_carry)
             open_start = tl.where(opened, t, open_start)
+            y_next = tl.where(opened, y_open, y_keep)
 
             p_tok = i_n * T + t
             tl.store(o_score + p_tok, info_t)
