@@ -5,20 +5,23 @@
 2. The segmentation scan (:mod:`dla.ops.dla.scan`), without gradient.
 3. The readout: the backbone output weighted by ``lam`` of the open slot, plus, per live boundary ``x``, the
    telescoping term ``dlam * D(x-1, t) q_t^T P_x`` where ``P_x`` is rebuilt from its chunk's state and the
-   masked intra-chunk products. Per query chunk only the key chunks holding live boundaries are touched,
-   so the cost is ``O(T C)``.
+   masked intra-chunk products. Per query chunk only the distinct key chunks holding live boundaries are
+   touched, so the cost is ``O(T C)`` (at worst; typically a few key chunks per query chunk).
 
-Autograd through these ops gives exact gradients for ``q, k, v, g, beta, lam``.
+Gradients are exact for ``q, k, v, g, beta, lam``: autograd, except for two hand-written backwards that keep the
+backward's memory traffic linear in the number of chunks: Gated DeltaNet's chunk-state recurrence
+(:class:`_ChunkStates`, the reverse recurrence) and the boundary readout (:class:`_BoundaryTerms`: recompute per
+group of query chunks, differentiate the gathered slices, accumulate into one buffer per input). The scalar-decay
+backbone's chunk states are in closed form (:func:`_decayed_states`), plain autograd.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
 from dla.ops.dla.scan import ScanResult, dla_scan
@@ -122,8 +125,10 @@ def _block_segsum(tot: torch.Tensor) -> torch.Tensor:
 def _backbone(q, k, v, g, beta, S0, BT):
     """Chunk pass of the backbone: pseudo-values, chunk-start states, plain output ``q^T S_t``.
 
-    Everything inside a chunk is computed for all chunks at once; only the state recurrence
-    ``S_{c+1} = a_c S_c + dS_c`` (Gated DeltaNet: ``S_{c+1} = (a_c I - M_c) S_c + dS_c``) runs over chunks.
+    Everything inside a chunk is computed for all chunks at once. The chunk states of the scalar-decay backbone
+    (``S_{c+1} = a_c S_c + dS_c``) come in closed form (:func:`_decayed_states`); Gated DeltaNet's
+    (``S_{c+1} = (a_c I - M_c) S_c + dS_c``) from a loop over chunks whose backward is the reverse loop
+    (:class:`_ChunkStates`).
 
     Returns ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp, V]``, the final
     state and the chunk-local inclusive log-decay cumsums ``gl [B, H, NT, BT]``.
@@ -132,39 +137,96 @@ def _backbone(q, k, v, g, beta, S0, BT):
     V, NT = v.shape[-1], Tp // BT
     qc, kc, vc = (x.view(B, H, NT, BT, x.shape[-1]) for x in (q, k, v))
     gl = g.view(B, H, NT, BT).cumsum(-1)
+    egl = torch.exp(gl)  # D(chunk start - 1, t)
     mask = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril()
     D = torch.exp((gl[..., :, None] - gl[..., None, :]).masked_fill(~mask, float("-inf")))  # [B, H, NT, t, s]
-    a = torch.exp(gl[..., -1])  # [B, H, NT] decay over each chunk
     kw = kc * torch.exp(gl[..., -1:] - gl)[..., None]  # k_s D(s, chunk end)
     if beta is None:
         dS = kw.transpose(-1, -2) @ vc  # [B, H, NT, K, V]
-        Ps, S = [], S0
-        for c in range(NT):
-            Ps.append(S)
-            S = a[:, :, c, None, None] * S + dS[:, :, c]
-        P = torch.stack(Ps, 2)
+        states = _decayed_states(gl[..., -1], dS.flatten(-2), S0.flatten(-2)).unflatten(-1, (K, V))
+        P, S = states[:, :, :NT], states[:, :, NT]
         u = vc
     else:
         # UT transform: (I + A) u = beta (v - exp(gl) k S_c), A[t, s] = beta_t D(t, s) k_t.k_s for s < t
         bc = beta.view(B, H, NT, BT)[..., None]
-        A = (bc * D * (kc @ kc.transpose(-1, -2))).masked_fill(~mask.tril(-1), 0)
-        eye = torch.eye(BT, dtype=k.dtype, device=k.device)
-        solve = lambda rhs: torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)  # noqa
-        U0, W = solve(bc * vc), solve(bc * torch.exp(gl)[..., None] * kc)  # u = U0 - W S_c
-        M, dS = kw.transpose(-1, -2) @ W, kw.transpose(-1, -2) @ U0  # [B, H, NT, K, K], [B, H, NT, K, V]
-        Ps, S = [], S0
-        for c in range(NT):
-            Ps.append(S)
-            S = a[:, :, c, None, None] * S - M[:, :, c] @ S + dS[:, :, c]
-        P = torch.stack(Ps, 2)
+        A = (((bc * kc) @ kc.transpose(-1, -2)) * D).tril(-1)
+        # one solve for both right-hand sides; unitriangular: the (zero) diagonal of A is read as 1
+        UW = torch.linalg.solve_triangular(A, bc * torch.cat([vc, egl[..., None] * kc], -1), upper=False,
+                                           unitriangular=True)
+        U0, W = UW[..., :V], UW[..., V:]  # u = U0 - W S_c
+        dSM = kw.transpose(-1, -2) @ UW  # [B, H, NT, K, V + K]
+        dS, M = dSM[..., :V], dSM[..., V:]
+        trans = torch.exp(gl[..., -1])[..., None, None] * torch.eye(K, dtype=k.dtype, device=k.device) - M
+        P, S = _ChunkStates.apply(trans, dS, S0)
         u = U0 - W @ P
-    o = torch.exp(gl)[..., None] * (qc @ P) + ((qc @ kc.transpose(-1, -2)) * D) @ u
+    o = egl[..., None] * (qc @ P) + ((qc @ kc.transpose(-1, -2)) * D) @ u
     return u.reshape(B, H, Tp, V), P, o.reshape(B, H, Tp, V), S, gl
+
+
+def _decayed_states(tot: torch.Tensor, X: torch.Tensor, X0: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """``Y [..., N + 1, F]`` with ``Y_0 = X0``, ``Y_{c+1} = exp(tot_c) Y_c + X_c``, without a loop over ``c``.
+
+    ``Y_i = sum_j exp(sum_{j <= c < i} tot_c) X_{j-1}`` (``X_{-1} = X0``) is one matmul with a lower-triangular
+    ``[N + 1, N + 1]`` matrix of block sums (:func:`_block_segsum`: sums of ``tot``, never differences of a long
+    cumulative sum, DESIGN.md section 4). For ``N > block`` the chunks are grouped in blocks of ``block``: the
+    same matmul inside each block from a zero start, this function again over the block totals for the states at
+    the block starts, and one decayed broadcast of those; the work is ``O(N block F)`` instead of ``O(N^2 F)``.
+    The backward is autograd's (matmuls, no loop).
+    """
+    N = tot.shape[-1]
+    if N <= block:
+        L = torch.exp(F.pad(_block_segsum(tot), (0, 1))).tril()  # L[i, j]: weight of X_{j-1} in Y_i
+        return L @ torch.cat([X0[..., None, :], X], -2)
+    nb = -(-N // block)
+    pad = nb * block - N  # padding chunks: no decay, no input
+    seg = _block_segsum(F.pad(tot, (0, pad)).unflatten(-1, (nb, block)))  # [..., nb, block + 1, block]
+    L = torch.exp(F.pad(seg, (0, 1))).tril()  # [..., nb, block + 1, block + 1]
+    local = L[..., 1:] @ F.pad(X, (0, 0, 0, pad)).unflatten(-2, (nb, block))  # [..., nb, block + 1, F]
+    starts = _decayed_states(seg[..., block, 0], local[..., block, :], X0, block)  # [..., nb + 1, F]
+    Y = L[..., :1] * starts[..., :nb, None, :] + local
+    return torch.cat([Y[..., :block, :].flatten(-3, -2), starts[..., nb:, :]], -2)[..., :N + 1, :]
+
+
+class _ChunkStates(torch.autograd.Function):
+    """``P_c`` (``c < NT``) and ``S_NT`` of ``S_{c+1} = A_c S_c + X_c``, ``S_0 = S0``, for matrices ``A_c``.
+
+    Inputs ``A [B, H, NT, K, K]``, ``X [B, H, NT, K, V]``, ``S0 [B, H, K, V]``. The forward writes the states into
+    one buffer; the backward runs the reverse recurrence ``lam_c = dP_c + A_c^T lam_{c+1}`` (``lam_NT = dS_NT``),
+    so that ``dX_c = lam_{c+1}``, ``dA_c = lam_{c+1} P_c^T``, ``dS0 = lam_0``: no per-chunk autograd nodes and no
+    full-size gradient per chunk. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, A, X, S0):
+        B, H, NT, K, V = X.shape
+        P = X.new_empty(B, H, NT, K, V)
+        A3, X3, P3 = A.reshape(B * H, NT, K, K), X.reshape(B * H, NT, K, V), P.view(B * H, NT, K, V)
+        S = S0.reshape(B * H, K, V).to(X.dtype)
+        for c in range(NT):
+            P3[:, c] = S
+            S = torch.baddbmm(X3[:, c], A3[:, c], S)
+        ctx.save_for_backward(A, P)
+        return P, S.view(B, H, K, V)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dP, dS):
+        A, P = ctx.saved_tensors
+        B, H, NT, K, V = P.shape
+        A3, dP3 = A.reshape(B * H, NT, K, K), dP.reshape(B * H, NT, K, V)
+        dX = torch.empty_like(P)
+        dX3 = dX.view(B * H, NT, K, V)
+        lam = dS.reshape(B * H, K, V)
+        for c in range(NT - 1, -1, -1):
+            dX3[:, c] = lam
+            lam = torch.baddbmm(dP3[:, c], A3[:, c].transpose(-1, -2), lam)
+        dA = dX @ P.transpose(-1, -2) if ctx.needs_input_grad[0] else None
+        return dA, dX, lam.view(B, H, K, V)
 
 
 def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch"):
     """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones)."""
-    Tp = k.shape[2]
+    B, H, Tp, _ = k.shape
     idx0 = lam_index[..., 0].clamp_min(0)
     lam0 = torch.gather(lam, -1, idx0[..., None])[..., 0]  # [B, H, T]
     nxt_valid = lam_index[..., 1:] >= 0
@@ -180,11 +242,8 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, b
     elif x.shape[-1] > 0:
         o = o + F.pad(boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT), (0, 0, 0, Tp - T))
     if init is not None:
-        virtual = nxt_valid & (x < 0)
-        parts = [_initial_terms(q[:, :, t0:t0 + BT][:, :, :T - t0], gl[:, :, i, :min(BT, T - t0)], seg[:, :, i, 0],
-                                x[:, :, t0:t0 + BT], dlam[:, :, t0:t0 + BT], virtual[:, :, t0:t0 + BT], init)
-                 for i, t0 in enumerate(range(0, T, BT))]
-        o = o + F.pad(torch.cat(parts, 2), (0, 0, 0, Tp - T))
+        ldec = (seg[:, :, :Tp // BT, 0, None] + gl).reshape(B, H, Tp)[:, :, :T]  # log D(-1, t)
+        o = o + F.pad(_initial_terms(q[:, :, :T], ldec, x, dlam, nxt_valid & (x < 0), init), (0, 0, 0, Tp - T))
     return o
 
 
@@ -216,76 +275,183 @@ def boundary_candidates(x: torch.Tensor, real: torch.Tensor, BT: int):
     return cand, jidx, (x - cx * BT).clamp(0, BT - 1)
 
 
-def boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT):
+READOUT_GROUP_BYTES = 1 << 26
+"""Working memory the PyTorch boundary readout aims at per group of query chunks (forward, or backward step)."""
+
+
+def boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT, group_bytes=None):
     """``sum_x dlam_t(x) D(x-1, t) q_t^T P_x`` over each token's live real boundaries: ``[B, H, T, V]``.
 
-    PyTorch, one query chunk at a time, each under activation checkpointing (the backward keeps only inputs).
+    PyTorch, a group of query chunks at a time against their distinct candidate key chunks (:func:`readout_plan`,
+    :func:`_group_terms`), groups sized by ``group_bytes`` (default :data:`READOUT_GROUP_BYTES`). The backward
+    (:class:`_BoundaryTerms`) keeps only the inputs and recomputes each group, accumulating into one gradient
+    buffer per input.
     """
-    B, H, Tp, K = k.shape
-    V, T = u.shape[-1], x.shape[2]
-    NT = Tp // BT
-    cand, jidx, off = boundary_candidates(x, real, BT)
-    J = cand.shape[-1]
-    Kc, Uc = k.view(B, H, NT, BT, K), u.view(B, H, NT, BT, V)
-    outs = []
-    for i in range(NT):
-        t0, t1 = i * BT, min((i + 1) * BT, T)
-        if t1 <= t0:
-            break
-        ji = jidx[:, :, t0:t1]
-        sel = (ji[..., None] == torch.arange(J, device=k.device)).to(q.dtype)  # [B, H, n, R1, J]
-        terms = functools.partial(_chunk_terms, i=i, cand=cand[:, :, i], sel=sel, p=off[:, :, t0:t1], BT=BT)
-        args = (q[:, :, t0:t1], gl[:, :, i, :t1 - t0], dlam[:, :, t0:t1], P, Kc, Uc, gl, seg[:, :, i])
-        if torch.is_grad_enabled() and any(a.requires_grad for a in args):
-            outs.append(checkpoint(terms, *args, use_reentrant=False))  # keeps only the inputs for the backward
-        else:
-            outs.append(terms(*args))
-    return torch.cat(outs, 2)
+    T, Tp = x.shape[2], k.shape[2]
+    cand, pos, widths = readout_plan(x, real, BT, Tp)
+    dl = F.pad(torch.where(real, dlam, torch.zeros_like(dlam)), (0, 0, 0, Tp - T))
+    return _BoundaryTerms.apply(q, k, u, gl, P, seg, dl, cand, pos, widths, BT, group_bytes)[:, :, :T]
 
 
-def _chunk_terms(qi, gli, dl, P, Kc, Uc, gl, seg_i, *, i, cand, sel, p, BT):
-    """The boundary terms of query chunk ``i``: ``sum_x dlam_t(x) D(x-1, t) q_t^T P_x`` over its live boundaries.
+def readout_plan(x, real, BT, Tp, candidates=None):
+    """Where the PyTorch readout looks: each query chunk's distinct candidate key chunks, and each boundary's place.
 
-    ``cand [B, H, J]``: candidate key chunks; ``sel [B, H, n, R-1, J]``: which candidate holds each boundary;
-    ``p [B, H, n, R-1]``: the boundary's offset inside its key chunk.
+    Args:
+        x, real: ``[B, H, T, R1]`` as :func:`boundary_candidates`; Tp: padded length.
+        candidates: :func:`boundary_candidates`' result, if already computed.
+    Returns:
+        ``cand [B, H, NT, J]``: the distinct candidates of :func:`boundary_candidates`, in order, first; the rest of
+        the row repeats the query chunk and holds no boundary. ``pos [B, H, Tp, R1]``: each real boundary's place
+        ``j * BT + offset`` among the tokens of ``cand``'s row (0 for the others and for padding). ``widths``: per
+        query chunk, the most distinct candidates over batch rows and heads (a list; the only host sync), so
+        that repeats cost nothing.
     """
-    B, H, n, K = qi.shape
-    V, NT, J, R1 = Uc.shape[-1], P.shape[2], cand.shape[-1], dl.shape[-1]
-    s_idx = torch.arange(BT, device=qi.device)
-    # part A: sum_x dlam D(cx - 1, t) q_t^T P_cx
-    decA = torch.exp(torch.gather(seg_i, -1, cand)[:, :, None, :] + gli[..., None])  # [B, H, n, J]
-    coefA = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * decA
-    Pg = torch.gather(P, 2, cand[..., None, None].expand(B, H, J, K, V))
-    part = (coefA[..., None] * torch.einsum("bhtk,bhjkv->bhtjv", qi, Pg)).sum(3)
-    # part B: sum_x dlam sum_{cx <= s < x} D(s, t) (q_t . k_s) u_s
-    scat = torch.zeros(B, H, n, J, BT, dtype=qi.dtype, device=qi.device)
-    scat = scat.scatter_add(-1, p[:, :, :, None, :].expand(B, H, n, J, R1), (dl[..., None] * sel).transpose(-1, -2))
-    wsum = torch.cat([scat.flip(-1).cumsum(-1).flip(-1)[..., 1:], scat.new_zeros(B, H, n, J, 1)], -1)  # p > s
-    Kg = torch.gather(Kc, 2, cand[..., None, None].expand(B, H, J, BT, K))
-    Ug = torch.gather(Uc, 2, cand[..., None, None].expand(B, H, J, BT, V))
-    glg = torch.gather(gl, 2, cand[..., None].expand(B, H, J, BT))
-    cur = (cand == i)[:, :, None, :, None]
-    old = (glg[..., -1:] - glg)[:, :, None] + torch.gather(seg_i, -1, cand + 1)[:, :, None, :, None] \
-        + gli[..., None, None]
-    same = gli[..., None, None] - glg[:, :, None]
-    expo = torch.where(cur, same, old)
-    ok_s = ~cur | (s_idx[None, None, None, None, :] <= torch.arange(n, device=qi.device)[None, None, :, None, None])
-    W = wsum * torch.exp(expo.masked_fill(~ok_s, float("-inf")))
-    qk = torch.einsum("bhtk,bhjsk->bhtjs", qi, Kg)
-    return part + torch.einsum("bhtjs,bhjsv->bhtv", W * qk, Ug)
+    cand, jidx, off = boundary_candidates(x, real, BT) if candidates is None else candidates
+    B, H, NT, J = cand.shape
+    first = F.pad(cand[..., 1:] != cand[..., :-1], (1, 0), value=True)  # sorted: repeats are adjacent
+    rank = first.long().cumsum(-1) - 1  # place among the distinct candidates
+    own = torch.arange(NT, device=cand.device).view(1, 1, NT, 1).expand(B, H, NT, J)
+    compact = own.scatter(-1, rank, cand)  # a repeat writes its first occurrence's value to the same place
+    at = (torch.arange(x.shape[2], device=x.device) // BT * J)[:, None] + jidx.clamp_min(0)  # [B, H, T, R1]
+    jc = torch.gather(rank.flatten(2), -1, at.flatten(2)).view_as(jidx)
+    pos = F.pad(torch.where(real, jc * BT + off, 0), (0, 0, 0, Tp - x.shape[2]))
+    return compact, pos, (rank[..., -1] + 1).amax((0, 1)).tolist()
 
 
-def _initial_terms(qi, gli, seg0, xi, dl, virtual, init):
-    """Boundaries between slots of ``initial_state`` (virtual positions ``j - m0 < 0``)."""
-    B, H, n, K = qi.shape
-    m0 = init.num_slots.to(qi.device)
-    S = init.slots.to(qi.dtype)  # [B, H, C0, K, V]
-    Vpre = torch.cumsum(S, 2) - S  # V_j = sum_{i < j} S_i
+class _BoundaryTerms(torch.autograd.Function):
+    """The PyTorch boundary readout; inputs ``q, k, u, gl, P, seg, dl`` (``dl [B, H, Tp, R1]``: ``dlam`` of real
+    boundaries, 0 elsewhere) and the plan ``cand, pos, widths`` (:func:`readout_plan`). Output ``[B, H, Tp, V]``."""
+
+    @staticmethod
+    def forward(ctx, q, k, u, gl, P, seg, dl, cand, pos, widths, BT, group_bytes):
+        ctx.save_for_backward(q, k, u, gl, P, seg, dl, cand, pos)
+        ctx.widths, ctx.BT, ctx.group_bytes = widths, BT, group_bytes
+        groups = _groups(q, k, u, gl, P, seg, dl, cand, pos, widths, BT, group_bytes)
+        return torch.cat([_group_terms(*args) for _, args, _ in groups], 2).flatten(2, 3)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        grads = boundary_terms_backward(grad, *ctx.saved_tensors, ctx.widths, ctx.BT, ctx.needs_input_grad[:7],
+                                        ctx.group_bytes)
+        return (*grads, None, None, None, None, None)
+
+
+def boundary_terms_backward(grad, q, k, u, gl, P, seg, dl, cand, pos, widths, BT, needs, group_bytes=None):
+    """Gradients of the boundary readout (:class:`_BoundaryTerms`) with respect to ``q, k, u, gl, P, seg, dl``.
+
+    ``grad [B, H, Tp, V]``; ``needs``: which of the seven are wanted (the others come back ``None``). Per group of
+    query chunks: gather the candidates' slices, recompute :func:`_group_terms` on them, differentiate, and add the
+    slices' gradients into one buffer per input (``index_add_`` over the candidate chunks). Exact: autograd of
+    the forward's own ops.
+    """
+    B, H, Tp, K = q.shape
+    V, NT = u.shape[-1], Tp // BT
+    out = [t.new_zeros(t.shape) if need else None for t, need in zip((q, k, u, gl, P, seg, dl), needs)]
+    dq, dk, du, dgl, dP, dseg, ddl = out
+    if not any(needs):
+        return out
+    gradc = grad.reshape(B, H, NT, BT, V)
+    # the source of each argument of _group_terms, in order: q, gl, dl, P, k, u, gl, seg
+    source = (0, 3, 6, 4, 1, 2, 3, 5)
+    for (i0, i1), args, rows in _groups(q, k, u, gl, P, seg, dl, cand, pos, widths, BT, group_bytes):
+        leaves = [a.detach().requires_grad_(needs[src]) for a, src in zip(args[:8], source)]
+        want = [a for a in leaves if a.requires_grad]
+        with torch.enable_grad():
+            res = _group_terms(*leaves, *args[8:])
+            got = iter(torch.autograd.grad(res, want, gradc[:, :, i0:i1]))
+        gq, ggl_q, gdl, gP, gk, gu, ggl_c, gseg = (next(got) if a.requires_grad else None for a in leaves)
+        flat = rows.flatten()
+        if dq is not None:
+            dq.view(B, H, NT, BT, K)[:, :, i0:i1] += gq
+        if ddl is not None:
+            ddl.view(B, H, NT, BT, -1)[:, :, i0:i1] += gdl
+        if dseg is not None:
+            dseg[:, :, i0:i1] += gseg
+        if dgl is not None:
+            dgl[:, :, i0:i1] += ggl_q
+            dgl.view(B * H * NT, BT).index_add_(0, flat, ggl_c.reshape(-1, BT))
+        for buf, gr in ((dP, gP), (dk, gk), (du, gu)):
+            if buf is not None:
+                buf.view(B * H * NT, -1).index_add_(0, flat, gr.reshape(flat.numel(), -1))
+    return out
+
+
+def _groups(q, k, u, gl, P, seg, dl, cand, pos, widths, BT, group_bytes=None):
+    """Yield ``((i0, i1), args of _group_terms, flat candidate rows)`` for groups of consecutive query chunks.
+
+    A group of ``G`` chunks takes the first ``J = max(widths[i0:i1])`` candidates of each; ``G`` grows while the
+    group's largest tensors (``[G, BT, J, BT]`` weights, gathered states) stay within ``group_bytes``.
+    """
+    B, H, Tp, K = q.shape
+    V, NT = u.shape[-1], Tp // BT
+    per_cand = B * H * (8 * BT * BT + 2 * K * V + 2 * BT * (K + V) + BT * K) * q.element_size()
+    budget = READOUT_GROUP_BYTES if group_bytes is None else group_bytes
+    qc, dlc, posc = (t.reshape(B, H, NT, BT, -1) for t in (q, dl, pos))
+    Pf, kf, uf, glf = P.reshape(-1, K, V), k.reshape(-1, BT, K), u.reshape(-1, BT, V), gl.reshape(-1, BT)
+    base = (torch.arange(B * H, device=q.device) * NT).view(B, H, 1, 1)
+    i0 = 0
+    while i0 < NT:
+        i1, J = i0 + 1, widths[i0]
+        while i1 < NT and (i1 + 1 - i0) * max(J, widths[i1]) * per_cand <= budget:
+            J = max(J, widths[i1])
+            i1 += 1
+        cg = cand[:, :, i0:i1, :J]
+        rows = base + cg  # [B, H, G, J] rows of the flattened chunk dimension
+        cur = cg == torch.arange(i0, i1, device=q.device)[:, None]
+        yield (i0, i1), (qc[:, :, i0:i1], gl[:, :, i0:i1], dlc[:, :, i0:i1], Pf[rows], kf[rows], uf[rows],
+                         glf[rows], seg[:, :, i0:i1], cg, posc[:, :, i0:i1], cur), rows
+        i0 = i1
+
+
+def _group_terms(qg, glq, dl, Pg, Kg, Ug, glg, segq, cand, pos, cur):
+    """The boundary terms of ``G`` query chunks against their ``J`` candidate key chunks each: ``[B, H, G, BT, V]``.
+
+    Args:
+        qg: ``[B, H, G, BT, K]`` queries; glq: ``[B, H, G, BT]`` their chunk-local log-decay cumsums;
+        dl: ``[B, H, G, BT, R1]`` ``dlam`` of each token's real boundaries (0 for the others);
+        Pg, Kg, Ug, glg: ``[B, H, G, J, ...]`` the candidates' chunk states, keys, (pseudo-)values, ``gl``;
+        segq: ``[B, H, G, NT + 1]`` the query chunks' rows of ``seg`` (block sums of log-decay);
+        cand: ``[B, H, G, J]`` candidate chunks; pos: ``[B, H, G, BT, R1]`` each boundary's place ``j * BT +
+        offset`` among the candidates' tokens; cur: ``[B, H, G, J]`` whether the candidate is the query chunk.
+
+    Part A: ``sum_x dlam D(cx BT - 1, t) q_t^T P_cx``; part B: ``sum_x dlam sum_{cx BT <= s < x} D(s, t) (q_t.k_s)
+    u_s`` (``docs/math.md`` 7.4).
+    """
+    BT, J = qg.shape[-2], cand.shape[-1]
+    # scat[t, j, p]: sum of dlam of the boundaries at offset p of candidate j
+    scat = dl.new_zeros(*dl.shape[:-1], J * BT).scatter_add(-1, pos, dl).unflatten(-1, (J, BT))
+    # part A: one matmul over (candidate, key channel)
+    coefA = scat.sum(-1) * torch.exp(torch.gather(segq, -1, cand)[..., None, :] + glq[..., None])  # [..., t, J]
+    part = (coefA[..., None] * qg[..., None, :]).flatten(-2) @ Pg.flatten(-3, -2)
+    # part B: W[t, j, s] = sum_{p > s} scat[t, j, p], times D(s, t) (causal inside the query chunk itself)
+    W = F.pad(scat.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))
+    old = glg[..., -1:] - glg + torch.gather(segq, -1, cand + 1)[..., None]  # log D(s, end of chunk i - 1)
+    expo = torch.where(cur[..., None], -glg, old)[..., None, :, :] + glq[..., :, None, None]
+    s_idx = torch.arange(BT, device=qg.device)
+    ok = ~cur[..., None, :, None] | (s_idx <= s_idx[:, None])[:, None, :]
+    W = W * torch.exp(expo.masked_fill(~ok, float("-inf")))
+    qk = qg @ Kg.flatten(-3, -2).transpose(-1, -2)  # [..., t, J * BT]
+    return part + (W.flatten(-2) * qk) @ Ug.flatten(-3, -2)
+
+
+def _initial_terms(q, ldec, x, dlam, virtual, init, piece_bytes=None):
+    """Boundaries between slots of ``initial_state`` (virtual positions ``j - m0 < 0``): ``[B, H, T, V]``.
+
+    ``q [B, H, T, K]``; ``ldec [B, H, T]``: ``log D(-1, t)``; ``x, dlam, virtual [B, H, T, R1]``. Computed in pieces
+    of tokens (one ``split``, so the backward has one node per input, not one per piece).
+    """
+    B, H, T, K = q.shape
+    m0 = init.num_slots.to(q.device)
+    S = init.slots.to(q.dtype)  # [B, H, C0, K, V]
+    Vpre = (torch.cumsum(S, 2) - S).flatten(2, 3)  # V_j = sum_{i < j} S_i, [B, H, C0 * K, V]
     C0 = S.shape[2]
-    j = (xi + m0[:, :, None, None]).clamp(0, C0 - 1)
-    sel = torch.nn.functional.one_hot(j, C0).to(qi.dtype) * virtual[..., None]
-    coef = torch.einsum("bhtr,bhtrj->bhtj", dl, sel) * torch.exp(seg0[..., None, None] + gli[..., None])
-    return (coef[..., None] * torch.einsum("bhtk,bhjkv->bhtjv", qi, Vpre)).sum(3)
+    j = (x + m0[:, :, None, None]).clamp(0, C0 - 1)
+    w = torch.where(virtual, dlam, torch.zeros_like(dlam))
+    coef = w.new_zeros(B, H, T, C0).scatter_add(-1, j, w) * torch.exp(ldec)[..., None]  # [B, H, T, C0]
+    n = max(1, (READOUT_GROUP_BYTES if piece_bytes is None else piece_bytes) // (B * H * C0 * K * q.element_size()))
+    return torch.cat([(c[..., None] * qp[..., None, :]).flatten(-2) @ Vpre
+                      for c, qp in zip(coef.split(n, 2), q.split(n, 2))], 2)
 
 
 def _final_state(k, u, gl, P, S_last, seg, scan: ScanResult, init, M, BT) -> DLAState:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 
 @triton.jit
@@ -110,7 +111,11 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, ieee
 
 
 class BoundaryTerms(torch.autograd.Function):
-    """Triton forward; the backward recomputes the PyTorch form and differentiates it (exact gradients)."""
+    """Triton forward; the backward is the PyTorch form's (:func:`dla.ops.dla.chunk_torch.boundary_terms_backward`:
+    recompute per group of query chunks, differentiate, accumulate into one buffer per input; exact gradients).
+
+    Inputs as :func:`dla.ops.dla.chunk_torch.boundary_terms` without ``seg`` (computed here from ``gl``).
+    """
 
     @staticmethod
     def forward(ctx, q, k, u, gl, P, dlam, x, real, BT):
@@ -118,21 +123,31 @@ class BoundaryTerms(torch.autograd.Function):
 
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
         cand, jidx, off = boundary_candidates(x, real, BT)
-        ctx.save_for_backward(q, k, u, gl, P, dlam, x, real)
+        ctx.save_for_backward(q, k, u, gl, P, dlam, x, real, cand, jidx, off)
         ctx.BT = BT
         B, H = q.shape[:2]
         out = boundary_terms_fwd(q, k, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off, dlam, BT)
         return out.to(q.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
-        from dla.ops.dla.chunk_torch import _block_segsum, boundary_terms
+        from dla.ops.dla.chunk_torch import _block_segsum, boundary_terms_backward, readout_plan
 
-        q, k, u, gl, P, dlam, x, real = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, u, gl, P, dlam), ctx.needs_input_grad)]
+        q, k, u, gl, P, dlam, x, real, cand, jidx, off = ctx.saved_tensors
+        F = torch.nn.functional
+        T, Tp = dlam.shape[2], k.shape[2]
+        cand, pos, widths = readout_plan(x, real, ctx.BT, Tp, candidates=(cand, jidx, off))
+        nq, nk, nu, ngl, nP, ndl = ctx.needs_input_grad[:6]
+        gl_leaf = gl.detach().requires_grad_(ngl)
         with torch.enable_grad():
-            seg = torch.nn.functional.pad(_block_segsum(inputs[3][..., -1]), (0, 1))
-            out = boundary_terms(*inputs[:5], seg, x, inputs[5], real, ctx.BT)
-            wanted = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else [])
-        return (*(next(grads) if t.requires_grad else None for t in inputs), None, None, None)
+            seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # gl reaches the output through seg too
+        dl = F.pad(torch.where(real, dlam, torch.zeros_like(dlam)), (0, 0, 0, Tp - T)).detach()
+        dq, dk, du, dgl, dP, dseg, ddl = boundary_terms_backward(
+            F.pad(grad, (0, 0, 0, Tp - T)), q.detach(), k.detach(), u.detach(), gl.detach(), P.detach(),
+            seg.detach(), dl, cand, pos, widths, ctx.BT, (nq, nk, nu, ngl, nP, ngl, ndl))
+        if ngl:
+            dgl = dgl + torch.autograd.grad(seg, gl_leaf, dseg)[0]
+        if ndl:
+            ddl = torch.where(real, ddl[:, :, :T], torch.zeros_like(dlam))
+        return dq, dk, du, dgl, dP, ddl, None, None, None
