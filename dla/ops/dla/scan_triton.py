@@ -84,6 +84,12 @@ def _score(x, y, z, n, eps, c_n, sqrt_n_c, USE_DRIFT: tl.constexpr, USE_RN: tl.c
 
 
 @triton.jit
+def _at(x, o_r, j):
+    """Entry ``j`` of a register vector (a reduction: registers cannot be indexed)."""
+    return tl.sum(tl.where(o_r == j, x, 0), 0)
+
+
+@triton.jit
 def _merge_at(b_pos, b_cnt, b_info, i, m, o_r, MB: tl.constexpr):
     """Merge the chronological pair ``(i, i + 1)`` into ``i`` (older start, summed count and information); the
     slots above move down by one and the freed top entry ``m - 1`` is cleared."""
@@ -145,6 +151,19 @@ def _y_entry(p_W, tt, loc, BT: tl.constexpr):
 
 
 @triton.jit
+def _value_tiles(u, O, i_n, c, Tp, i_v, o_t, o_k, o_v, m_t, m_k, K: tl.constexpr, V: tl.constexpr,
+                 BV: tl.constexpr):
+    """Value tile ``i_v`` of the chunk starting at ``c`` (``u [BT, BV]``) and of the open slot's state
+    (``O [BK, BV]``), with ``O``'s pointers and mask for a store back."""
+    o_vv = i_v * BV + o_v
+    m_v = o_vv < V
+    b_u = tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+    p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
+    m_O = m_k[:, None] & m_v[None, :]
+    return b_u, tl.load(p_O, mask=m_O, other=0), p_O, m_O
+
+
+@triton.jit
 def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_k, o_v, m_k,
                   K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BV: tl.constexpr,
                   USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr):
@@ -160,14 +179,9 @@ def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_k, o_v, m_k,
         (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d))[:, None]  # [BT, BK]
     d_last = libdevice.exp(gl_last) if USE_LIBDEVICE else tl.exp(gl_last)
     for i_v in range(tl.cdiv(V, BV)):
-        o_vv = i_v * BV + o_v
-        m_v = o_vv < V
-        p_u = u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :]
-        b_u = tl.load(p_u, mask=m_t[:, None] & m_v[None, :], other=0)  # [BT, BV]
-        p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
-        b_O = tl.load(p_O, mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
+        b_u, b_O, p_O, m_O = _value_tiles(u, O, i_n, c, Tp, i_v, o_t, o_k, o_v, m_t, m_k, K, V, BV)
         b_O = tl.where(loc < 0, d_last * b_O, 0.0) + tl.dot(tl.trans(b_kw), b_u, input_precision=DOT)
-        tl.store(p_O, b_O, mask=m_k[:, None] & m_v[None, :])
+        tl.store(p_O, b_O, mask=m_O)
 
 
 @triton.jit(do_not_specialize=["T", "Tp", "NT", "LAST"])
@@ -201,7 +215,7 @@ def dla_scan_kernel(
     b_pos = tl.load(pos + p_slots + m - 1 - b_rank, mask=m_live, other=_UNUSED)  # [MB]
     b_cnt = tl.load(cnt + p_slots + m - 1 - b_rank, mask=m_live, other=0)  # [MB]
     b_info = tl.load(info + p_slots + m - 1 - b_rank, mask=m_live, other=0)  # [MB]
-    open_start = tl.where(m > 0, tl.sum(tl.where(b_rank == 0, b_pos, 0), 0), _UNUSED)
+    open_start = tl.where(m > 0, _at(b_pos, b_rank, 0), _UNUSED)
 
     # while, not for: the interpreter (numpy >= 2) cannot take a runtime int as a range bound
     ns_open, ns_dense, ns_loop = m * 0, m * 0, m * 0  # TIMING (GPU only): nanoseconds in each phase
@@ -229,12 +243,7 @@ def dla_scan_kernel(
         b_yo = tl.zeros([BT], dtype=b_g.dtype)
         b_Au = tl.zeros([BT, BT], dtype=b_g.dtype)
         for i_v in range(tl.cdiv(V, BV)):
-            o_vv = i_v * BV + o_v
-            m_v = o_vv < V
-            p_u = u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :]
-            b_u = tl.load(p_u, mask=m_t[:, None] & m_v[None, :], other=0)  # [BT, BV]
-            p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
-            b_O = tl.load(p_O, mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
+            b_u, b_O, _, _ = _value_tiles(u, O, i_n, c, Tp, i_v, o_t, o_k, o_v, m_t, m_k, K, V, BV)
             b_uu += tl.sum(b_u * b_u, 1)
             b_Au += tl.dot(b_u, tl.trans(b_u), input_precision=DOT)
             b_yo += tl.sum(tl.dot(b_k, b_O, input_precision=DOT) * b_u, 1)
@@ -288,14 +297,12 @@ def dla_scan_kernel(
                     m = m - 1
             elif POLICY == _FENWICK:
                 # binary carry: while the two newest slots hold equal counts, merge them
-                n_01 = tl.sum(tl.where(o_r == m - 1, b_cnt, 0) - tl.where(o_r == m - 2, b_cnt, 0))
-                carry = opened & (m >= 2) & (n_01 == 0)
+                carry = opened & (m >= 2) & (_at(b_cnt, o_r, m - 1) == _at(b_cnt, o_r, m - 2))
                 while carry:
                     b_pos, b_cnt, b_info = _merge_at(b_pos, b_cnt, b_info, m - 2, m, o_r, MB)
                     merged = m - 2
                     m = m - 1
-                    n_01 = tl.sum(tl.where(o_r == m - 1, b_cnt, 0) - tl.where(o_r == m - 2, b_cnt, 0))
-                    carry = (m >= 2) & (n_01 == 0)
+                    carry = (m >= 2) & (_at(b_cnt, o_r, m - 1) == _at(b_cnt, o_r, m - 2))
             if POLICY == _UNBOUNDED:
                 # the closing slot never changes again: write it out before the ring can drop it
                 m_w = (_ranks(m, o_r, MB) == 0) & opened & (m > 0)

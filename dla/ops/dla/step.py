@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from dla.ops.common.merge import lam_index, pick_merge, wants_boundary
 from dla.ops.common.score import SCORES
 from dla.ops.common.state import POLICIES, DLAState
+from dla.ops.dla.chunk import _has_triton
 
 
 def empty_state(B: int, H: int, K: int, V: int, width: int, dtype=torch.float32, device=None) -> DLAState:
@@ -128,14 +129,6 @@ def dla_step(
     sc = K ** -0.5 if scale is None else scale
     o = sc * torch.einsum("bhj,bhk,bhjkv->bhv", w, qh, S)
     return o.to(v.dtype), DLAState(S, n, info, m, norm)
-
-
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _at(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

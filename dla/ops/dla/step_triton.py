@@ -27,7 +27,8 @@ from triton.language.extra import libdevice
 
 from dla.ops.common.score import EPS
 from dla.ops.common.state import DLAState
-from dla.ops.dla.scan_triton import _DLA, _FENWICK, _FIXED, _POLICY_ID, _lam_index, _merge_at, _pick_pair, _score
+from dla.ops.dla.scan_triton import (_DLA, _FENWICK, _FIXED, _POLICY_ID, _at, _lam_index, _merge_at, _pick_pair,
+                                     _score)
 
 TRITON_STEP_POLICIES = ("dla", "fixed", "single", "fenwick")
 
@@ -69,12 +70,6 @@ def _step_stats(
     tl.store(p_part + 0, y)
     tl.store(p_part + 1, tl.sum(b_u * b_u, 0))
     tl.store(p_part + 2, tl.sum(tl.sum(b_o * b_o, 1), 0))
-
-
-@triton.jit
-def _at(x, o_r, j):
-    """Entry ``j`` of a register vector (a reduction: registers cannot be indexed)."""
-    return tl.sum(tl.where(o_r == j, x, 0), 0)
 
 
 @triton.jit
