@@ -11,6 +11,9 @@ The math and index conventions are in ``docs/math.md`` section 7.
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -22,7 +25,7 @@ def readout_fwd_kernel(
     q, k, u, gl, P, seg, cand, jidx, off, dl, o,
     T, Tp, NT,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
 ):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)  # query positions
@@ -36,30 +39,35 @@ def readout_fwd_kernel(
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     p_seg = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
     p_cand = cand + (i_bh * NT + i_t) * J
+    # every token's candidate index per rank, once: a candidate's boundaries are a run of ranks (chronological)
+    o_r = tl.arange(0, BR)
+    p_tr = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
+    b_jt = tl.load(jidx + p_tr, mask=m_t[:, None] & (o_r[None, :] < R1), other=-1)  # [BT, BR]
     for j in range(J):
         c = tl.load(p_cand + j)
         fresh = j == 0
         if j > 0:
             fresh = c != tl.load(p_cand + j - 1)  # candidates are sorted; a repeat holds no boundary
         if fresh:
-            # coefficients of this key chunk, from every rank's boundary that lies in it
+            # coefficients of this key chunk, from the ranks whose boundary lies in it (for some token)
+            hit = b_jt == j
+            r_lo = tl.min(tl.where(hit, o_r[None, :], BR))
+            r_hi = tl.max(tl.where(hit, o_r[None, :], -1))
             b_cA = tl.zeros([BT], dtype=tl.float32)
             b_W = tl.zeros([BT, BT], dtype=tl.float32)
             for r in range(R1):
-                p_r = (i_bh * T + o_t) * R1 + r
-                b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-                b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
-                b_p = tl.load(off + p_r, mask=m_t, other=0)
-                b_cA += b_d
-                b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)  # [BT, BT]
+                if (r >= r_lo) & (r <= r_hi):  # uniform branch: other ranks cost a compare
+                    p_r = (i_bh * T + o_t) * R1 + r
+                    b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+                    b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
+                    b_p = tl.load(off + p_r, mask=m_t, other=0)
+                    b_cA += b_d
+                    b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)  # [BT, BT]
             b_cA = b_cA * tl.exp(tl.load(p_seg + c) + b_gi)
             # part A: q_t^T P_c
             p_P = P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :]
             b_P = tl.load(p_P, mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
-            if IEEE:
-                b_qP = tl.dot(b_q, b_P, input_precision="ieee")
-            else:
-                b_qP = tl.dot(b_q, b_P)
+            b_qP = tl.dot(b_q, b_P, input_precision=DOT)
             b_o += b_cA[:, None] * b_qP
             # part B: masked intra-chunk products against chunk c's keys and values
             o_c = c * BT + o_s
@@ -72,40 +80,44 @@ def readout_fwd_kernel(
             else:
                 b_gend = tl.load(gl + i_bh * Tp + c * BT + BT - 1)
                 b_e = (b_gend - b_gc)[None, :] + tl.load(p_seg + c + 1) + b_gi[:, None]
-            if IEEE:
-                b_qk = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
-            else:
-                b_qk = tl.dot(b_q, tl.trans(b_k))
+            b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT)
             b_A = b_qk * b_W * tl.exp(b_e)
-            if IEEE:
-                b_o += tl.dot(b_A, b_u, input_precision="ieee")
-            else:
-                b_o += tl.dot(b_A, b_u)
+            b_o += tl.dot(b_A, b_u, input_precision=DOT)
     tl.store(o + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], b_o, mask=m_t[:, None] & m_v[None, :])
 
 
-def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, ieee: bool = True) -> torch.Tensor:
+def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, dot_precision: Optional[str] = None,
+                       block_v: int = 64, num_warps: int = 4) -> torch.Tensor:
     """Launch :func:`readout_fwd_kernel`.
 
     Args:
         q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``;
         seg: ``[B, H, NT + 1, NT + 1]``; cand: ``[B, H, NT, J]``; jidx, off: ``[B, H, T, R1]`` int;
         dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32).
-        ieee: exact float32 products (``False``: the GPU's TF32 tensor cores).
+        dot_precision: ``ieee`` (float32 products on the CUDA cores) or ``tf32x3`` (three TF32 tensor-core
+            products, float32-accurate to about 1e-7 relative); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the
+            interpreter.
+        block_v, num_warps: value columns per program and warps per program (tuning knobs).
     Returns:
         ``[B, H, T, V]`` float32 boundary terms (unscaled).
     """
     B, H, Tp, K = k.shape
     V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if dot_precision is None:
+        dot_precision = "ieee" if interpret or not k.is_cuda else "tf32x3"
+    if dot_precision not in ("ieee", "tf32x3"):
+        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
     f32 = lambda x: x.float().contiguous()  # noqa: E731
     o = torch.empty(B, H, Tp, V, dtype=torch.float32, device=k.device)
     BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, min(64, triton.next_power_of_2(V)))
+    BV = max(16, min(block_v, triton.next_power_of_2(V)))
     grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
     readout_fwd_kernel[grid](
         f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(),
         jidx.to(torch.int32).contiguous(), off.to(torch.int32).contiguous(), f32(dlam), o,
-        T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, IEEE=ieee, num_warps=4,
+        T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
+        DOT="ieee" if interpret else dot_precision, num_warps=num_warps,
     )
     return o[:, :, :T]
 
