@@ -53,8 +53,9 @@ def chunk_dla_torch(
 
     ``chunk_size``: tokens per chunk (any ``>= 1``; 64 matches the kernels). Computation runs in float64
     for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
-    ``backend``: ``torch``, or ``triton`` for the Triton segmentation scan and boundary readout (float32; the
-    readout's backward recomputes the PyTorch form; needs ``chunk_size >= 16`` and a power of two).
+    ``backend``: ``torch``, or ``triton`` for the Triton segmentation scan, boundary readout and (scalar decay)
+    backbone chunk pass (float32; the readout's backward recomputes the PyTorch form; needs ``chunk_size >= 16``
+    and a power of two).
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """
@@ -82,7 +83,11 @@ def chunk_dla_torch(
 
     S0 = initial_state.slots.to(dt).sum(2) if initial_state is not None else \
         torch.zeros(B, H, K, V, dtype=dt, device=v.device)
-    u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, BT)
+    backbone = _backbone
+    if backend == "triton" and dt == torch.float32 and bh is None:
+        from dla.ops.dla.backbone_triton import backbone_triton  # lazy: CPU installs may lack Triton
+        backbone = backbone_triton
+    u, P, o_base, S_last, gl = backbone(qh, kh, vh, gh, bh, S0, BT)
 
     scan_fn = dla_scan
     if backend == "triton" and dt == torch.float32:
