@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from dla.bench.ops import SHAPES, _inputs, _meta, _time
 from dla.ops import chunk_dla
-from dla.ops.dla.chunk_torch import _backbone, _block_segsum, _readout
+from dla.ops.dla.chunk_torch import _backbone, _block_segsum, _readout, boundary_candidates
+from dla.ops.dla.readout_fwd import boundary_terms_fwd
 from dla.ops.dla.scan_triton import dla_scan_triton
 
 
@@ -45,6 +46,8 @@ def main(argv=None):
     ap.add_argument("--warps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--precisions", nargs="+", default=["ieee", "tf32x3"])
     ap.add_argument("--scan-only", action="store_true", help="time the scans only")
+    ap.add_argument("--readout-tiles", type=lambda a: tuple(int(v) for v in a.split(",")), nargs="+",
+                    default=[(64, 4), (64, 8), (128, 8)], help="block_v,num_warps pairs of the readout kernel")
     args = ap.parse_args(argv)
     rows = []
     C = args.capacity
@@ -106,6 +109,17 @@ def main(argv=None):
                 ms = _time(lambda: _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, None, 64, T,
                                             "triton"), args.budget)
             add(T=T, B=B, backbone=bb, stage="readout fwd (triton)", ms=ms)
+            # the forward kernel alone, by value tile and warps
+            x_b, lam_b = starts[..., :-1], torch.gather(lamh, -1, lam_index.clamp_min(0))
+            real = (lam_index[..., 1:] >= 0) & (x_b >= 0)
+            dl_b = torch.where(real, lam_b[..., 1:] - lam_b[..., :-1], 0.)
+            cand, jidx, off = boundary_candidates(x_b, real, 64)
+            add(T=T, B=B, backbone=bb, stage="distinct candidate chunks per query chunk",
+                value=float((F.pad(cand[..., 1:] != cand[..., :-1], (1, 0), value=True)).sum(-1).float().mean()))
+            for bv, w in args.readout_tiles:
+                ms = _time(lambda: boundary_terms_fwd(qh, kh, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off,
+                                                      dl_b, 64, block_v=bv, num_warps=w), args.budget)
+                add(T=T, B=B, backbone=bb, stage=f"readout fwd kernel block_v={bv} warps={w}", ms=ms)
             rl = [t.detach().requires_grad_(True) for t in (qh, kh, u, P, o_base, lamh)]
 
             def ro_step():
@@ -133,7 +147,7 @@ def main(argv=None):
             torch.cuda.empty_cache()
     print("\n| T | B | backbone | stage | ms |\n| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['T']} | {r['B']} | {r['backbone']} | {r['stage']} | {r['ms']:.2f} |")
+        print(f"| {r['T']} | {r['B']} | {r['backbone']} | {r['stage']} | {r.get('ms', r.get('value')):.2f} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 
 from dla.ops.common.state import DLAState, Segmentation
 from dla.ops.dla.chunk_torch import chunk_dla_torch
+from dla.ops.dla.custom_op import chunk_dla_op
 
 
 def chunk_dla(
@@ -47,8 +48,14 @@ def chunk_dla(
         ``(o [B, T, H, V], final_state or None)``, plus the :class:`Segmentation` if asked.
 
     Runs the PyTorch chunked form (:mod:`dla.ops.dla.chunk_torch`); gradients are exact for
-    ``q, k, v, g, beta, lam``.
+    ``q, k, v, g, beta, lam``. Under ``torch.compile`` the training call (no ``initial_state``, no final state,
+    no segmentation) is the single op ``torch.ops.dla.chunk_dla`` (:mod:`dla.ops.dla.custom_op`): no graph break.
     """
+    if torch.compiler.is_compiling() and initial_state is None and not output_final_state and \
+            not return_segmentation:
+        o = chunk_dla_op(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score,
+                         chunk_size, "auto" if backend is None else backend)
+        return o, None
     if backend is None:
         backend = "triton" if q.is_cuda and _has_triton() else "torch"
     kwargs = dict(scale=scale, tau=tau, capacity=capacity, policy=policy, block_size=block_size, score=score,

@@ -21,7 +21,8 @@ def _to(x, dtype, device="cuda"):
 @pytest.mark.parametrize("policy", ["dla", "fenwick", "single", "fixed", "dla_unbounded"])
 @pytest.mark.parametrize("gdn", [False, True])
 @pytest.mark.parametrize("backend,dtype,tol", [("torch", torch.float64, 1e-12), ("torch", torch.float32, 2e-5),
-                                               ("triton", torch.float32, 2e-5), ("triton", torch.bfloat16, 2e-2)])
+                                               ("triton", torch.float32, 2e-5), ("triton", torch.bfloat16, 2e-2)],
+                         ids=["torch-f64", "torch-f32", "triton-f32", "triton-bf16"])
 def test_cuda_matches_cpu_reference(policy, gdn, backend, dtype, tol, record):
     T = 200
     R = num_levels(T) if policy == "fenwick" else 8
