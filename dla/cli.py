@@ -66,7 +66,7 @@ def _bench_ops(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     run_ops_bench(args.lengths, tokens_per_call=args.tokens, shapes=args.shapes, capacities=args.capacities,
-                  taus=args.taus, budget_s=args.budget, max_call_s=args.max_call_s, out=out)
+                  taus=args.taus, budget_s=args.budget, max_call_s=args.max_call_s, out=out, only=args.ops)
     write_report(out, out.with_suffix(".md"), out.with_suffix(".png"))
     print(out.with_suffix(".md").read_text())
     return 0
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taus", type=float, nargs="+", default=[0.6, 0.0])
     p.add_argument("--budget", type=float, default=3.0, help="seconds of repetitions per measurement")
     p.add_argument("--max-call-s", type=float, default=20.0, help="skip longer T once one call takes this long")
+    p.add_argument("--ops", nargs="+", default=None, metavar="PATTERN",
+                   help="time only the ops whose name matches one of these shell patterns (e.g. 'dla_mamba2_C30*' "
+                        "'fla_*' sdpa_flash); default: all")
     p.add_argument("--out", default="docs/bench/ops.json")
     p.set_defaults(fn=_bench_ops)
     p = bench.add_parser("report", help="markdown table and PNG from a benchmark JSON")

@@ -8,6 +8,7 @@ cost depends on it. Results go to JSON; :mod:`dla.bench.report` turns them into 
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import math
 import platform
@@ -107,23 +108,20 @@ def _dla_stats(seg, T: int, chunk: int = 64) -> Dict[str, float]:
 
 def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List[str] = ("h16", "ll_mamba2"),
                   capacities: List[int] = (8, 16, 30), taus: List[float] = (0.6, 0.0), budget_s: float = 3.0,
-                  max_call_s: float = 20.0, out: Optional[Path] = None, progress: bool = True) -> dict:
-    """Time every op at every length; skip an op at longer lengths once one call takes ``max_call_s``."""
+                  max_call_s: float = 20.0, out: Optional[Path] = None, progress: bool = True,
+                  only: Optional[List[str]] = None) -> dict:
+    """Time every op at every length; skip an op at longer lengths once one call takes ``max_call_s``.
+
+    ``only``: shell patterns (:mod:`fnmatch`) of op names to time (``None``: all); a pattern matching no op is an
+    error naming it.
+    """
+    ops = select_ops(op_table(shapes, capacities, taus), only)
     if not torch.cuda.is_available():
         raise RuntimeError("dla bench ops: needs a CUDA GPU")
     from tqdm import tqdm
 
     from dla.ops import chunk_dla, num_levels
 
-    ops = _peer_ops()
-    for shape in shapes:
-        for gdn in (False, True):
-            backbone = "gdn" if gdn else "mamba2"
-            for C in capacities:
-                for tau in taus:
-                    ops[f"dla_{backbone}_C{C}_tau{tau:g}"] = ("dla", gdn, C, tau)
-            ops[f"fenwick_{backbone} (ours)"] = ("fenwick", gdn, None, None)
-            ops[f"single_{backbone} (ours)"] = ("single", gdn, 1, None)
     rows: List[Row] = []
     too_slow = set()
     meta = _meta(tokens_per_call)
@@ -159,6 +157,31 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=1))
     return result
+
+
+def op_table(shapes: List[str], capacities: List[int], taus: List[float]) -> Dict[str, object]:
+    """Every op of the bench by name: the peers (callables) and ours (``(policy, gdn, C, tau)``)."""
+    ops: Dict[str, object] = dict(_peer_ops())
+    for shape in shapes:
+        for gdn in (False, True):
+            backbone = "gdn" if gdn else "mamba2"
+            for C in capacities:
+                for tau in taus:
+                    ops[f"dla_{backbone}_C{C}_tau{tau:g}"] = ("dla", gdn, C, tau)
+            ops[f"fenwick_{backbone} (ours)"] = ("fenwick", gdn, None, None)
+            ops[f"single_{backbone} (ours)"] = ("single", gdn, 1, None)
+    return ops
+
+
+def select_ops(ops: Dict[str, object], only: Optional[List[str]]) -> Dict[str, object]:
+    """The ops whose name matches one of the shell patterns ``only`` (all for ``None``); an unmatched pattern is an
+    error naming it."""
+    if only is None:
+        return ops
+    for pat in only:
+        if not any(fnmatch.fnmatchcase(name, pat) for name in ops):
+            raise ValueError(f"--ops: pattern {pat!r} matches no op; ops are: {', '.join(ops)}")
+    return {name: spec for name, spec in ops.items() if any(fnmatch.fnmatchcase(name, p) for p in only)}
 
 
 def _meta(tokens_per_call: int) -> dict:
