@@ -1,26 +1,49 @@
 #!/usr/bin/env bash
-# One GPU session's checks and timings in one call (each part under its own time limit; results under OUT).
-# Usage (CUDA machine, repo root): bash scripts/gpu_session.sh OUT
-#   OUT/env.txt               GPU, driver, torch, Triton, date
-#   OUT/tests.log             the Triton scan (float32 cases) and the Triton decode step vs their PyTorch references
-#   OUT/scan_phases.json      the scan's phases by warps and dot precision (scripts/gpu_scan_phases.py)
-#   OUT/ops.json              dla bench ops rows (DLA, ours, peers) at T=4096, shape h16
-#   OUT/generate.json         dla bench generate, 125M DLA-GDN vs GDN, 1K prompt (Triton decode step in a model)
+# One GPU session's checks and timings (each part under its own time limit; results under OUT).
+# Usage (CUDA machine, repo root): bash scripts/gpu_session.sh OUT [PART...]
+# Parts (default: all, in this order):
+#   tests      OUT/tests.log: every Triton kernel against its PyTorch reference, and chunk_dla on the GPU against
+#              the float64 CPU references (outputs and every gradient; Triton 3.6 has miscompiled gated
+#              backward kernels on Hopper before)
+#   scan       OUT/scan_phases.json: the scan's phases by warps per program (scripts/gpu_scan_phases.py)
+#   profile    OUT/profile.json: chunk_dla's stages at T=4096 (scripts/gpu_profile.py)
+#   ops        OUT/ops.{json,md,png}: dla bench ops, DLA at C=30 and the peers, T = 4K and 16K, shape h16
+#   generate   OUT/generate.{json,md}: dla bench generate, 125M models, 1K, 16K, 64K prompts + 256 tokens
+# Time limits per part (seconds): T_TESTS, T_SCAN, T_PROFILE, T_OPS, T_GEN.
 set -uo pipefail
 out=${1:?output directory}
+shift
+parts=${*:-tests scan profile ops generate}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; date -u; } \
   > "$out/env.txt" 2>&1
 cat "$out/env.txt"
-timeout "${T_TESTS:-130}" python3 -m pytest -q -p no:cacheprovider tests/ops/dla/test_step_triton.py \
-  "tests/ops/dla/test_scan_triton.py::test_matches_reference_float32" > "$out/tests.log" 2>&1
-tail -3 "$out/tests.log"
-timeout "${T_SCAN:-100}" python3 scripts/gpu_scan_phases.py "$out/scan_phases.json" --lengths 4096 \
-  --warps 4 8 --precisions tf32x3 ieee 2>&1 | grep -v Warning
-timeout "${T_OPS:-170}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 4096 --shapes h16 \
-  --capacities 30 --taus 0.6 --budget 0.3 --max-call-s 5 2>&1 | grep -v Warning | tail -20
-timeout "${T_GEN:-60}" python3 -m dla.cli bench generate --out "$out/generate.json" --lengths 1024 --new-tokens 32 \
-  --models dla single 2>&1 | grep -v Warning | tail -8
+for part in $parts; do
+  echo "== $part"
+  case $part in
+    tests)
+      timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short \
+        tests/ops/dla/test_backbone_triton.py tests/ops/dla/test_backbone_gdn_triton.py \
+        tests/ops/dla/test_readout_bwd.py tests/ops/dla/test_triton_readout.py tests/ops/dla/test_step_triton.py \
+        "tests/ops/dla/test_scan_triton.py::test_matches_reference_float32" tests/ops/dla/test_cuda.py \
+        > "$out/tests.log" 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -15 ;;
+    scan)
+      timeout "${T_SCAN:-90}" python3 scripts/gpu_scan_phases.py "$out/scan_phases.json" --lengths 4096 \
+        --warps 1 2 4 --precisions tf32x3 2>&1 | grep -v Warning | tail -5 ;;
+    profile)
+      timeout "${T_PROFILE:-200}" python3 scripts/gpu_profile.py "$out/profile.json" --lengths 4096 --warps 1 4 \
+        --precisions tf32x3 --budget 0.3 2>&1 | grep "^|" ;;
+    ops)
+      timeout "${T_OPS:-300}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 4096 16384 --shapes h16 \
+        --capacities 30 --taus 0.6 0 --budget 0.5 --max-call-s 5 \
+        --ops 'dla_*' 'single_*' 'fenwick_*' 'fla_*' sdpa_flash 2>&1 | grep -v Warning | tail -25 ;;
+    generate)
+      timeout "${T_GEN:-300}" python3 -m dla.cli bench generate --out "$out/generate.json" \
+        --lengths 1024 16384 65536 --new-tokens 256 --max-call-s 60 2>&1 | grep -v Warning | tail -30 ;;
+    *) echo "unknown part $part" ;;
+  esac
+done
 exit 0
