@@ -116,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("report", help="markdown table and PNG from a benchmark JSON")
     p.add_argument("json")
     p.set_defaults(fn=_bench_report)
+    from dla.bench.decode import add_decode_bench_parser
     from dla.bench.generate import add_generate_bench_parser
 
     add_generate_bench_parser(bench)
+    add_decode_bench_parser(bench)
 
     from dla.eval.cli import add_eval_parser
     from dla.train.cli import add_quickstart_parser, add_train_parser
