@@ -8,12 +8,13 @@
 #   scan       OUT/scan_phases.json: the scan's phases by warps per program (scripts/gpu_scan_phases.py)
 #   profile    OUT/profile.json: chunk_dla's stages at T=4096 (scripts/gpu_profile.py)
 #   ops        OUT/ops.{json,md,png}: dla bench ops, DLA at C=30 and the peers, T = 4K and 16K, shape h16
+#   decode     OUT/decode.{json,md,png}: dla bench decode, contexts 1K, 16K, 128K, batch 1 and 64
 #   generate   OUT/generate.{json,md}: dla bench generate, 125M models, 1K, 16K, 64K prompts + 256 tokens
-# Time limits per part (seconds): T_TESTS, T_SCAN, T_PROFILE, T_OPS, T_GEN.
+# Time limits per part (seconds): T_TESTS, T_SCAN, T_PROFILE, T_OPS, T_DEC, T_GEN.
 set -uo pipefail
 out=${1:?output directory}
 shift
-parts=${*:-tests scan profile ops generate}
+parts=${*:-tests scan profile ops decode generate}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -40,6 +41,9 @@ for part in $parts; do
       timeout "${T_OPS:-300}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 4096 16384 --shapes h16 \
         --capacities 30 --taus 0.6 0 --budget 0.5 --max-call-s 5 \
         --ops 'dla_*' 'single_*' 'fenwick_*' 'fla_*' sdpa_flash 2>&1 | grep -v Warning | tail -25 ;;
+    decode)
+      timeout "${T_DEC:-150}" python3 -m dla.cli bench decode --out "$out/decode.json" --contexts 1024 16384 131072 \
+        --batches 1 64 2>&1 | grep -v Warning | tail -25 ;;
     generate)
       timeout "${T_GEN:-300}" python3 -m dla.cli bench generate --out "$out/generate.json" \
         --lengths 1024 16384 65536 --new-tokens 256 --max-call-s 60 2>&1 | grep -v Warning | tail -30 ;;
