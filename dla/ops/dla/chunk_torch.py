@@ -53,9 +53,9 @@ def chunk_dla_torch(
 
     ``chunk_size``: tokens per chunk (any ``>= 1``; 64 matches the kernels). Computation runs in float64
     for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
-    ``backend``: ``torch``, or ``triton`` for the Triton segmentation scan, boundary readout and (scalar decay)
-    backbone chunk pass (float32; the readout's backward recomputes the PyTorch form; needs ``chunk_size >= 16``
-    and a power of two).
+    ``backend``: ``torch``, or ``triton`` for the Triton segmentation scan, boundary readout and backbone chunk
+    pass of either backbone (float32; the readout's backward recomputes the PyTorch form; needs ``chunk_size >=
+    16`` and a power of two).
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """
@@ -87,6 +87,9 @@ def chunk_dla_torch(
     if backend == "triton" and dt == torch.float32 and bh is None:
         from dla.ops.dla.backbone_triton import backbone_triton  # lazy: CPU installs may lack Triton
         backbone = backbone_triton
+    elif backend == "triton" and dt == torch.float32:
+        from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
+        backbone = backbone_gdn_triton
     u, P, o_base, S_last, gl = backbone(qh, kh, vh, gh, bh, S0, BT)
 
     scan_fn = dla_scan

@@ -1,0 +1,425 @@
+"""Triton chunk pass of the Gated DeltaNet backbone: forward and backward of
+:func:`dla.ops.dla.chunk_torch._backbone` with ``beta`` given.
+
+Per batch x head, chunk ``c`` of ``BT`` tokens with chunk-local log-decay cumsums ``gl`` (``L = BT - 1``),
+``D(t, s) = exp(gl_t - gl_s)`` for ``s <= t``:
+
+    A[t, s] = beta_t D(t, s) k_t . k_s  (s < t),   Ai = (I + A)^{-1}
+    U0 = Ai (beta v),  W = Ai (beta exp(gl) k),  u = U0 - W P_c                   (UT transform)
+    P_0 = S0,  P_{c+1} = exp(gl_L) P_c + sum_s exp(gl_L - gl_s) k_s u_s^T         (P_NT = S, the final state)
+    o_t = exp(gl_t) q_t^T P_c + sum_{s <= t} D(t, s) (q_t . k_s) u_s
+
+``u`` and ``P`` are outputs too, so the backward takes ``du, dP, do, dS``. With ``G_c`` the gradient of the state
+after chunk ``c`` (``G_{NT-1} = dS``) and ``dU`` the whole gradient of ``u``:
+
+    dU = du + (D o (q k^T))^T do + diag(exp(gl_L - gl)) k G_c
+    G_{c-1} = dP_c + exp(gl_L) G_c + sum_t exp(gl_t) q_t do_t^T - W^T dU,   dS0 = G_{-1}
+    dq, dk, dgl (output and state terms): as the scalar-decay backbone (backbone_triton.py) with v -> u;
+    dW = -dU P_c^T;  dRv = Ai^T dU, dRk = Ai^T dW  (the solve's backward);
+    dA = -(dRv U0^T + dRk W^T) on the strict lower triangle;  dv = beta dRv;
+    dbeta_t = dRv_t . v_t + exp(gl_t) dRk_t . k_t + sum_s dA[t, s] D(t, s) k_t . k_s;
+    dk += beta exp(gl) dRk + dAk k + dAk^T k,  dAk = dA o (beta_t D(t, s));
+    dgl += beta exp(gl) dRk . k + rowsum(E) - colsum(E),  E = dA o A.
+
+The inverse ``Ai`` of the unit lower-triangular ``I + A`` is forward substitution by blocks of 16 (stable for any
+``beta``; Neumann products of the nilpotent ``A`` are not: entries of ``A^j`` grow like binomials and cancel in
+float32 once ``beta_t k_t . k_s`` is not small). The ``BT / 16`` diagonal blocks are inverted together by 16 steps
+of row-by-row substitution on a ``[BT/16, 16, 16]`` tensor; then block row ``i`` of ``Ai`` is
+``Ai_ii (E_i - A[i, :16i] Ai[:16i, :])`` (``E_i`` the identity's block row), two ``tl.dot`` from the rows already
+solved. ``A`` and the solved rows live in the ``Ai`` output buffer, written and read back by the same program
+between barriers (a register tensor cannot be sliced by rows).
+
+Kernels: the UT transform (``Ai``, ``W``, ``U0``) and its backward run one program per (chunk, batch x head);
+the state recurrences (forward and reverse) one per (V tile, batch x head) with the whole K dimension in one
+tile; the output (:func:`dla.ops.dla.backbone_triton.chunk_fwd_o_kernel` with ``v -> u``), the local ``du`` and
+the ``dq, dk, dW, dgl`` kernel one per (tile, chunk, batch x head).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from dla.ops.dla.backbone_triton import _tiles, chunk_fwd_o_kernel
+
+
+@triton.jit
+def gdn_fwd_prepare_kernel(
+    k, v, beta, gl, Ai, W, U, NT,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    NB: tl.constexpr = BT // 16
+    o_t = tl.arange(0, BT)
+    o_i = tl.arange(0, 16)
+    o_b = tl.arange(0, NB)
+    p_t = (i_bh * NT + i_t) * BT + o_t
+    p_A = Ai + (i_bh * NT + i_t) * BT * BT
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=(o_k < K)[None, :], other=0.)  # [BT, BK]
+        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=DOT)
+    b_b = tl.load(beta + p_t)
+    b_g = tl.load(gl + p_t)
+    m_A = o_t[:, None] > o_t[None, :]
+    b_A = tl.where(m_A, b_b[:, None] * tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0.)) * b_kk, 0.)
+    tl.store(p_A + o_t[:, None] * BT + o_t[None, :], b_A)  # scratch: A, overwritten by Ai block row by block row
+    tl.debug_barrier()
+    # the NB diagonal 16 x 16 blocks at once: row r of X_bb = e_r - sum_{j < r} A_bb[r, j] X_bb[j, :]
+    b_X = tl.zeros([NB, 16, 16], dtype=tl.float32) + tl.where(o_i[:, None] == o_i[None, :], 1., 0.)[None, :, :]
+    for r in range(1, 16):
+        p_a = p_A + (o_b[:, None] * 16 + r) * BT + o_b[:, None] * 16 + o_i[None, :]
+        b_a = tl.load(p_a, mask=(o_i < r)[None, :], other=0.)  # [NB, 16]
+        b_row = tl.where(o_i == r, 1., 0.)[None, :] - tl.sum(b_a[:, :, None] * b_X, 1)  # [NB, 16]
+        b_X = tl.where((o_i == r)[None, :, None], b_row[:, None, :], b_X)
+    for i in range(NB):
+        o_r = i * 16 + o_i
+        b_Xii = tl.sum(tl.where((o_b == i)[:, None, None], b_X, 0.), 0)  # [16, 16]
+        b_As = tl.load(p_A + o_r[:, None] * BT + o_t[None, :], mask=(o_t < i * 16)[None, :], other=0.)  # [16, BT]
+        b_Ap = tl.load(p_A + o_t[:, None] * BT + o_t[None, :], mask=(o_t < i * 16)[:, None], other=0.)  # Ai rows
+        b_R = tl.where(o_r[:, None] == o_t[None, :], 1., 0.) - tl.dot(b_As, b_Ap, input_precision=DOT)
+        b_S = tl.dot(b_Xii, b_R, input_precision=DOT)  # [16, BT]
+        tl.debug_barrier()  # every thread has read block row i of A before it is overwritten
+        tl.store(p_A + o_r[:, None] * BT + o_t[None, :], b_S)
+        tl.debug_barrier()
+    b_Ai = tl.load(p_A + o_t[:, None] * BT + o_t[None, :])  # [BT, BT]
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = (o_k < K)[None, :]
+        b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
+        b_w = tl.dot(b_Ai, b_k * (b_b * tl.exp(b_g))[:, None], input_precision=DOT)
+        tl.store(W + p_t[:, None] * K + o_k[None, :], b_w, mask=m_k)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = (o_v < V)[None, :]
+        b_v = tl.load(v + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
+        b_u = tl.dot(b_Ai, b_v * b_b[:, None], input_precision=DOT)
+        tl.store(U + p_t[:, None] * V + o_v[None, :], b_u, mask=m_v)
+
+
+@triton.jit
+def gdn_fwd_h_kernel(
+    k, w, u, gl, S0, P, S, NT,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr,
+):
+    # BK >= K: u = U0 - W P_c needs the whole key dimension of the state
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    b_h = tl.load(S0 + i_bh * K * V + o_kv, mask=m_kv, other=0.)  # [BK, BV]
+    i_t = 0
+    while i_t < NT:  # while, not for: the interpreter cannot take a runtime int as a range bound
+        tl.store(P + (i_bh * NT + i_t) * K * V + o_kv, b_h, mask=m_kv)
+        p_t = (i_bh * NT + i_t) * BT + o_t
+        p_u = u + p_t[:, None] * V + o_v[None, :]
+        b_w = tl.load(w + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
+        b_u = tl.load(p_u, mask=m_v[None, :], other=0.) - tl.dot(b_w, b_h, input_precision=DOT)  # [BT, BV]
+        tl.store(p_u, b_u, mask=m_v[None, :])  # U0 -> u in place
+        b_k = tl.load(k + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
+        b_g = tl.load(gl + p_t)
+        b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
+        b_h = b_h * tl.exp(b_gL) + tl.dot(b_k * tl.exp(b_gL - b_g)[None, :], b_u, input_precision=DOT)
+        i_t += 1
+    tl.store(S + i_bh * K * V + o_kv, b_h, mask=m_kv)
+
+
+@triton.jit
+def gdn_bwd_du_kernel(
+    q, k, gl, do, du, dU, NT,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_DU: tl.constexpr, DOT: tl.constexpr,
+):
+    # dU = du + (D o q k^T)^T do: the chunk-local part of u's gradient (the state part comes in gdn_bwd_dh_kernel)
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = (o_v < V)[None, :]
+    p_t = (i_bh * NT + i_t) * BT + o_t
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # [s, t]: k_s . q_t
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
+        b_q = tl.load(q + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
+        b_A += tl.dot(b_k, b_q, input_precision=DOT)
+    b_g = tl.load(gl + p_t)
+    b_A = b_A * tl.exp(tl.where(o_t[None, :] >= o_t[:, None], b_g[None, :] - b_g[:, None], float("-inf")))
+    b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
+    b_du = tl.dot(b_A, b_do, input_precision=DOT)
+    if USE_DU:
+        b_du += tl.load(du + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)
+    tl.store(dU + p_t[:, None] * V + o_v[None, :], b_du, mask=m_v)
+
+
+@triton.jit
+def gdn_bwd_dh_kernel(
+    q, k, w, gl, do, dP, dS, dU, G, dS0, NT,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_DP: tl.constexpr, USE_DS: tl.constexpr, DOT: tl.constexpr,
+):
+    # BK >= K; dU holds the local part of u's gradient on entry and the whole gradient on exit
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    if USE_DS:
+        b_dh = tl.load(dS + i_bh * K * V + o_kv, mask=m_kv, other=0.)  # [BK, BV]
+    else:
+        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    i_t = NT - 1
+    while i_t >= 0:
+        tl.store(G + (i_bh * NT + i_t) * K * V + o_kv, b_dh, mask=m_kv)  # gradient of the state after i_t
+        p_t = (i_bh * NT + i_t) * BT + o_t
+        p_du = dU + p_t[:, None] * V + o_v[None, :]
+        b_g = tl.load(gl + p_t)
+        b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
+        b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
+        b_du = tl.load(p_du, mask=m_v[None, :], other=0.)  # [BT, BV]
+        b_du += tl.dot(b_k, b_dh, input_precision=DOT) * tl.exp(b_gL - b_g)[:, None]
+        tl.store(p_du, b_du, mask=m_v[None, :])
+        b_q = tl.load(q + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
+        b_w = tl.load(w + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
+        b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
+        b_dh = b_dh * tl.exp(b_gL) + tl.dot(b_q * tl.exp(b_g)[None, :], b_do, input_precision=DOT) \
+            - tl.dot(b_w, b_du, input_precision=DOT)
+        if USE_DP:
+            b_dh += tl.load(dP + (i_bh * NT + i_t) * K * V + o_kv, mask=m_kv, other=0.)
+        i_t -= 1
+    tl.store(dS0 + i_bh * K * V + o_kv, b_dh, mask=m_kv)
+
+
+@triton.jit
+def gdn_bwd_dqkw_kernel(
+    q, k, u, gl, P, do, dU, G, dq, dk, dw, dg, NT, BH,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr,
+):
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    p_t = (i_bh * NT + i_t) * BT + o_t
+    p_c = (i_bh * NT + i_t) * K * V
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do_t . u_s
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hG = tl.zeros([BK], dtype=tl.float32)  # <P_c, G_c> over this K tile, by key channel
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_vk = m_v[:, None] & m_k[None, :]
+        b_u = tl.load(u + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
+        b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
+        b_du = tl.load(dU + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
+        b_h = tl.load(P + p_c + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0.)  # [BV, BK]
+        b_G = tl.load(G + p_c + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0.)  # [BV, BK]
+        b_dA += tl.dot(b_do, tl.trans(b_u), input_precision=DOT)
+        b_dq += tl.dot(b_do, b_h, input_precision=DOT)
+        b_dk += tl.dot(b_u, b_G, input_precision=DOT)
+        b_dw -= tl.dot(b_du, b_h, input_precision=DOT)
+        b_hG += tl.sum(b_h * b_G, 0)
+    b_q = tl.load(q + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
+    b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
+    b_g = tl.load(gl + p_t)
+    b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
+    b_dA = b_dA * tl.exp(tl.where(o_t[:, None] >= o_t[None, :], b_g[:, None] - b_g[None, :], float("-inf")))
+    b_dq = b_dq * tl.exp(b_g)[:, None] + tl.dot(b_dA, b_k, input_precision=DOT)
+    b_dk = b_dk * tl.exp(b_gL - b_g)[:, None]  # the state part
+    b_last = tl.exp(b_gL) * tl.sum(b_hG, 0) + tl.sum(tl.sum(b_k * b_dk, 1), 0)  # <G_c, P_{c+1}> on this tile
+    b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision=DOT)
+    b_dg = tl.sum(b_q * b_dq - b_k * b_dk, 1) + tl.where(o_t == BT - 1, b_last, 0.)
+    tl.store(dq + p_t[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
+    tl.store(dk + p_t[:, None] * K + o_k[None, :], b_dk, mask=m_k[None, :])
+    tl.store(dw + p_t[:, None] * K + o_k[None, :], b_dw, mask=m_k[None, :])
+    tl.store(dg + i_k * BH * NT * BT + p_t, b_dg)  # one partial sum per K tile
+
+
+@triton.jit
+def gdn_bwd_ut_kernel(
+    k, v, beta, gl, Ai, w, dU, dw, dk, dv, db, dg, NT,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr,
+):
+    # backward of the UT transform; dk holds the output and state parts on entry and the whole gradient on exit
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    p_t = (i_bh * NT + i_t) * BT + o_t
+    b_Ai = tl.load(Ai + (i_bh * NT + i_t) * BT * BT + o_t[:, None] * BT + o_t[None, :])  # [BT, BT]
+    b_b = tl.load(beta + p_t)
+    b_g = tl.load(gl + p_t)
+    b_bg = b_b * tl.exp(b_g)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # dRv U0^T + dRk W^T
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dg = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = (o_v < V)[None, :]
+        b_v = tl.load(v + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
+        b_du = tl.load(dU + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
+        b_u0 = tl.dot(b_Ai, b_v * b_b[:, None], input_precision=DOT)  # U0, recomputed
+        b_dr = tl.dot(tl.trans(b_Ai), b_du, input_precision=DOT)  # dRv
+        tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dr * b_b[:, None], mask=m_v)
+        b_db += tl.sum(b_dr * b_v, 1)
+        b_dA += tl.dot(b_dr, tl.trans(b_u0), input_precision=DOT)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = (o_k < K)[None, :]
+        b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
+        b_w = tl.load(w + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
+        b_dw = tl.load(dw + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
+        b_dr = tl.dot(tl.trans(b_Ai), b_dw, input_precision=DOT)  # dRk
+        b_x = tl.sum(b_dr * b_k, 1)
+        b_db += tl.exp(b_g) * b_x
+        b_dg += b_bg * b_x
+        b_dA += tl.dot(b_dr, tl.trans(b_w), input_precision=DOT)
+        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=DOT)
+    m_A = o_t[:, None] > o_t[None, :]
+    b_D = tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], float("-inf")))  # 0 on and above the diagonal
+    b_dA = -b_dA * b_D  # dA o D (strict lower)
+    b_db += tl.sum(b_dA * b_kk, 1)
+    b_E = b_dA * b_kk * b_b[:, None]  # dA o A
+    b_dg += tl.sum(b_E, 1) - tl.sum(b_E, 0)
+    b_dAk = b_dA * b_b[:, None]
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = (o_k < K)[None, :]
+        p_dk = dk + p_t[:, None] * K + o_k[None, :]
+        b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
+        b_dw = tl.load(dw + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
+        b_dr = tl.dot(tl.trans(b_Ai), b_dw, input_precision=DOT)  # dRk again: cheaper than a round trip
+        b_dk = tl.load(p_dk, mask=m_k, other=0.) + b_dr * b_bg[:, None] \
+            + tl.dot(b_dAk, b_k, input_precision=DOT) + tl.dot(tl.trans(b_dAk), b_k, input_precision=DOT)
+        tl.store(p_dk, b_dk, mask=m_k)
+    tl.store(db + p_t, b_db)
+    tl.store(dg + p_t, b_dg)
+
+
+def _full(K: int) -> int:
+    """One tile over the whole key dimension (the state recurrences): a power of two ``>= max(K, 16)``."""
+    return max(16, triton.next_power_of_2(K))
+
+
+def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
+    """Launch the forward kernels; shapes as :class:`ChunkGatedDeltaBackbone`. Returns ``u, P, o, S, Ai, W``."""
+    B, H, NT, BT = gl.shape
+    K, V = k.shape[-1], v.shape[-1]
+    BK, BV = _tiles(K), _tiles(V)
+    BVh = min(BV, 32)  # the recurrence holds [K, BVh] in registers; narrower tiles, more programs
+    Ai = q.new_empty(B, H, NT, BT, BT)
+    W = torch.empty_like(k)
+    u = torch.empty_like(v)
+    P = q.new_empty(B, H, NT, K, V)
+    S = q.new_empty(B, H, K, V)
+    o = torch.empty_like(v)
+    meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=num_warps)
+    gdn_fwd_prepare_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, u, NT, BK=BK, BV=BV, **meta)
+    gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K), BV=BVh, **meta)
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, u, gl, P, o, NT, BK=BK, BV=BV, **meta)
+    return u, P, o, S, Ai, W
+
+
+def gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, du, dP, do, dS, dot: str, num_warps: int = 4):
+    """Launch the backward kernels. ``do [B, H, Tp, V]``; ``du``, ``dP``, ``dS``: as ``u``, ``P``, ``S`` or
+    ``None`` (zero). Returns ``dq, dk, dv, dbeta, dgl, dS0``."""
+    B, H, NT, BT = gl.shape
+    K, V = k.shape[-1], v.shape[-1]
+    BK, BV = _tiles(K), _tiles(V)
+    BVh = min(BV, 32)
+    NK = triton.cdiv(K, BK)
+    dU = torch.empty_like(v)
+    G = q.new_empty(B, H, NT, K, V)
+    dS0 = q.new_empty(B, H, K, V)
+    dq, dk, dW, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k), torch.empty_like(v)
+    dg = q.new_empty(NK + 1, B, H, NT, BT)
+    db = torch.empty_like(beta)
+    meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=num_warps)
+    gdn_bwd_du_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, gl, do, du if du is not None else q, dU, NT, BK=BK,
+                                                        BV=BV, USE_DU=du is not None, **meta)
+    gdn_bwd_dh_kernel[(triton.cdiv(V, BVh), B * H)](q, k, W, gl, do, dP if dP is not None else q,
+                                                    dS if dS is not None else q, dU, G, dS0, NT, BK=_full(K),
+                                                    BV=BVh, USE_DP=dP is not None, USE_DS=dS is not None, **meta)
+    gdn_bwd_dqkw_kernel[(NK, NT, B * H)](q, k, u, gl, P, do, dU, G, dq, dk, dW, dg, NT, B * H, BK=BK, BV=BV,
+                                         **meta)
+    gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT, BK=BK, BV=BV, **meta)
+    return dq, dk, dv, db, dg.sum(0), dS0
+
+
+class ChunkGatedDeltaBackbone(torch.autograd.Function):
+    """Pseudo-values, chunk states, plain output and final state of Gated DeltaNet; Triton forward and backward.
+
+    Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``beta [B, H, Tp]``, ``gl [B, H,
+    NT, BT]`` (chunk-local inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (``tl.dot`` input
+    precision). Outputs ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``.
+    Gradients for ``q, k, v, beta, gl, S0`` from any subset of the outputs; not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, gl, S0, dot):
+        u, P, o, S, Ai, W = gdn_backbone_fwd(q, k, v, beta, gl, S0, dot)
+        ctx.save_for_backward(q, k, v, beta, gl, Ai, W, u, P)
+        ctx.dot = dot
+        ctx.set_materialize_grads(False)  # unused outputs need no zero gradient
+        return u, P, o, S
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, du, dP, do, dS):
+        q, k, v, beta, gl, Ai, W, u, P = ctx.saved_tensors
+        c = lambda x: None if x is None else x.float().contiguous()  # noqa: E731
+        do = c(do) if do is not None else torch.zeros_like(v)
+        dq, dk, dv, db, dgl, dS0 = gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, c(du), c(dP), do, c(dS),
+                                                    ctx.dot)
+        return dq, dk, dv, db, dgl, dS0, None
+
+
+def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = None):
+    """Triton version of :func:`dla.ops.dla.chunk_torch._backbone` for Gated DeltaNet (``beta`` given).
+
+    Args:
+        q, k: ``[B, H, Tp, K]``; v: ``[B, H, Tp, V]``; g: ``[B, H, Tp]`` log-decays (``<= 0``); beta: ``[B, H,
+            Tp]`` write strengths; all float32, ``Tp`` a multiple of ``BT``.
+        S0: ``[B, H, K, V]`` initial state. BT: chunk size, a power of two ``>= 16``.
+        dot_precision: ``ieee`` or ``tf32x3``; ``None``: ``tf32x3`` on a GPU, ``ieee`` otherwise (the interpreter).
+    Returns:
+        ``u [B, H, Tp, V]`` (pseudo-values), ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp,
+        V]`` (unscaled ``q_t^T S_t``), the final state ``[B, H, K, V]`` and ``gl [B, H, NT, BT]`` (chunk-local
+        cumsums of ``g``), differentiable in ``q, k, v, g, beta, S0``.
+
+    Example::
+
+        u, P, o, S, gl = backbone_gdn_triton(q, k, v, g, beta, torch.zeros(B, H, K, V, device="cuda"), 64)
+    """
+    if beta is None:
+        raise ValueError("beta: the Gated DeltaNet backbone needs beta [B, H, Tp], got None "
+                         "(the scalar-decay backbone is dla.ops.dla.backbone_triton)")
+    B, H, Tp, K = k.shape
+    V = v.shape[-1]
+    if isinstance(BT, bool) or not isinstance(BT, int) or BT < 16 or BT & (BT - 1) or Tp % BT:
+        raise ValueError(f"BT: expected a power of two >= 16 dividing Tp={Tp}, got {BT!r}")
+    for name, x, shape in (("q", q, (B, H, Tp, K)), ("v", v, (B, H, Tp, V)), ("g", g, (B, H, Tp)),
+                           ("beta", beta, (B, H, Tp)), ("S0", S0, (B, H, K, V))):
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
+    for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("S0", S0)):
+        if x.dtype != torch.float32:
+            raise ValueError(f"{name}: expected float32, got {x.dtype}")
+    if dot_precision is None:
+        dot_precision = "tf32x3" if q.is_cuda else "ieee"
+    if dot_precision not in ("ieee", "tf32x3"):
+        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
+    gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
+    u, P, o, S = ChunkGatedDeltaBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(),
+                                               gl.contiguous(), S0.contiguous(), dot_precision)
+    return u, P, o, S, gl
