@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from dla.bench.ops import SHAPES, _inputs, _meta, _time
 from dla.ops import chunk_dla
 from dla.ops.dla.chunk_torch import _backbone, _block_segsum, _readout, boundary_candidates
+from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
 from dla.ops.dla.backbone_triton import backbone_triton
 from dla.ops.dla.readout_fwd import boundary_terms_fwd
 from dla.ops.dla.scan_triton import dla_scan_triton
@@ -75,15 +76,15 @@ def main(argv=None):
                 u, P, o, S, gl = _backbone(*leaves[:4], leaves[4] if gdn else None, S0, 64)
                 (o.sum() + u.sum() + P.sum()).backward()
             add(T=T, B=B, backbone=bb, stage="backbone fwd+bwd", ms=_time(bb_step, args.budget))
-            if not gdn:
-                with torch.no_grad():
-                    ms = _time(lambda: backbone_triton(qh, kh, vh, gh, None, S0, 64), args.budget)
-                add(T=T, B=B, backbone=bb, stage="backbone fwd (triton)", ms=ms)
+            bb_triton = backbone_gdn_triton if gdn else backbone_triton
+            with torch.no_grad():
+                ms = _time(lambda: bb_triton(qh, kh, vh, gh, bh, S0, 64), args.budget)
+            add(T=T, B=B, backbone=bb, stage="backbone fwd (triton)", ms=ms)
 
-                def bb_step_triton():
-                    u, P, o, S, gl = backbone_triton(*leaves[:4], None, S0, 64)
-                    (o.sum() + P.sum()).backward()
-                add(T=T, B=B, backbone=bb, stage="backbone fwd+bwd (triton)", ms=_time(bb_step_triton, args.budget))
+            def bb_step_triton():
+                u, P, o, S, gl = bb_triton(*leaves[:4], leaves[4] if gdn else None, S0, 64)
+                (o.sum() + u.sum() + P.sum()).backward()
+            add(T=T, B=B, backbone=bb, stage="backbone fwd+bwd (triton)", ms=_time(bb_step_triton, args.budget))
             with torch.no_grad():
                 u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, 64)
             N = B * H
