@@ -144,22 +144,11 @@ class BoundaryTerms(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        from dla.ops.dla.chunk_torch import _block_segsum, boundary_terms_backward, readout_plan
+        """Triton kernels (:func:`dla.ops.dla.readout_bwd.boundary_terms_bwd`) for float32 on a GPU or under the
+        interpreter; otherwise the PyTorch form (:func:`dla.ops.dla.readout_bwd.boundary_terms_bwd_torch`)."""
+        from dla.ops.dla.readout_bwd import boundary_terms_bwd, boundary_terms_bwd_torch, use_triton_bwd
 
-        q, k, u, gl, P, dlam, x, real, cand, jidx, off = ctx.saved_tensors
-        F = torch.nn.functional
-        T, Tp = dlam.shape[2], k.shape[2]
-        cand, pos, widths = readout_plan(x, real, ctx.BT, Tp, candidates=(cand, jidx, off))
-        nq, nk, nu, ngl, nP, ndl = ctx.needs_input_grad[:6]
-        gl_leaf = gl.detach().requires_grad_(ngl)
-        with torch.enable_grad():
-            seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # gl reaches the output through seg too
-        dl = F.pad(torch.where(real, dlam, torch.zeros_like(dlam)), (0, 0, 0, Tp - T)).detach()
-        dq, dk, du, dgl, dP, dseg, ddl = boundary_terms_backward(
-            F.pad(grad, (0, 0, 0, Tp - T)), q.detach(), k.detach(), u.detach(), gl.detach(), P.detach(),
-            seg.detach(), dl, cand, pos, widths, ctx.BT, (nq, nk, nu, ngl, nP, ngl, ndl))
-        if ngl:
-            dgl = dgl + torch.autograd.grad(seg, gl_leaf, dseg)[0]
-        if ndl:
-            ddl = torch.where(real, ddl[:, :, :T], torch.zeros_like(dlam))
-        return dq, dk, du, dgl, dP, ddl, None, None, None
+        q = ctx.saved_tensors[0]
+        fn = boundary_terms_bwd if use_triton_bwd(q) else boundary_terms_bwd_torch
+        grads = fn(grad, *ctx.saved_tensors, ctx.BT, ctx.needs_input_grad[:6])
+        return (*grads, None, None, None)

@@ -1,0 +1,361 @@
+"""Triton backward of DLA's boundary readout (the forward is :mod:`dla.ops.dla.readout_fwd`).
+
+For query chunk ``i``, each distinct candidate key chunk ``c`` adds to ``o[t]`` (``docs/math.md`` section 7.4)
+
+    cA[t] q_t^T P_c + sum_s M[t, s] (q_t . k_s) u_s,    cA[t] = cs[t] exp(seg[i, c] + gl_i[t]),
+    M[t, s] = W[t, s] exp(e[t, s]),   e[t, s] = gl_i[t] - gl_c[s]  (c = i, s <= t; -inf for s > t)
+                                      e[t, s] = gl_c[BT-1] - gl_c[s] + seg[i, c+1] + gl_i[t]   (c < i)
+
+with ``cs[t]`` the sum of ``dlam[t, r]`` over the ranks whose boundary lies in ``c`` and ``W[t, s]`` that sum over
+the boundaries at offsets ``> s``. With ``dA = do u_c^T``, ``qk = q k_c^T`` and ``dE = dA * qk * M``:
+
+    dq_i  += cA * (do P_c^T) + (dA * M) k_c         dP_c += (cA q_i)^T do
+    dk_c  += (dA * M)^T q_i                         du_c += (qk * M)^T do
+    dcA[t] = q_t . (P_c do_t);  ddlam[t, r] = dcA[t] exp(seg[i, c] + gl_i[t]) + sum_{s < off[t, r]} dA qk exp(e)
+    dgl_i[t] += dcA[t] cA[t] + sum_s dE[t, s];  dgl_c[s] -= sum_t dE[t, s];  dgl_c[BT-1] += sum dE  (c < i)
+    dseg[i, c] += sum_t dcA cA;  dseg[i, c+1] += sum dE  (c < i)
+
+Three kernels, each gradient written once by one program (deterministic, no atomics):
+
+- :func:`readout_bwd_dq_kernel`, grid ``(NT, B*H)``, per query chunk: ``dq``, ``ddlam``, the query side of
+  ``dgl`` and the query chunk's row of ``dseg`` (two planes: the ``c`` and the ``c+1`` entries, which can meet).
+- :func:`readout_bwd_dk_kernel`, grid ``(B*H*NT)``, per key chunk: ``dk`` and the key side of ``dgl``.
+- :func:`readout_bwd_du_kernel`, grid ``(B*H*NT, V / BV)``, per key chunk and value tile: ``du`` and ``dP``.
+
+The key-side kernels walk the query chunks that list ``c`` among their distinct candidates: a CSR map built on the
+device by :func:`key_pairs`. ``dk`` and ``du`` are separate programs because each needs a full-width product of
+the other side (``dA`` sums over ``V``, ``qk`` over ``K``); holding both accumulators would need ``[BT, K]``,
+``[BT, V]`` and ``[K, V]`` in registers at once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _run(b_jt, j, BR: tl.constexpr):
+    """First and last rank whose boundary lies in candidate ``j`` for some token (empty: ``BR, -1``)."""
+    o_r = tl.arange(0, BR)
+    hit = b_jt == j
+    return tl.min(tl.where(hit, o_r[None, :], BR)), tl.max(tl.where(hit, o_r[None, :], -1))
+
+
+@triton.jit
+def _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr):
+    """``cs [BT]``: sum of ``dlam`` of the boundaries in candidate ``j``; ``W [BT, BT]``: those at offsets ``> s``."""
+    o_s = tl.arange(0, BT)
+    r_lo, r_hi = _run(b_jt, j, BR)
+    b_cs = tl.zeros([BT], dtype=tl.float32)
+    b_W = tl.zeros([BT, BT], dtype=tl.float32)
+    for r in range(R1):
+        if (r >= r_lo) & (r <= r_hi):  # a candidate's boundaries are a run of ranks
+            p_r = (i_bh * T + o_t) * R1 + r
+            b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+            b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
+            b_p = tl.load(off + p_r, mask=m_t, other=0)
+            b_cs += b_d
+            b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)
+    return b_cs, b_W
+
+
+@triton.jit
+def _ranks(jidx, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr):
+    """``[BT, BR]`` candidate index of every rank's boundary (-1: none)."""
+    o_r = tl.arange(0, BR)
+    p_tr = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
+    return tl.load(jidx + p_tr, mask=m_t[:, None] & (o_r[None, :] < R1), other=-1)
+
+
+@triton.jit
+def _expo(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT: tl.constexpr):
+    """``[BT, BT]`` log-decay ``e[t, s]`` from key ``s`` of chunk ``c`` to query ``t`` of chunk ``i_t``."""
+    o_s = tl.arange(0, BT)
+    b_gc = tl.load(gl + i_bh * Tp + c * BT + o_s)
+    b_gend = tl.load(gl + i_bh * Tp + c * BT + BT - 1)
+    b_old = (b_gend - b_gc)[None, :] + tl.load(p_seg + c + 1) + b_gi[:, None]
+    b_cur = tl.where(o_s[None, :] <= o_s[:, None], b_gi[:, None] - b_gc[None, :], float("-inf"))
+    return tl.where(c == i_t, b_cur, b_old)
+
+
+@triton.jit
+def readout_bwd_dq_kernel(
+    q, k, u, gl, P, seg, cand, jidx, off, dl, do, dq, ddl, dgl, dseg_c, dseg_c1,
+    T, Tp, NT,
+    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
+    o_k = tl.arange(0, BK)
+    m_t, m_k = o_t < T, o_k < K
+
+    b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+    b_gi = tl.load(gl + i_bh * Tp + o_t)  # [BT]; padding has g = 0, so D(s, t) <= 1 there too
+    b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dgi = tl.zeros([BT], dtype=tl.float32)
+    p_row = (i_bh * (NT + 1) + i_t) * (NT + 1)  # the query chunk's row of seg and of the two dseg planes
+    p_cand = cand + (i_bh * NT + i_t) * J
+    for j in range(J):
+        c = tl.load(p_cand + j)
+        fresh = j == 0
+        if j > 0:
+            fresh = c != tl.load(p_cand + j - 1)  # sorted; a repeat holds no boundary
+        if fresh:
+            b_cs, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
+            b_a = tl.exp(tl.load(seg + p_row + c) + b_gi)  # D(c BT - 1, t)
+            b_cA = b_cs * b_a
+            b_x = tl.exp(_expo(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT))  # [BT, BT]
+            b_k = tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+            b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
+            b_dqP = tl.zeros([BT, BK], dtype=tl.float32)  # do P_c^T
+            b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T
+            for v0 in range(0, V, BV):
+                o_v = v0 + tl.arange(0, BV)
+                m_v = o_v < V
+                b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                               other=0.)
+                b_u = tl.load(u + (i_bh * Tp + c * BT + o_i[:, None]) * V + o_v[None, :], mask=m_v[None, :],
+                              other=0.)
+                b_P = tl.load(P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :],
+                              mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
+                b_dqP += tl.dot(b_do, tl.trans(b_P), input_precision=DOT)
+                b_dA += tl.dot(b_do, tl.trans(b_u), input_precision=DOT)
+            b_dcA = tl.sum(b_q * b_dqP, 1)  # [BT]
+            b_dAx = b_dA * b_x
+            b_dq += b_cA[:, None] * b_dqP + tl.dot(b_dAx * b_W, b_k, input_precision=DOT)
+            b_dW = b_dAx * b_qk  # gradient of W
+            b_dE = b_dW * b_W  # gradient of e
+            b_ga = b_dcA * b_cA
+            b_dgi += b_ga + tl.sum(b_dE, 1)
+            # seg[i, c] and seg[i, c+1] in separate planes: c+1 may be the next candidate's c
+            tl.store(dseg_c + p_row + c, tl.sum(b_ga, 0))
+            tl.store(dseg_c1 + p_row + c + 1, tl.where(c == i_t, 0., tl.sum(tl.sum(b_dE, 1), 0)))
+            b_dcs = b_dcA * b_a
+            r_lo, r_hi = _run(b_jt, j, BR)
+            for r in range(R1):
+                if (r >= r_lo) & (r <= r_hi):
+                    p_r = (i_bh * T + o_t) * R1 + r
+                    b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+                    b_p = tl.load(off + p_r, mask=m_t, other=0)
+                    b_g = b_dcs + tl.sum(tl.where(o_i[None, :] < b_p[:, None], b_dW, 0.), 1)
+                    tl.store(ddl + p_r, b_g, mask=m_t & (b_j == j))  # each (t, r) has one candidate
+    tl.store(dq + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], b_dq, mask=m_k[None, :])
+    tl.store(dgl + i_bh * Tp + o_t, b_dgi)
+
+
+@triton.jit
+def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
+          K: tl.constexpr, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+          BR: tl.constexpr):
+    """Query side of pair ``n`` for key chunk ``i_c``: the query chunk ``i_t``, its positions, mask and queries
+    ``[BT, BK]``, ``cA [BT]``, ``W [BT, BT]`` and ``exp(e) [BT, BT]``."""
+    e = tl.load(pairs + n)
+    i_t, j = e // J, e % J
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    m_t = o_t < T
+    b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
+                  other=0.)
+    b_gi = tl.load(gl + i_bh * Tp + o_t)
+    b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
+    b_cs, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
+    p_row = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
+    b_x = tl.exp(_expo(gl, p_row, i_bh, i_t, i_c, b_gi, Tp, BT))
+    return i_t, o_t, m_t, b_q, b_cs * tl.exp(tl.load(p_row + i_c) + b_gi), b_W, b_x
+
+
+@triton.jit
+def readout_bwd_dk_kernel(
+    q, k, u, gl, seg, jidx, off, dl, do, ptr, pairs, order, dk, dgl,
+    T, Tp, NT,
+    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+):
+    i_n = tl.load(order + tl.program_id(0)).to(tl.int64)  # row b*H*NT + c: the busiest key chunks start first
+    i_bh, i_c = i_n // NT, i_n % NT
+    o_s = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    b_k = tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dgc = tl.zeros([BT], dtype=tl.float32)
+    n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
+    while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
+        i_t, o_t, m_t, b_q, b_cA, b_W, b_x = _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
+                                                    K, R1, J, BT, BK, BR)
+        b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
+        b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+        for v0 in range(0, V, BV):
+            o_v = v0 + tl.arange(0, BV)
+            m_v = o_v < V
+            b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                           other=0.)
+            b_u = tl.load(u + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+            b_dA += tl.dot(b_do, tl.trans(b_u), input_precision=DOT)
+        b_dAM = b_dA * b_W * b_x
+        b_dk += tl.dot(tl.trans(b_dAM), b_q, input_precision=DOT)
+        b_dE = b_dAM * b_qk
+        # e = gl_c[BT-1] - gl_c[s] + ... for an older query chunk, gl_i[t] - gl_c[s] for the chunk itself
+        b_dgc += tl.where((o_s == BT - 1) & (i_t != i_c), tl.sum(tl.sum(b_dE, 1), 0), 0.) - tl.sum(b_dE, 0)
+        n += 1
+    tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
+    tl.store(dgl + i_bh * Tp + i_c * BT + o_s, b_dgc)
+
+
+@triton.jit
+def readout_bwd_du_kernel(
+    q, k, gl, seg, jidx, off, dl, do, ptr, pairs, order, du, dP,
+    T, Tp, NT,
+    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+):
+    i_n, i_v = tl.load(order + tl.program_id(0)).to(tl.int64), tl.program_id(1)
+    i_bh, i_c = i_n // NT, i_n % NT
+    o_s = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    b_k = tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+    b_du = tl.zeros([BT, BV], dtype=tl.float32)
+    b_dP = tl.zeros([BK, BV], dtype=tl.float32)
+    n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
+    while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
+        i_t, o_t, m_t, b_q, b_cA, b_W, b_x = _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
+                                                    K, R1, J, BT, BK, BR)
+        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT) * b_W * b_x  # [BT, BT]
+        b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                       other=0.)
+        b_du += tl.dot(tl.trans(b_A), b_do, input_precision=DOT)
+        b_dP += tl.dot(tl.trans(b_q * b_cA[:, None]), b_do, input_precision=DOT)
+        n += 1
+    tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
+    tl.store(dP + ((i_bh * NT + i_c) * K + o_k[:, None]) * V + o_v[None, :], b_dP, mask=m_k[:, None] & m_v[None, :])
+
+
+def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reverse of the candidate lists: for each key chunk, the query chunks that read it. On the device, no sync.
+
+    Args:
+        cand: ``[B, H, NT, J]`` candidate key chunks per query chunk, sorted per row (repeats adjacent).
+    Returns:
+        ``ptr [B*H*NT + 1]`` and ``pairs [B*H*NT*J]`` int32 (CSR): ``pairs[ptr[n]:ptr[n+1]]`` are the entries
+        ``i * J + j`` (first occurrences only, ``i`` ascending) with ``cand[b, h, i, j] = c`` for row
+        ``n = (b H + h) NT + c``; ``order [B*H*NT]`` int32: the rows by descending number of pairs (the key
+        kernels' program order, so that a chunk read by every query chunk does not start last).
+    """
+    B, H, NT, J = cand.shape
+    fresh = F.pad(cand[..., 1:] != cand[..., :-1], (1, 0), value=True)
+    row = cand + NT * torch.arange(B * H, device=cand.device).view(B, H, 1, 1)
+    key = torch.where(fresh, row, B * H * NT).flatten()  # repeats sort past the last row
+    skey, order = torch.sort(key, stable=True)
+    ptr = torch.searchsorted(skey, torch.arange(B * H * NT + 1, device=cand.device, dtype=skey.dtype))
+    busy = torch.argsort(ptr[1:] - ptr[:-1], descending=True, stable=True)
+    return ptr.to(torch.int32), (order % (NT * J)).to(torch.int32), busy.to(torch.int32)
+
+
+def use_triton_bwd(q: torch.Tensor) -> bool:
+    """Whether :class:`dla.ops.dla.readout_fwd.BoundaryTerms` runs :func:`boundary_terms_bwd` (float32 on a GPU or
+    under ``TRITON_INTERPRET=1``) rather than :func:`boundary_terms_bwd_torch`."""
+    return q.dtype == torch.float32 and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
+                       dot_precision: Optional[str] = None, block_v: int = 32,
+                       num_warps: Optional[int] = None):
+    """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the three Triton kernels of this module.
+
+    Args:
+        grad: ``[B, H, T, V]`` gradient of the boundary terms; q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``;
+            gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``; dlam, x, real: ``[B, H, T, R1]``;
+            cand, jidx, off: :func:`dla.ops.dla.chunk_torch.boundary_candidates` of ``x, real``. Float32.
+            ``x`` and ``real`` are not read (``jidx`` is -1 where there is no real boundary); they keep the
+            signature of :func:`boundary_terms_bwd_torch`.
+        needs: six bools, which of ``q, k, u, gl, P, dlam`` need a gradient.
+        dot_precision: ``ieee`` or ``tf32x3`` (as :func:`dla.ops.dla.readout_fwd.boundary_terms_fwd`); ``None``:
+            ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
+        block_v, num_warps: value columns per tile and warps per program (tuning knobs, not tuned on a GPU yet;
+            ``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
+    Returns:
+        ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed. ``gl``'s gradient includes the path
+        through ``seg`` (autograd of :func:`dla.ops.dla.chunk_torch._block_segsum`).
+    """
+    from dla.ops.dla.chunk_torch import _block_segsum
+
+    nq, nk, nu, ngl, nP, ndl = needs
+    B, H, Tp, K = k.shape
+    V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
+    dev = k.device
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if dot_precision is None:
+        dot_precision = "ieee" if interpret or not k.is_cuda else "tf32x3"
+    if dot_precision not in ("ieee", "tf32x3"):
+        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
+    f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
+    i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
+    gl_leaf = gl.detach().float().requires_grad_(bool(ngl))
+    with torch.enable_grad():
+        seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # [B, H, NT + 1, NT + 1]
+    q, k, u, glf, P, dl, segf = map(f32, (q, k, u, gl, P, dlam, seg))
+    do = F.pad(grad.float(), (0, 0, 0, Tp - T)).contiguous()
+    cand, jidx, off = i32(cand), i32(jidx), i32(off)
+    BK = max(16, triton.next_power_of_2(K))
+    if num_warps is None:
+        num_warps = 8 if BT * BK >= 4096 else 4
+    meta = dict(K=K, R1=R1, J=J, BT=BT, BK=BK,
+                BV=max(16, min(block_v, triton.next_power_of_2(V))), BR=max(2, triton.next_power_of_2(R1)),
+                DOT="ieee" if interpret else dot_precision, num_warps=num_warps)
+    dq = dk = du = dP = ddl = dgl = None
+    if nq or ngl or ndl:
+        dq = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
+        ddl = torch.zeros(B, H, T, R1, dtype=torch.float32, device=dev)  # entries without a boundary stay 0
+        dgl = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
+        dseg = torch.zeros(2, B, H, NT + 1, NT + 1, dtype=torch.float32, device=dev)
+        readout_bwd_dq_kernel[(NT, B * H)](q, k, u, glf, P, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0],
+                                           dseg[1], T, Tp, NT, V=V, **meta)
+    if nk or nu or ngl or nP:
+        ptr, pairs, order = key_pairs(cand)
+    if nk or ngl:
+        dk = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
+        dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
+        readout_bwd_dk_kernel[(B * H * NT,)](q, k, u, glf, segf, jidx, off, dl, do, ptr, pairs, order, dk, dgl_k,
+                                           T, Tp, NT, V=V, **meta)
+    if nu or nP:
+        du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev)
+        dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
+        readout_bwd_du_kernel[(B * H * NT, triton.cdiv(V, meta["BV"]))](  # the long axis first: grid y <= 65535
+            q, k, glf, segf, jidx, off, dl, do, ptr, pairs, order, du, dP, T, Tp, NT, V=V, **meta)
+    if ngl:
+        dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
+    return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,
+            ddl if ndl else None)
+
+
+def boundary_terms_bwd_torch(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs):
+    """:func:`boundary_terms_bwd` by the PyTorch form (:func:`dla.ops.dla.chunk_torch.boundary_terms_backward`:
+    recompute per group of query chunks, differentiate, accumulate into one buffer per input). Any dtype."""
+    from dla.ops.dla.chunk_torch import _block_segsum, boundary_terms_backward, readout_plan
+
+    T, Tp = dlam.shape[2], k.shape[2]
+    cand, pos, widths = readout_plan(x, real, BT, Tp, candidates=(cand, jidx, off))
+    nq, nk, nu, ngl, nP, ndl = needs
+    gl_leaf = gl.detach().requires_grad_(bool(ngl))
+    with torch.enable_grad():
+        seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # gl reaches the output through seg too
+    dl = F.pad(torch.where(real, dlam, torch.zeros_like(dlam)), (0, 0, 0, Tp - T)).detach()
+    dq, dk, du, dgl, dP, dseg, ddl = boundary_terms_backward(
+        F.pad(grad, (0, 0, 0, Tp - T)), q.detach(), k.detach(), u.detach(), gl.detach(), P.detach(),
+        seg.detach(), dl, cand, pos, widths, BT, (nq, nk, nu, ngl, nP, ngl, ndl))
+    if ngl:
+        dgl = dgl + torch.autograd.grad(seg, gl_leaf, dseg)[0]
+    if ndl:
+        ddl = torch.where(real, ddl[:, :, :T], torch.zeros_like(dlam))
+    return dq, dk, du, dgl, dP, ddl

@@ -1,0 +1,154 @@
+"""The Triton backward of the boundary readout equals the PyTorch backward (CPU: Triton's interpreter, float32)."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dla.ops import chunk_dla, num_levels
+from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates, boundary_terms
+from dla.ops.dla.readout_bwd import boundary_terms_bwd, key_pairs, use_triton_bwd
+from dla.ops.dla.readout_fwd import BoundaryTerms
+from tests.conftest import make_inputs, rel_err
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs a GPU or TRITON_INTERPRET=1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NAMES = ("q", "k", "u", "gl", "P", "dlam")
+
+
+@pytest.fixture(autouse=True)
+def nan_empty(monkeypatch):
+    """Floating ``torch.empty`` comes back NaN, so that an output a kernel leaves unwritten shows."""
+    empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        out = empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+
+
+def readout_inputs(monkeypatch, x, **kw):
+    """The arguments ``chunk_dla(backend="triton")`` passes to :class:`BoundaryTerms` (``None``: not called)."""
+    seen = []
+    apply = BoundaryTerms.apply
+    monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
+    chunk_dla(**x, **kw, backend="triton")
+    monkeypatch.setattr(BoundaryTerms, "apply", apply)
+    assert len(seen) <= 1
+    return seen[0] if seen else None
+
+
+def check_grads(args, record=None, tag=""):
+    """Gradients of ``BoundaryTerms`` (Triton backward) against the PyTorch form's (:func:`boundary_terms`)."""
+    *tensors, x, real, BT = args
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    assert use_triton_bwd(leaves[0])
+    out = BoundaryTerms.apply(*leaves, x, real, BT)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, do)
+    q, k, u, gl, P, dlam = leaves
+    ref = boundary_terms(q, k, u, gl, P, F.pad(_block_segsum(gl[..., -1]), (0, 1)), x, dlam, real, BT)
+    want = torch.autograd.grad(ref, leaves, do)
+    for n, a, b in zip(NAMES, got, want):
+        assert not a.isnan().any(), n
+        err = rel_err(a, b)
+        if record is not None:
+            record(f"triton readout backward vs torch{tag}, d{n}", err)
+        assert err < 1e-5, n
+    return got
+
+
+def inputs(T, R, gdn, seed, B=2, H=2, K=12, V=20):
+    x = make_inputs(B=B, T=T, H=H, G=1, K=K, V=V, R=R, gdn=gdn, dtype=torch.float32, seed=seed)
+    return {n: (t.to(DEVICE) if t is not None else None) for n, t in x.items()}
+
+
+@pytest.mark.parametrize("policy,capacity", [("dla", 4), ("fenwick", None), ("fixed", 3), ("dla_unbounded", 3)])
+@pytest.mark.parametrize("gdn", [False, True])
+@pytest.mark.parametrize("T", [1, 45, 70])
+@pytest.mark.parametrize("chunk_size", [16, 32])
+def test_triton_readout_backward_matches_torch(policy, capacity, gdn, T, chunk_size, monkeypatch, record):
+    R = num_levels(T) if policy == "fenwick" else capacity
+    x = inputs(T, R, gdn, seed=T + chunk_size, K=12 if gdn else 8, V=20 if gdn else 12)
+    args = readout_inputs(monkeypatch, x, policy=policy, capacity=R, tau=0.3, block_size=5, chunk_size=chunk_size)
+    if args is None:
+        assert R == 1  # a single live slot has no boundary terms
+        return
+    check_grads(args, record)
+
+
+def test_triton_readout_backward_initial_state(monkeypatch, record):
+    x = inputs(60, 4, gdn=True, seed=3)
+    head = {n: (t[:, :25] if t is not None else None) for n, t in x.items()}
+    tail = {n: (t[:, 25:] if t is not None else None) for n, t in x.items()}
+    kw = dict(capacity=4, tau=0.3, chunk_size=16)
+    _, st = chunk_dla(**head, **kw, output_final_state=True, backend="torch")
+    check_grads(readout_inputs(monkeypatch, tail, initial_state=st, **kw), record, ", initial state")
+    # and the whole op's gradients, virtual boundaries included
+    tail = {n: (t.requires_grad_() if t is not None else None) for n, t in tail.items()}
+    names = [n for n, t in tail.items() if t is not None]
+    o_tri, _ = chunk_dla(**tail, **kw, initial_state=st, backend="triton")
+    o_ref, _ = chunk_dla(**tail, **kw, initial_state=st, backend="torch")
+    do = torch.randn_like(o_ref)
+    g_tri = torch.autograd.grad((o_tri * do).sum(), [tail[n] for n in names])
+    g_ref = torch.autograd.grad((o_ref * do).sum(), [tail[n] for n in names])
+    for n, a, b in zip(names, g_tri, g_ref):
+        assert rel_err(a, b) < 1e-5, n
+
+
+def test_triton_readout_backward_old_boundary_read_by_every_chunk(monkeypatch, record):
+    # capacity 2 and a tau that only one loud token passes: its boundary stays live to the end
+    T = 200
+    x = inputs(T, 2, gdn=False, seed=0, K=8, V=12)
+    x["v"][:, 5] *= 30
+    args = readout_inputs(monkeypatch, x, capacity=2, tau=1.2, chunk_size=16)
+    *_, xb, real, BT = args
+    NT = -(-T // BT)
+    ptr, _, order = key_pairs(boundary_candidates(xb, real, BT)[0])
+    readers = (ptr[1:] - ptr[:-1]).view(-1, NT)
+    assert (readers[:, 0] == NT).all()  # key chunk 0 (position 5) is a candidate of every query chunk
+    assert set((order[:readers.shape[0]] % NT).tolist()) == {0}  # and its programs start first
+    torch.manual_seed(0)
+    first = check_grads(args, record, ", one boundary read by every chunk")
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(check_grads(args), first))  # deterministic
+    assert first[4].abs().sum() > 0
+
+
+def test_triton_readout_backward_partial_needs(monkeypatch):
+    x = inputs(45, 4, gdn=True, seed=7)
+    q, k, u, gl, P, dlam, xb, real, BT = readout_inputs(monkeypatch, x, capacity=4, tau=0.3, chunk_size=16)
+    cand, jidx, off = boundary_candidates(xb, real, BT)
+    grad = torch.randn(*dlam.shape[:3], u.shape[-1], device=u.device)
+    full = boundary_terms_bwd(grad, q, k, u, gl, P, dlam, xb, real, cand, jidx, off, BT, (True,) * 6)
+    for i in range(6):
+        needs = tuple(j == i for j in range(6))
+        part = boundary_terms_bwd(grad, q, k, u, gl, P, dlam, xb, real, cand, jidx, off, BT, needs)
+        assert all((p is None) == (j != i) for j, p in enumerate(part)), NAMES[i]
+        assert torch.equal(part[i], full[i]), NAMES[i]
+
+
+def test_key_pairs_inverts_candidate_lists():
+    gen = torch.Generator().manual_seed(0)
+    B, H, NT, J = 2, 3, 7, 4
+    i = torch.arange(NT)
+    cand = torch.cat([torch.randint(0, NT, (B, H, NT, J - 1), generator=gen) % (i[:, None] + 1),
+                      i[None, None, :, None].expand(B, H, NT, 1)], -1).sort(-1).values
+    ptr, pairs, order = key_pairs(cand)
+    busy = (ptr[1:] - ptr[:-1])[order.long()]
+    assert sorted(order.tolist()) == list(range(B * H * NT)) and (busy[:-1] >= busy[1:]).all()
+    for b in range(B):
+        for h in range(H):
+            for c in range(NT):
+                n = (b * H + h) * NT + c
+                got = pairs[ptr[n]:ptr[n + 1]].tolist()
+                want = [ii * J + j for ii in range(NT) for j in range(J)
+                        if cand[b, h, ii, j] == c and (j == 0 or cand[b, h, ii, j - 1] != c)]
+                assert got == want
+
+
+def test_float64_backward_is_the_torch_form():
+    assert not use_triton_bwd(torch.zeros(1, dtype=torch.float64))
