@@ -384,6 +384,43 @@ def generate_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def generate_plot(result: dict, path: Path) -> Path:
+    """Three panels against prompt length, one colour per model: decode tokens/s (eager solid, CUDA graph dashed
+    where measured), prefill tokens/s, and the cache's MiB at the end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    panels = ((axes[0], "decode_tokens_per_s", "-", "{} (eager)"), (axes[0], "graph_decode_tokens_per_s", "--",
+                                                                       "{} (CUDA graph)"),
+              (axes[1], "prefill_tokens_per_s", "-", "{}"), (axes[2], "cache_mib", "-", "{}"))
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r["model"] for r in rows))}
+    for ax, key, style, label in panels:
+        for name, colour in colours.items():
+            pts = sorted((r["prompt_tokens"], r[key]) for r in rows if r["model"] == name and r[key] is not None)
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", color=colour, label=label.format(name))
+    for ax, ylabel in zip(axes, ("decode tokens/s", "prefill tokens/s", "cache MiB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
+    meta = result["meta"]
+    fig.suptitle(f"{meta['device']}, {meta['size']} models, backbone {meta['backbone']}, batch {meta['batch']}, "
+                 f"{meta['new_tokens']} new tokens", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
@@ -425,9 +462,10 @@ def _cli(args: argparse.Namespace) -> int:
                                 max_call_s=args.max_call_s, cuda_graph=args.cuda_graph, seed=args.seed, out=out)
     table = generate_markdown(result)
     out.with_suffix(".md").write_text(table + "\n")
+    generate_plot(result, out.with_suffix(".png"))
     print(table)
     return 0
 
 
 __all__ = ["MODELS", "LENGTHS", "SIZES", "Row", "model_configs", "run_generate_bench", "generate_markdown",
-           "add_generate_bench_parser"]
+           "generate_plot", "add_generate_bench_parser"]

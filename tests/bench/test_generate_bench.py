@@ -43,6 +43,7 @@ def test_cli_parser_runs_the_benchmark_and_writes_json_and_table(tmp_path):
     assert [(r["model"], r["prompt_tokens"]) for r in rows] == [("dla", 16), ("dla", 24), ("transformer", 16),
                                                                  ("transformer", 24)]
     assert "decode tokens/s" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("name", MODELS)
