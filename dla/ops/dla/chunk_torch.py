@@ -54,8 +54,7 @@ def chunk_dla_torch(
     ``chunk_size``: tokens per chunk (any ``>= 1``; 64 matches the kernels). Computation runs in float64
     for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
     ``backend``: ``torch``, or ``triton`` for the Triton segmentation scan, boundary readout and backbone chunk
-    pass of either backbone (float32; the readout's backward recomputes the PyTorch form; needs ``chunk_size >=
-    16`` and a power of two).
+    pass of either backbone, forward and backward (float32; needs ``chunk_size >= 16`` and a power of two).
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """

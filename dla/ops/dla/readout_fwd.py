@@ -123,8 +123,10 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
 
 
 class BoundaryTerms(torch.autograd.Function):
-    """Triton forward; the backward is the PyTorch form's (:func:`dla.ops.dla.chunk_torch.boundary_terms_backward`:
-    recompute per group of query chunks, differentiate, accumulate into one buffer per input; exact gradients).
+    """Triton forward and, for float32 (GPU or interpreter), Triton backward (:mod:`dla.ops.dla.readout_bwd`: per
+    query chunk ``dq, dlam`` and the query side of ``dgl``; per key chunk ``dk, du, dP`` and its side of ``dgl``
+    over the query chunks reading it; deterministic). Other dtypes use the PyTorch form's backward
+    (:func:`dla.ops.dla.chunk_torch.boundary_terms_backward`).
 
     Inputs as :func:`dla.ops.dla.chunk_torch.boundary_terms` without ``seg`` (computed here from ``gl``).
     """
