@@ -160,8 +160,9 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
 
 
 def op_table(shapes: List[str], capacities: List[int], taus: List[float]) -> Dict[str, object]:
-    """Every op of the bench by name: the peers (callables) and ours (``(policy, gdn, C, tau)``)."""
-    ops: Dict[str, object] = dict(_peer_ops())
+    """Every op of the bench by name: ours (``(policy, gdn, C, tau)``) first, so that a run cut short by a time
+    limit has them, then the peers (callables; fla's first call at each shape autotunes for about 40 s)."""
+    ops: Dict[str, object] = {}
     for shape in shapes:
         for gdn in (False, True):
             backbone = "gdn" if gdn else "mamba2"
@@ -170,6 +171,7 @@ def op_table(shapes: List[str], capacities: List[int], taus: List[float]) -> Dic
                     ops[f"dla_{backbone}_C{C}_tau{tau:g}"] = ("dla", gdn, C, tau)
             ops[f"fenwick_{backbone} (ours)"] = ("fenwick", gdn, None, None)
             ops[f"single_{backbone} (ours)"] = ("single", gdn, 1, None)
+    ops.update(_peer_ops())
     return ops
 
 
