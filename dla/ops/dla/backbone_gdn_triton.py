@@ -33,6 +33,12 @@ Kernels: the UT transform (``Ai``, ``W``, ``U0``) and its backward run one progr
 the state recurrences (forward and reverse) one per (V tile, batch x head) with the whole K dimension in one
 tile; the output (:func:`dla.ops.dla.backbone_triton.chunk_fwd_o_kernel` with ``v -> u``), the local ``du`` and
 the ``dq, dk, dW, dgl`` kernel one per (tile, chunk, batch x head).
+
+Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in
+:mod:`dla.ops.utils.precision`); accumulators, states, outputs and gradients are float32 in every mode. The
+forward's UT transform and state recurrence, which make ``u`` and ``P``, run float32-accurate products whatever
+the mode asked (``tf32x3`` for ``tf32`` and the 16-bit modes): ``u`` feeds the segmentation scan, whose decisions
+must not depend on the mode. The output kernel and the whole backward take the mode asked.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from dla.ops.dla.backbone_triton import _tiles, chunk_fwd_o_kernel
+from dla.ops.utils.precision import resolve_precision
+from dla.ops.utils.triton_dot import prec_dot
 
 
 @triton.jit
@@ -63,7 +71,7 @@ def gdn_fwd_prepare_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=(o_k < K)[None, :], other=0.)  # [BT, BK]
-        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=DOT)
+        b_kk += prec_dot(b_k, tl.trans(b_k), DOT)
     b_b = tl.load(beta + p_t)
     b_g = tl.load(gl + p_t)
     m_A = o_t[:, None] > o_t[None, :]
@@ -82,8 +90,8 @@ def gdn_fwd_prepare_kernel(
         b_Xii = tl.sum(tl.where((o_b == i)[:, None, None], b_X, 0.), 0)  # [16, 16]
         b_As = tl.load(p_A + o_r[:, None] * BT + o_t[None, :], mask=(o_t < i * 16)[None, :], other=0.)  # [16, BT]
         b_Ap = tl.load(p_A + o_t[:, None] * BT + o_t[None, :], mask=(o_t < i * 16)[:, None], other=0.)  # Ai rows
-        b_R = tl.where(o_r[:, None] == o_t[None, :], 1., 0.) - tl.dot(b_As, b_Ap, input_precision=DOT)
-        b_S = tl.dot(b_Xii, b_R, input_precision=DOT)  # [16, BT]
+        b_R = tl.where(o_r[:, None] == o_t[None, :], 1., 0.) - prec_dot(b_As, b_Ap, DOT)
+        b_S = prec_dot(b_Xii, b_R, DOT)  # [16, BT]
         tl.debug_barrier()  # every thread has read block row i of A before it is overwritten
         tl.store(p_A + o_r[:, None] * BT + o_t[None, :], b_S)
         tl.debug_barrier()
@@ -92,13 +100,13 @@ def gdn_fwd_prepare_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = (o_k < K)[None, :]
         b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
-        b_w = tl.dot(b_Ai, b_k * (b_b * tl.exp(b_g))[:, None], input_precision=DOT)
+        b_w = prec_dot(b_Ai, b_k * (b_b * tl.exp(b_g))[:, None], DOT)
         tl.store(W + p_t[:, None] * K + o_k[None, :], b_w, mask=m_k)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = (o_v < V)[None, :]
         b_v = tl.load(v + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
-        b_u = tl.dot(b_Ai, b_v * b_b[:, None], input_precision=DOT)
+        b_u = prec_dot(b_Ai, b_v * b_b[:, None], DOT)
         tl.store(U + p_t[:, None] * V + o_v[None, :], b_u, mask=m_v)
 
 
@@ -122,12 +130,12 @@ def gdn_fwd_h_kernel(
         p_t = (i_bh * NT + i_t) * BT + o_t
         p_u = u + p_t[:, None] * V + o_v[None, :]
         b_w = tl.load(w + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
-        b_u = tl.load(p_u, mask=m_v[None, :], other=0.) - tl.dot(b_w, b_h, input_precision=DOT)  # [BT, BV]
+        b_u = tl.load(p_u, mask=m_v[None, :], other=0.) - prec_dot(b_w, b_h, DOT)  # [BT, BV]
         tl.store(p_u, b_u, mask=m_v[None, :])  # U0 -> u in place
         b_k = tl.load(k + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
         b_g = tl.load(gl + p_t)
         b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
-        b_h = b_h * tl.exp(b_gL) + tl.dot(b_k * tl.exp(b_gL - b_g)[None, :], b_u, input_precision=DOT)
+        b_h = b_h * tl.exp(b_gL) + prec_dot(b_k * tl.exp(b_gL - b_g)[None, :], b_u, DOT)
         i_t += 1
     tl.store(S + i_bh * K * V + o_kv, b_h, mask=m_kv)
 
@@ -150,11 +158,11 @@ def gdn_bwd_du_kernel(
         m_k = o_k < K
         b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
         b_q = tl.load(q + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
-        b_A += tl.dot(b_k, b_q, input_precision=DOT)
+        b_A += prec_dot(b_k, b_q, DOT)
     b_g = tl.load(gl + p_t)
     b_A = b_A * tl.exp(tl.where(o_t[None, :] >= o_t[:, None], b_g[None, :] - b_g[:, None], float("-inf")))
     b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
-    b_du = tl.dot(b_A, b_do, input_precision=DOT)
+    b_du = prec_dot(b_A, b_do, DOT)
     if USE_DU:
         b_du += tl.load(du + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)
     tl.store(dU + p_t[:, None] * V + o_v[None, :], b_du, mask=m_v)
@@ -187,13 +195,13 @@ def gdn_bwd_dh_kernel(
         b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
         b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
         b_du = tl.load(p_du, mask=m_v[None, :], other=0.)  # [BT, BV]
-        b_du += tl.dot(b_k, b_dh, input_precision=DOT) * tl.exp(b_gL - b_g)[:, None]
+        b_du += prec_dot(b_k, b_dh, DOT) * tl.exp(b_gL - b_g)[:, None]
         tl.store(p_du, b_du, mask=m_v[None, :])
         b_q = tl.load(q + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
         b_w = tl.load(w + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
         b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
-        b_dh = b_dh * tl.exp(b_gL) + tl.dot(b_q * tl.exp(b_g)[None, :], b_do, input_precision=DOT) \
-            - tl.dot(b_w, b_du, input_precision=DOT)
+        b_dh = b_dh * tl.exp(b_gL) + prec_dot(b_q * tl.exp(b_g)[None, :], b_do, DOT) \
+            - prec_dot(b_w, b_du, DOT)
         if USE_DP:
             b_dh += tl.load(dP + (i_bh * NT + i_t) * K * V + o_kv, mask=m_kv, other=0.)
         i_t -= 1
@@ -225,20 +233,20 @@ def gdn_bwd_dqkw_kernel(
         b_du = tl.load(dU + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
         b_h = tl.load(P + p_c + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0.)  # [BV, BK]
         b_G = tl.load(G + p_c + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0.)  # [BV, BK]
-        b_dA += tl.dot(b_do, tl.trans(b_u), input_precision=DOT)
-        b_dq += tl.dot(b_do, b_h, input_precision=DOT)
-        b_dk += tl.dot(b_u, b_G, input_precision=DOT)
-        b_dw -= tl.dot(b_du, b_h, input_precision=DOT)
+        b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
+        b_dq += prec_dot(b_do, b_h, DOT)
+        b_dk += prec_dot(b_u, b_G, DOT)
+        b_dw -= prec_dot(b_du, b_h, DOT)
         b_hG += tl.sum(b_h * b_G, 0)
     b_q = tl.load(q + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
     b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
     b_g = tl.load(gl + p_t)
     b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
     b_dA = b_dA * tl.exp(tl.where(o_t[:, None] >= o_t[None, :], b_g[:, None] - b_g[None, :], float("-inf")))
-    b_dq = b_dq * tl.exp(b_g)[:, None] + tl.dot(b_dA, b_k, input_precision=DOT)
+    b_dq = b_dq * tl.exp(b_g)[:, None] + prec_dot(b_dA, b_k, DOT)
     b_dk = b_dk * tl.exp(b_gL - b_g)[:, None]  # the state part
     b_last = tl.exp(b_gL) * tl.sum(b_hG, 0) + tl.sum(tl.sum(b_k * b_dk, 1), 0)  # <G_c, P_{c+1}> on this tile
-    b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision=DOT)
+    b_dk += prec_dot(tl.trans(b_dA), b_q, DOT)
     b_dg = tl.sum(b_q * b_dq - b_k * b_dk, 1) + tl.where(o_t == BT - 1, b_last, 0.)
     tl.store(dq + p_t[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
     tl.store(dk + p_t[:, None] * K + o_k[None, :], b_dk, mask=m_k[None, :])
@@ -268,23 +276,23 @@ def gdn_bwd_ut_kernel(
         m_v = (o_v < V)[None, :]
         b_v = tl.load(v + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
         b_du = tl.load(dU + p_t[:, None] * V + o_v[None, :], mask=m_v, other=0.)  # [BT, BV]
-        b_u0 = tl.dot(b_Ai, b_v * b_b[:, None], input_precision=DOT)  # U0, recomputed
-        b_dr = tl.dot(tl.trans(b_Ai), b_du, input_precision=DOT)  # dRv
+        b_u0 = prec_dot(b_Ai, b_v * b_b[:, None], DOT)  # U0, recomputed
+        b_dr = prec_dot(tl.trans(b_Ai), b_du, DOT)  # dRv
         tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dr * b_b[:, None], mask=m_v)
         b_db += tl.sum(b_dr * b_v, 1)
-        b_dA += tl.dot(b_dr, tl.trans(b_u0), input_precision=DOT)
+        b_dA += prec_dot(b_dr, tl.trans(b_u0), DOT)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = (o_k < K)[None, :]
         b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
         b_w = tl.load(w + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
         b_dw = tl.load(dw + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
-        b_dr = tl.dot(tl.trans(b_Ai), b_dw, input_precision=DOT)  # dRk
+        b_dr = prec_dot(tl.trans(b_Ai), b_dw, DOT)  # dRk
         b_x = tl.sum(b_dr * b_k, 1)
         b_db += tl.exp(b_g) * b_x
         b_dg += b_bg * b_x
-        b_dA += tl.dot(b_dr, tl.trans(b_w), input_precision=DOT)
-        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=DOT)
+        b_dA += prec_dot(b_dr, tl.trans(b_w), DOT)
+        b_kk += prec_dot(b_k, tl.trans(b_k), DOT)
     m_A = o_t[:, None] > o_t[None, :]
     b_D = tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], float("-inf")))  # 0 on and above the diagonal
     b_dA = -b_dA * b_D  # dA o D (strict lower)
@@ -298,9 +306,9 @@ def gdn_bwd_ut_kernel(
         p_dk = dk + p_t[:, None] * K + o_k[None, :]
         b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
         b_dw = tl.load(dw + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
-        b_dr = tl.dot(tl.trans(b_Ai), b_dw, input_precision=DOT)  # dRk again: cheaper than a round trip
+        b_dr = prec_dot(tl.trans(b_Ai), b_dw, DOT)  # dRk again: cheaper than a round trip
         b_dk = tl.load(p_dk, mask=m_k, other=0.) + b_dr * b_bg[:, None] \
-            + tl.dot(b_dAk, b_k, input_precision=DOT) + tl.dot(tl.trans(b_dAk), b_k, input_precision=DOT)
+            + prec_dot(b_dAk, b_k, DOT) + prec_dot(tl.trans(b_dAk), b_k, DOT)
         tl.store(p_dk, b_dk, mask=m_k)
     tl.store(db + p_t, b_db)
     tl.store(dg + p_t, b_dg)
@@ -312,7 +320,8 @@ def _full(K: int) -> int:
 
 
 def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
-    """Launch the forward kernels; shapes as :class:`ChunkGatedDeltaBackbone`. Returns ``u, P, o, S, Ai, W``."""
+    """Launch the forward kernels; shapes as :class:`ChunkGatedDeltaBackbone`, ``dot`` a mode of
+    :data:`dla.ops.utils.precision.PRECISIONS`. Returns ``u, P, o, S, Ai, W`` (float32)."""
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
     BK, BV = _tiles(K), _tiles(V)
@@ -324,8 +333,9 @@ def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
     S = q.new_empty(B, H, K, V)
     o = torch.empty_like(v)
     meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=num_warps)
-    gdn_fwd_prepare_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, u, NT, BK=BK, BV=BV, **meta)
-    gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K), BV=BVh, **meta)
+    exact = dict(meta, DOT=dot if dot in ("ieee", "tf32x3") else "tf32x3")  # u feeds the scan (module docstring)
+    gdn_fwd_prepare_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, u, NT, BK=BK, BV=BV, **exact)
+    gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K), BV=BVh, **exact)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, u, gl, P, o, NT, BK=BK, BV=BV, **meta)
     return u, P, o, S, Ai, W
 
@@ -360,8 +370,9 @@ class ChunkGatedDeltaBackbone(torch.autograd.Function):
     """Pseudo-values, chunk states, plain output and final state of Gated DeltaNet; Triton forward and backward.
 
     Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``beta [B, H, Tp]``, ``gl [B, H,
-    NT, BT]`` (chunk-local inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (``tl.dot`` input
-    precision). Outputs ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``.
+    NT, BT]`` (chunk-local inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot``
+    mode, forward and backward). Outputs (float32 in every mode) ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``,
+    ``o [B, H, Tp, V]``, ``S [B, H, K, V]``.
     Gradients for ``q, k, v, beta, gl, S0`` from any subset of the outputs; not twice differentiable.
     """
 
@@ -391,7 +402,10 @@ def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str
         q, k: ``[B, H, Tp, K]``; v: ``[B, H, Tp, V]``; g: ``[B, H, Tp]`` log-decays (``<= 0``); beta: ``[B, H,
             Tp]`` write strengths; all float32, ``Tp`` a multiple of ``BT``.
         S0: ``[B, H, K, V]`` initial state. BT: chunk size, a power of two ``>= 16``.
-        dot_precision: ``ieee`` or ``tf32x3``; ``None``: ``tf32x3`` on a GPU, ``ieee`` otherwise (the interpreter).
+        dot_precision: the operands of the ``tl.dot`` products: ``ieee``, ``tf32``, ``tf32x3``, ``bf16`` or ``fp16``
+            (:mod:`dla.ops.utils.precision`; float32 accumulation and outputs in each; ``u`` and ``P`` are
+            float32-accurate in every mode, see the module docstring); ``None``: ``tf32x3`` on a GPU, ``ieee``
+            otherwise (the interpreter).
     Returns:
         ``u [B, H, Tp, V]`` (pseudo-values), ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp,
         V]`` (unscaled ``q_t^T S_t``), the final state ``[B, H, K, V]`` and ``gl [B, H, NT, BT]`` (chunk-local
@@ -415,10 +429,7 @@ def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("S0", S0)):
         if x.dtype != torch.float32:
             raise ValueError(f"{name}: expected float32, got {x.dtype}")
-    if dot_precision is None:
-        dot_precision = "tf32x3" if q.is_cuda else "ieee"
-    if dot_precision not in ("ieee", "tf32x3"):
-        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
+    dot_precision = resolve_precision(dot_precision, q.dtype, q.is_cuda, "dot_precision")
     gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
     u, P, o, S = ChunkGatedDeltaBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(),
                                                gl.contiguous(), S0.contiguous(), dot_precision)

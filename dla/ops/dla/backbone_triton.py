@@ -18,6 +18,9 @@ The last line: every term holding ``gl_t`` as the later (earlier) end of a decay
 value, and ``P_{c+1}`` is linear in ``exp(gl_L)``; ``<G_c, P_{c+1}>`` is computed as
 ``exp(gl_L) <G_c, P_c> + sum_s k_s . dk_s(state part)``, from tiles already loaded.
 
+Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in
+:mod:`dla.ops.utils.precision`); accumulators, states, outputs and gradients are float32 in every mode.
+
 Kernels: the state recurrence (forward and reverse) runs one program per (K tile, V tile, batch x head), looping
 over chunks; the output, ``dq, dk, dgl`` and ``dv`` run one program per (tile, chunk, batch x head).
 """
@@ -30,6 +33,9 @@ import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+
+from dla.ops.utils.precision import resolve_precision
+from dla.ops.utils.triton_dot import prec_dot
 
 
 @triton.jit
@@ -53,7 +59,7 @@ def chunk_fwd_h_kernel(
         b_v = tl.load(v + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
         b_g = tl.load(gl + p_t)  # [BT]
         b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
-        b_h = b_h * tl.exp(b_gL) + tl.dot(b_k * tl.exp(b_gL - b_g)[None, :], b_v, input_precision=DOT)
+        b_h = b_h * tl.exp(b_gL) + prec_dot(b_k * tl.exp(b_gL - b_g)[None, :], b_v, DOT)
         i_t += 1
     tl.store(S + i_bh * K * V + o_kv, b_h, mask=m_kv)
 
@@ -77,13 +83,13 @@ def chunk_fwd_o_kernel(
         b_k = tl.load(k + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
         p_h = P + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
         b_h = tl.load(p_h, mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
-        b_o += tl.dot(b_q, b_h, input_precision=DOT)
-        b_A += tl.dot(b_q, b_k, input_precision=DOT)
+        b_o += prec_dot(b_q, b_h, DOT)
+        b_A += prec_dot(b_q, b_k, DOT)
     b_g = tl.load(gl + p_t)
     # mask before exp: gl_t - gl_s > 0 for s > t can overflow
     b_A = b_A * tl.exp(tl.where(o_t[:, None] >= o_t[None, :], b_g[:, None] - b_g[None, :], float("-inf")))
     b_v = tl.load(v + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
-    b_o = b_o * tl.exp(b_g)[:, None] + tl.dot(b_A, b_v, input_precision=DOT)
+    b_o = b_o * tl.exp(b_g)[:, None] + prec_dot(b_A, b_v, DOT)
     tl.store(o + p_t[:, None] * V + o_v[None, :], b_o, mask=m_v[None, :])
 
 
@@ -112,7 +118,7 @@ def chunk_bwd_dh_kernel(
         b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
         b_g = tl.load(gl + p_t)
         b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
-        b_dh = b_dh * tl.exp(b_gL) + tl.dot(b_q * tl.exp(b_g)[None, :], b_do, input_precision=DOT)
+        b_dh = b_dh * tl.exp(b_gL) + prec_dot(b_q * tl.exp(b_g)[None, :], b_do, DOT)
         if USE_DP:
             b_dh += tl.load(dP + (i_bh * NT + i_t) * K * V + o_kv, mask=m_kv, other=0.)
         i_t -= 1
@@ -142,19 +148,19 @@ def chunk_bwd_dqkg_kernel(
         b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
         b_h = tl.load(P + p_c + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0.)  # [BV, BK]
         b_G = tl.load(G + p_c + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0.)  # [BV, BK]
-        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT)
-        b_dq += tl.dot(b_do, b_h, input_precision=DOT)
-        b_dk += tl.dot(b_v, b_G, input_precision=DOT)
+        b_dA += prec_dot(b_do, tl.trans(b_v), DOT)
+        b_dq += prec_dot(b_do, b_h, DOT)
+        b_dk += prec_dot(b_v, b_G, DOT)
         b_hG += tl.sum(b_h * b_G, 0)
     b_q = tl.load(q + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
     b_k = tl.load(k + p_t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)  # [BT, BK]
     b_g = tl.load(gl + p_t)
     b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
     b_dA = b_dA * tl.exp(tl.where(o_t[:, None] >= o_t[None, :], b_g[:, None] - b_g[None, :], float("-inf")))
-    b_dq = b_dq * tl.exp(b_g)[:, None] + tl.dot(b_dA, b_k, input_precision=DOT)
+    b_dq = b_dq * tl.exp(b_g)[:, None] + prec_dot(b_dA, b_k, DOT)
     b_dk = b_dk * tl.exp(b_gL - b_g)[:, None]  # the state part
     b_last = tl.exp(b_gL) * tl.sum(b_hG, 0) + tl.sum(tl.sum(b_k * b_dk, 1), 0)  # <G_c, P_{c+1}> on this tile
-    b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision=DOT)
+    b_dk += prec_dot(tl.trans(b_dA), b_q, DOT)
     b_dg = tl.sum(b_q * b_dq - b_k * b_dk, 1) + tl.where(o_t == BT - 1, b_last, 0.)
     tl.store(dq + p_t[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
     tl.store(dk + p_t[:, None] * K + o_k[None, :], b_dk, mask=m_k[None, :])
@@ -180,13 +186,13 @@ def chunk_bwd_dv_kernel(
         b_q = tl.load(q + p_t[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0.)  # [BK, BT]
         p_G = G + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
         b_G = tl.load(p_G, mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
-        b_A += tl.dot(b_k, b_q, input_precision=DOT)
-        b_dv += tl.dot(b_k, b_G, input_precision=DOT)
+        b_A += prec_dot(b_k, b_q, DOT)
+        b_dv += prec_dot(b_k, b_G, DOT)
     b_g = tl.load(gl + p_t)
     b_gL = tl.load(gl + (i_bh * NT + i_t) * BT + BT - 1)
     b_A = b_A * tl.exp(tl.where(o_t[None, :] >= o_t[:, None], b_g[None, :] - b_g[:, None], float("-inf")))
     b_do = tl.load(do + p_t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)  # [BT, BV]
-    b_dv = b_dv * tl.exp(b_gL - b_g)[:, None] + tl.dot(b_A, b_do, input_precision=DOT)
+    b_dv = b_dv * tl.exp(b_gL - b_g)[:, None] + prec_dot(b_A, b_do, DOT)
     tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dv, mask=m_v[None, :])
 
 
@@ -196,7 +202,8 @@ def _tiles(D: int) -> int:
 
 
 def backbone_fwd(q, k, v, gl, S0, dot: str, num_warps: int = 4):
-    """Launch the forward kernels; shapes as :class:`ChunkBackbone`. Returns ``P, o, S`` (float32)."""
+    """Launch the forward kernels; shapes as :class:`ChunkBackbone`, ``dot`` a mode of
+    :data:`dla.ops.utils.precision.PRECISIONS`. Returns ``P, o, S`` (float32)."""
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
     BK, BV = _tiles(K), _tiles(V)
@@ -234,9 +241,9 @@ class ChunkBackbone(torch.autograd.Function):
     """Chunk states, plain output and final state of the scalar-decay backbone; Triton forward and backward.
 
     Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``gl [B, H, NT, BT]`` (chunk-local
-    inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (``tl.dot`` input precision). Outputs ``P [B, H,
-    NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``. Gradients for ``q, k, v, gl, S0``; not twice
-    differentiable.
+    inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot`` mode, forward and backward).
+    Outputs (float32 in every mode) ``P [B, H, NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``. Gradients for
+    ``q, k, v, gl, S0``; not twice differentiable.
     """
 
     @staticmethod
@@ -264,7 +271,9 @@ def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = 
         q, k: ``[B, H, Tp, K]``; v: ``[B, H, Tp, V]``; g: ``[B, H, Tp]`` log-decays (``<= 0``); all float32,
             ``Tp`` a multiple of ``BT``. beta: must be ``None`` (Gated DeltaNet is not implemented here).
         S0: ``[B, H, K, V]`` initial state. BT: chunk size, a power of two ``>= 16``.
-        dot_precision: ``ieee`` or ``tf32x3``; ``None``: ``tf32x3`` on a GPU, ``ieee`` otherwise (the interpreter).
+        dot_precision: the operands of every ``tl.dot``: ``ieee``, ``tf32``, ``tf32x3``, ``bf16`` or ``fp16``
+            (:mod:`dla.ops.utils.precision`; float32 accumulation and outputs in each); ``None``: ``tf32x3`` on a
+            GPU, ``ieee`` otherwise (the interpreter).
     Returns:
         ``u = v``, ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp, V]`` (unscaled
         ``q_t^T S_t``), the final state ``[B, H, K, V]`` and ``gl [B, H, NT, BT]`` (chunk-local cumsums of ``g``),
@@ -287,10 +296,7 @@ def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = 
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("S0", S0)):
         if x.dtype != torch.float32:
             raise ValueError(f"{name}: expected float32, got {x.dtype}")
-    if dot_precision is None:
-        dot_precision = "tf32x3" if q.is_cuda else "ieee"
-    if dot_precision not in ("ieee", "tf32x3"):
-        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
+    dot_precision = resolve_precision(dot_precision, q.dtype, q.is_cuda, "dot_precision")
     gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
     P, o, S = ChunkBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), gl.contiguous(),
                                   S0.contiguous(), dot_precision)

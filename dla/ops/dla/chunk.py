@@ -31,6 +31,7 @@ def chunk_dla(
     cu_seqlens: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
     backend: Optional[str] = None,
+    precision: Optional[str] = None,
 ):
     """Dynamic Linear Attention, chunked (``O(T C)``); semantics of :func:`dla.ops.naive_dla`.
 
@@ -43,6 +44,14 @@ def chunk_dla(
         chunk_size: tokens per chunk.
         backend: ``torch`` (any device), ``triton`` (the Triton kernels; on CPU only under ``TRITON_INTERPRET=1``),
             or ``None``: ``triton`` for CUDA tensors when Triton is installed, else ``torch``.
+        precision: operands of the Triton backbone and readout kernels' matrix products (float32 accumulation,
+            states, outputs and gradients in every mode; the segmentation scan keeps float32-accurate products, so
+            the decisions do not depend on it; the torch backend ignores it). ``ieee``: float32 on the CUDA cores;
+            ``tf32x3``: three TF32 tensor-core passes (float32-accurate); ``tf32``: one pass; ``bf16`` / ``fp16``:
+            operands rounded to 16 bits, one pass (about 6x fewer tensor-core cycles than ``tf32x3``). ``None``
+            (auto): ``bf16`` / ``fp16`` for bfloat16 / float16 ``q, k, v`` on CUDA, ``tf32x3`` for float32 on CUDA,
+            ``ieee`` under ``TRITON_INTERPRET=1`` (whose ``tl.dot`` on bfloat16 is wrong: ``bf16`` is refused there).
+            Anything else: ``ValueError``.
 
     Returns:
         ``(o [B, T, H, V], final_state or None)``, plus the :class:`Segmentation` if asked.
@@ -54,13 +63,14 @@ def chunk_dla(
     if torch.compiler.is_compiling() and initial_state is None and not output_final_state and \
             not return_segmentation:
         o = chunk_dla_op(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score,
-                         chunk_size, "auto" if backend is None else backend)
+                         chunk_size, "auto" if backend is None else backend,
+                         "auto" if precision is None else precision)
         return o, None
     if backend is None:
         backend = "triton" if q.is_cuda and _has_triton() else "torch"
     kwargs = dict(scale=scale, tau=tau, capacity=capacity, policy=policy, block_size=block_size, score=score,
                   output_final_state=output_final_state, return_segmentation=return_segmentation,
-                  chunk_size=chunk_size, backend=backend)
+                  chunk_size=chunk_size, backend=backend, precision=precision)
     if cu_seqlens is None:
         return chunk_dla_torch(q, k, v, g, lam, beta, initial_state=initial_state, **kwargs)
     bounds = _check_cu_seqlens(cu_seqlens, q)

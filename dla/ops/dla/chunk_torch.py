@@ -26,6 +26,7 @@ from torch.autograd.function import once_differentiable
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
 from dla.ops.dla.scan import ScanResult, dla_scan
 from dla.ops.utils.checks import check_dla_args
+from dla.ops.utils.precision import resolve_precision
 
 
 def chunk_dla_torch(
@@ -47,6 +48,7 @@ def chunk_dla_torch(
     return_segmentation: bool = False,
     chunk_size: int = 64,
     backend: str = "torch",
+    precision: Optional[str] = None,
     lengths: Optional[torch.Tensor] = None,
 ):
     """Chunked DLA in PyTorch; arguments and returns as :func:`dla.ops.naive_dla` (additive transition).
@@ -55,6 +57,11 @@ def chunk_dla_torch(
     for float64 inputs and float32 otherwise; the output has the dtype of ``v``.
     ``backend``: ``torch``, or ``triton`` for the Triton segmentation scan, boundary readout and backbone chunk
     pass of either backbone, forward and backward (float32; needs ``chunk_size >= 16`` and a power of two).
+    ``precision``: the operands of the ``tl.dot`` products of the Triton backbone and readout kernels (the scan
+    keeps float32-accurate products, so decisions do not depend on it; the torch backend ignores it): ``ieee``,
+    ``tf32``, ``tf32x3``, ``bf16`` or ``fp16`` (:mod:`dla.ops.utils.precision`; float32 accumulation, states and
+    gradients in every mode), or ``None`` (auto): ``bf16`` / ``fp16`` for bfloat16 / float16 ``q, k, v`` on a GPU,
+    ``tf32x3`` for float32 on a GPU, ``ieee`` under ``TRITON_INTERPRET=1``.
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """
@@ -67,6 +74,9 @@ def chunk_dla_torch(
         raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
     if backend == "triton" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: the triton backend needs a power of two >= 16, got {chunk_size}")
+    # from the dtype the caller passed: everything is cast to float32 below
+    dot = resolve_precision(precision, torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype),
+                            v.is_cuda)
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     dt = torch.promote_types(v.dtype, torch.float32)
     BT = chunk_size
@@ -82,14 +92,14 @@ def chunk_dla_torch(
 
     S0 = initial_state.slots.to(dt).sum(2) if initial_state is not None else \
         torch.zeros(B, H, K, V, dtype=dt, device=v.device)
-    backbone = _backbone
     if backend == "triton" and dt == torch.float32 and bh is None:
         from dla.ops.dla.backbone_triton import backbone_triton  # lazy: CPU installs may lack Triton
-        backbone = backbone_triton
+        u, P, o_base, S_last, gl = backbone_triton(qh, kh, vh, gh, bh, S0, BT, dot_precision=dot)
     elif backend == "triton" and dt == torch.float32:
         from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
-        backbone = backbone_gdn_triton
-    u, P, o_base, S_last, gl = backbone(qh, kh, vh, gh, bh, S0, BT)
+        u, P, o_base, S_last, gl = backbone_gdn_triton(qh, kh, vh, gh, bh, S0, BT, dot_precision=dot)
+    else:
+        u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, BT)
 
     scan_fn = dla_scan
     if backend == "triton" and dt == torch.float32:
@@ -107,7 +117,7 @@ def chunk_dla_torch(
     # block sums of log-decay: seg[i, c] = sum of chunk totals c..i-1 (0 for c >= i); i, c in 0..NT
     seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
 
-    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T, backend)
+    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T, backend, dot)
     o = (o * dims.scale)[:, :, :T].transpose(1, 2).to(v.dtype)
     final = None
     if output_final_state:
@@ -231,8 +241,9 @@ class _ChunkStates(torch.autograd.Function):
         return dA, dX, lam.view(B, H, K, V)
 
 
-def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch"):
-    """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones)."""
+def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch", dot=None):
+    """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones);
+    ``dot``: the ``tl.dot`` mode of the Triton readout (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
     B, H, Tp, _ = k.shape
     idx0 = lam_index[..., 0].clamp_min(0)
     lam0 = torch.gather(lam, -1, idx0[..., None])[..., 0]  # [B, H, T]
@@ -245,7 +256,7 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, b
     o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
     if x.shape[-1] > 0 and backend == "triton":
         from dla.ops.dla.readout_fwd import BoundaryTerms
-        o = o + F.pad(BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT), (0, 0, 0, Tp - T))
+        o = o + F.pad(BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT, dot), (0, 0, 0, Tp - T))
     elif x.shape[-1] > 0:
         o = o + F.pad(boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT), (0, 0, 0, Tp - T))
     if init is not None:

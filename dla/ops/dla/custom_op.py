@@ -24,27 +24,29 @@ _OPTIONAL = ("lam", "beta")
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score, chunk_size,
-             backend):
+             backend, precision):
     from dla.ops.dla.chunk import chunk_dla
 
     return chunk_dla(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
                      block_size=block_size, score=score, cu_seqlens=cu_seqlens, chunk_size=chunk_size,
-                     backend=None if backend == "auto" else backend)[0]
+                     backend=None if backend == "auto" else backend,
+                     precision=None if precision == "auto" else precision)[0]
 
 
 @torch.library.custom_op("dla::chunk_dla", mutates_args=())
 def chunk_dla_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, lam: Optional[Tensor], beta: Optional[Tensor],
                  cu_seqlens: Optional[Tensor], scale: Optional[float], tau: float, capacity: int, policy: str,
-                 block_size: int, score: str, chunk_size: int, backend: str) -> Tensor:
-    """``chunk_dla(...)[0]``; arguments as :func:`dla.ops.chunk_dla` (``backend="auto"`` for ``None``)."""
+                 block_size: int, score: str, chunk_size: int, backend: str, precision: str) -> Tensor:
+    """``chunk_dla(...)[0]``; arguments as :func:`dla.ops.chunk_dla` (``"auto"`` for a ``None`` backend or
+    precision)."""
     with torch.no_grad():
         return _forward(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score,
-                        chunk_size, backend).contiguous()
+                        chunk_size, backend, precision).contiguous()
 
 
 @chunk_dla_op.register_fake
 def _chunk_dla_fake(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score,
-                    chunk_size, backend):
+                    chunk_size, backend, precision):
     return v.new_empty(v.shape)  # contiguous, as the op's output
 
 
@@ -52,7 +54,7 @@ def _chunk_dla_fake(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, pol
 def chunk_dla_backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor, lam: Optional[Tensor],
                           beta: Optional[Tensor], cu_seqlens: Optional[Tensor], scale: Optional[float], tau: float,
                           capacity: int, policy: str, block_size: int, score: str, chunk_size: int, backend: str,
-                          needs: List[bool]) -> List[Tensor]:
+                          precision: str, needs: List[bool]) -> List[Tensor]:
     """Gradients ``[dq, dk, dv, dg, dlam, dbeta]`` of ``(o * do).sum()``; an empty tensor where ``needs`` is off."""
     inputs = [q, k, v, g, lam, beta]
     leaves = [x.detach().requires_grad_(bool(n)) if x is not None else None for x, n in zip(inputs, needs)]
@@ -60,7 +62,8 @@ def chunk_dla_backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor
     grads = iter(())
     if want:
         with _autograd_on(), torch.enable_grad():
-            o = _forward(*leaves, cu_seqlens, scale, tau, capacity, policy, block_size, score, chunk_size, backend)
+            o = _forward(*leaves, cu_seqlens, scale, tau, capacity, policy, block_size, score, chunk_size, backend,
+                         precision)
             grads = iter(torch.autograd.grad(o, want, do))
     return [next(grads).contiguous() if x is not None and x.requires_grad else q.new_empty(0) for x in leaves]
 
@@ -77,7 +80,7 @@ def _autograd_on():
 
 @chunk_dla_backward_op.register_fake
 def _chunk_dla_backward_fake(do, q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size,
-                             score, chunk_size, backend, needs):
+                             score, chunk_size, backend, precision, needs):
     inputs = [q, k, v, g, lam, beta]
     return [x.new_empty(x.shape) if x is not None and n else q.new_empty(0) for x, n in zip(inputs, needs)]
 

@@ -26,17 +26,22 @@ The key-side kernels walk the query chunks that list ``c`` among their distinct 
 device by :func:`key_pairs`. ``dk`` and ``du`` are separate programs because each needs a full-width product of
 the other side (``dA`` sums over ``V``, ``qk`` over ``K``); holding both accumulators would need ``[BT, K]``,
 ``[BT, V]`` and ``[K, V]`` in registers at once.
+
+Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in
+:mod:`dla.ops.utils.precision`); accumulators and gradients are float32 in every mode.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from dla.ops.utils.precision import interpreting, resolve_precision
+from dla.ops.utils.triton_dot import prec_dot
 
 
 @triton.jit
@@ -115,7 +120,7 @@ def readout_bwd_dq_kernel(
             b_cA = b_cs * b_a
             b_x = tl.exp(_expo(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT))  # [BT, BT]
             b_k = tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-            b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
+            b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
             b_dqP = tl.zeros([BT, BK], dtype=tl.float32)  # do P_c^T
             b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T
             for v0 in range(0, V, BV):
@@ -127,11 +132,11 @@ def readout_bwd_dq_kernel(
                               other=0.)
                 b_P = tl.load(P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :],
                               mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
-                b_dqP += tl.dot(b_do, tl.trans(b_P), input_precision=DOT)
-                b_dA += tl.dot(b_do, tl.trans(b_u), input_precision=DOT)
+                b_dqP += prec_dot(b_do, tl.trans(b_P), DOT)
+                b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
             b_dcA = tl.sum(b_q * b_dqP, 1)  # [BT]
             b_dAx = b_dA * b_x
-            b_dq += b_cA[:, None] * b_dqP + tl.dot(b_dAx * b_W, b_k, input_precision=DOT)
+            b_dq += b_cA[:, None] * b_dqP + prec_dot(b_dAx * b_W, b_k, DOT)
             b_dW = b_dAx * b_qk  # gradient of W
             b_dE = b_dW * b_W  # gradient of e
             b_ga = b_dcA * b_cA
@@ -192,7 +197,7 @@ def readout_bwd_dk_kernel(
     while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
         i_t, o_t, m_t, b_q, b_cA, b_W, b_x = _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
                                                     K, R1, J, BT, BK, BR)
-        b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
+        b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
         b_dA = tl.zeros([BT, BT], dtype=tl.float32)
         for v0 in range(0, V, BV):
             o_v = v0 + tl.arange(0, BV)
@@ -200,9 +205,9 @@ def readout_bwd_dk_kernel(
             b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                            other=0.)
             b_u = tl.load(u + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
-            b_dA += tl.dot(b_do, tl.trans(b_u), input_precision=DOT)
+            b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
         b_dAM = b_dA * b_W * b_x
-        b_dk += tl.dot(tl.trans(b_dAM), b_q, input_precision=DOT)
+        b_dk += prec_dot(tl.trans(b_dAM), b_q, DOT)
         b_dE = b_dAM * b_qk
         # e = gl_c[BT-1] - gl_c[s] + ... for an older query chunk, gl_i[t] - gl_c[s] for the chunk itself
         b_dgc += tl.where((o_s == BT - 1) & (i_t != i_c), tl.sum(tl.sum(b_dE, 1), 0), 0.) - tl.sum(b_dE, 0)
@@ -231,11 +236,11 @@ def readout_bwd_du_kernel(
     while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
         i_t, o_t, m_t, b_q, b_cA, b_W, b_x = _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
                                                     K, R1, J, BT, BK, BR)
-        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT) * b_W * b_x  # [BT, BT]
+        b_A = prec_dot(b_q, tl.trans(b_k), DOT) * b_W * b_x  # [BT, BT]
         b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
-        b_du += tl.dot(tl.trans(b_A), b_do, input_precision=DOT)
-        b_dP += tl.dot(tl.trans(b_q * b_cA[:, None]), b_do, input_precision=DOT)
+        b_du += prec_dot(tl.trans(b_A), b_do, DOT)
+        b_dP += prec_dot(tl.trans(b_q * b_cA[:, None]), b_do, DOT)
         n += 1
     tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
     tl.store(dP + ((i_bh * NT + i_c) * K + o_k[:, None]) * V + o_v[None, :], b_dP, mask=m_k[:, None] & m_v[None, :])
@@ -265,7 +270,7 @@ def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Ten
 def use_triton_bwd(q: torch.Tensor) -> bool:
     """Whether :class:`dla.ops.dla.readout_fwd.BoundaryTerms` runs :func:`boundary_terms_bwd` (float32 on a GPU or
     under ``TRITON_INTERPRET=1``) rather than :func:`boundary_terms_bwd_torch`."""
-    return q.dtype == torch.float32 and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    return q.dtype == torch.float32 and (q.is_cuda or interpreting())
 
 
 def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
@@ -280,8 +285,8 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
             ``x`` and ``real`` are not read (``jidx`` is -1 where there is no real boundary); they keep the
             signature of :func:`boundary_terms_bwd_torch`.
         needs: six bools, which of ``q, k, u, gl, P, dlam`` need a gradient.
-        dot_precision: ``ieee`` or ``tf32x3`` (as :func:`dla.ops.dla.readout_fwd.boundary_terms_fwd`); ``None``:
-            ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
+        dot_precision: the ``tl.dot`` mode, as :func:`dla.ops.dla.readout_fwd.boundary_terms_fwd` (``ieee``,
+            ``tf32``, ``tf32x3``, ``bf16``, ``fp16``); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
         block_v, num_warps: value columns per tile and warps per program (tuning knobs, not tuned on a GPU yet;
             ``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
     Returns:
@@ -294,11 +299,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     B, H, Tp, K = k.shape
     V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
     dev = k.device
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if dot_precision is None:
-        dot_precision = "ieee" if interpret or not k.is_cuda else "tf32x3"
-    if dot_precision not in ("ieee", "tf32x3"):
-        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
+    dot_precision = resolve_precision(dot_precision, torch.float32, k.is_cuda, "dot_precision")
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
     i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
     gl_leaf = gl.detach().float().requires_grad_(bool(ngl))
@@ -312,7 +313,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         num_warps = 8 if BT * BK >= 4096 else 4
     meta = dict(K=K, R1=R1, J=J, BT=BT, BK=BK,
                 BV=max(16, min(block_v, triton.next_power_of_2(V))), BR=max(2, triton.next_power_of_2(R1)),
-                DOT="ieee" if interpret else dot_precision, num_warps=num_warps)
+                DOT=dot_precision, num_warps=num_warps)
     dq = dk = du = dP = ddl = dgl = None
     if nq or ngl or ndl:
         dq = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)

@@ -6,18 +6,22 @@ see :func:`dla.ops.dla.chunk_torch.boundary_candidates`) it adds
     coefA[t] * q_t^T P_c  +  sum_s W[t, s] D(s, t) (q_t . k_s) u_s
 
 where ``coefA[t] = sum_{x in c} dlam_t(x) D(c*BT - 1, t)`` and ``W[t, s] = sum_{x in c, x > s} dlam_t(x)``.
-The math and index conventions are in ``docs/math.md`` section 7.
+The math and index conventions are in ``docs/math.md`` section 7. Every product is
+:func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in :mod:`dla.ops.utils.precision`);
+the accumulator and the output are float32 in every mode.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+
+from dla.ops.utils.precision import resolve_precision
+from dla.ops.utils.triton_dot import prec_dot
 
 
 @triton.jit
@@ -67,7 +71,7 @@ def readout_fwd_kernel(
             # part A: q_t^T P_c
             p_P = P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :]
             b_P = tl.load(p_P, mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
-            b_qP = tl.dot(b_q, b_P, input_precision=DOT)
+            b_qP = prec_dot(b_q, b_P, DOT)
             b_o += b_cA[:, None] * b_qP
             # part B: masked intra-chunk products against chunk c's keys and values
             o_c = c * BT + o_s
@@ -80,9 +84,9 @@ def readout_fwd_kernel(
             else:
                 b_gend = tl.load(gl + i_bh * Tp + c * BT + BT - 1)
                 b_e = (b_gend - b_gc)[None, :] + tl.load(p_seg + c + 1) + b_gi[:, None]
-            b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT)
+            b_qk = prec_dot(b_q, tl.trans(b_k), DOT)
             b_A = b_qk * b_W * tl.exp(b_e)
-            b_o += tl.dot(b_A, b_u, input_precision=DOT)
+            b_o += prec_dot(b_A, b_u, DOT)
     tl.store(o + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], b_o, mask=m_t[:, None] & m_v[None, :])
 
 
@@ -94,20 +98,17 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
         q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``;
         seg: ``[B, H, NT + 1, NT + 1]``; cand: ``[B, H, NT, J]``; jidx, off: ``[B, H, T, R1]`` int;
         dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32).
-        dot_precision: ``ieee`` (float32 products on the CUDA cores) or ``tf32x3`` (three TF32 tensor-core
-            products, float32-accurate to about 1e-7 relative); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the
-            interpreter.
+        dot_precision: the operands of every ``tl.dot``: ``ieee`` (float32 on the CUDA cores), ``tf32``,
+            ``tf32x3`` (three TF32 tensor-core passes, float32-accurate to about 1e-7 relative), ``bf16`` or
+            ``fp16`` (16-bit operands, float32 accumulation; :mod:`dla.ops.utils.precision`); ``None``: ``tf32x3``
+            on a GPU, ``ieee`` under the interpreter.
         block_v, num_warps: value columns per program and warps per program (tuning knobs).
     Returns:
         ``[B, H, T, V]`` float32 boundary terms (unscaled).
     """
     B, H, Tp, K = k.shape
     V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if dot_precision is None:
-        dot_precision = "ieee" if interpret or not k.is_cuda else "tf32x3"
-    if dot_precision not in ("ieee", "tf32x3"):
-        raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
+    dot_precision = resolve_precision(dot_precision, torch.float32, k.is_cuda, "dot_precision")
     f32 = lambda x: x.float().contiguous()  # noqa: E731
     o = torch.empty(B, H, Tp, V, dtype=torch.float32, device=k.device)
     BK = max(16, triton.next_power_of_2(K))
@@ -117,7 +118,7 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
         f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(),
         jidx.to(torch.int32).contiguous(), off.to(torch.int32).contiguous(), f32(dlam), o,
         T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
-        DOT="ieee" if interpret else dot_precision, num_warps=num_warps,
+        DOT=dot_precision, num_warps=num_warps,
     )
     return o[:, :, :T]
 
@@ -128,19 +129,21 @@ class BoundaryTerms(torch.autograd.Function):
     over the query chunks reading it; deterministic). Other dtypes use the PyTorch form's backward
     (:func:`dla.ops.dla.chunk_torch.boundary_terms_backward`).
 
-    Inputs as :func:`dla.ops.dla.chunk_torch.boundary_terms` without ``seg`` (computed here from ``gl``).
+    Inputs as :func:`dla.ops.dla.chunk_torch.boundary_terms` without ``seg`` (computed here from ``gl``), then
+    ``dot``: the ``tl.dot`` mode of the forward and the Triton backward (``dot_precision`` of
+    :func:`boundary_terms_fwd`; ``None``: its default).
     """
 
     @staticmethod
-    def forward(ctx, q, k, u, gl, P, dlam, x, real, BT):
+    def forward(ctx, q, k, u, gl, P, dlam, x, real, BT, dot=None):
         from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates
 
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
         cand, jidx, off = boundary_candidates(x, real, BT)
         ctx.save_for_backward(q, k, u, gl, P, dlam, x, real, cand, jidx, off)
-        ctx.BT = BT
+        ctx.BT, ctx.dot = BT, dot
         B, H = q.shape[:2]
-        out = boundary_terms_fwd(q, k, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off, dlam, BT)
+        out = boundary_terms_fwd(q, k, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off, dlam, BT, dot_precision=dot)
         return out.to(q.dtype)
 
     @staticmethod
@@ -151,6 +154,9 @@ class BoundaryTerms(torch.autograd.Function):
         from dla.ops.dla.readout_bwd import boundary_terms_bwd, boundary_terms_bwd_torch, use_triton_bwd
 
         q = ctx.saved_tensors[0]
-        fn = boundary_terms_bwd if use_triton_bwd(q) else boundary_terms_bwd_torch
-        grads = fn(grad, *ctx.saved_tensors, ctx.BT, ctx.needs_input_grad[:6])
-        return (*grads, None, None, None)
+        needs = ctx.needs_input_grad[:6]
+        if use_triton_bwd(q):
+            grads = boundary_terms_bwd(grad, *ctx.saved_tensors, ctx.BT, needs, dot_precision=ctx.dot)
+        else:
+            grads = boundary_terms_bwd_torch(grad, *ctx.saved_tensors, ctx.BT, needs)
+        return (*grads, None, None, None, None)

@@ -14,7 +14,7 @@ KW = dict(capacity=4, tau=0.3, chunk_size=16, block_size=8)
 
 def _args(x, cu_seqlens=None):
     return (x["q"], x["k"], x["v"], x["g"], x["lam"], x["beta"], cu_seqlens, None, KW["tau"], KW["capacity"],
-            "dla", KW["block_size"], "drift", KW["chunk_size"], "auto")
+            "dla", KW["block_size"], "drift", KW["chunk_size"], "auto", "auto")
 
 
 @pytest.mark.parametrize("gdn", [False, True])

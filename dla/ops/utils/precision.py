@@ -1,0 +1,53 @@
+"""Which operands the Triton kernels' matrix products take (``tl.dot``); host side, no Triton import.
+
+Modes (the ``DOT`` constexpr of the kernels, :func:`dla.ops.utils.triton_dot.prec_dot`):
+
+- ``ieee``: float32 products on the CUDA cores (exact float32).
+- ``tf32``: one TF32 tensor-core pass (10-bit mantissa operands, about 1e-3 relative).
+- ``tf32x3``: three TF32 passes, float32-accurate to about 1e-7 relative.
+- ``bf16`` / ``fp16``: operands rounded to bfloat16 / float16, one tensor-core pass (about 4e-3 / 5e-4 relative
+  per product); the field's choice for 16-bit inputs.
+
+Every mode accumulates in float32 and the kernels store states, outputs and gradients in float32. Under
+``TRITON_INTERPRET=1`` the interpreter ignores ``input_precision`` (the TF32 modes compute as ``ieee``) and
+multiplies bfloat16 operands wrongly (it holds them as ``uint16``), so ``bf16`` is refused there; ``fp16`` runs
+the same kernel code path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16", "fp16")
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_precision(precision: Optional[str], dtype: torch.dtype, is_cuda: bool, name: str = "precision") -> str:
+    """The kernels' ``tl.dot`` mode for inputs of ``dtype`` (before any cast to float32).
+
+    Args:
+        precision: one of :data:`PRECISIONS`, or ``None`` / ``"auto"``: ``bf16`` for bfloat16 and ``fp16`` for
+            float16 inputs on a GPU, ``tf32x3`` for other inputs on a GPU, ``ieee`` under the interpreter or
+            off CUDA.
+        dtype: the inputs' dtype as the caller received them; is_cuda: whether they live on a GPU.
+        name: the argument named in errors.
+    Raises:
+        ValueError: ``precision`` is not a mode, or is ``bf16`` under the interpreter.
+    """
+    if precision is None or precision == "auto":
+        if interpreting() or not is_cuda:
+            return "ieee"
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32x3")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name}: expected None, 'auto' or one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and interpreting():
+        raise ValueError(f"{name}: 'bf16' is wrong under TRITON_INTERPRET=1 (the interpreter multiplies bfloat16 "
+                         f"bit patterns as integers); use 'fp16', the same kernel path")
+    return precision
