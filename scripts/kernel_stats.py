@@ -66,15 +66,18 @@ def record(args) -> list:
         lam = torch.rand(B, T, H, C) + 0.5
         beta = torch.rand(B, T, H) if gdn else None
         xs = [t.requires_grad_() for t in (q, k, v, g, lam) + ((beta,) if gdn else ())]
+        # fp16 marks the kernels that take a 16-bit mode (the interpreter refuses bf16); the others record ieee
         o, _ = chunk_dla(*xs[:5], xs[5] if gdn else None, capacity=C, tau=0.0, backend="triton",
-                         chunk_size=args.chunk_size)
+                         chunk_size=args.chunk_size, precision="fp16" if args.dot in ("bf16", "fp16") else "ieee")
         o.sum().backward()
     return launches
 
 
 def compile_stats(launches: list, arch: int, dot: str = "tf32x3") -> list:
     """Compile each launch for sm_<arch> and read ptxas' resource usage. ``dot``: the ``DOT`` constexpr (product
-    precision) the GPU path passes; the interpreter always records ``ieee``."""
+    precision) the GPU path passes. For a 16-bit ``dot`` the launches come from a ``precision="fp16"`` run: kernels
+    recorded with ``fp16`` get ``dot``, the others (the scan, Gated DeltaNet's forward UT transform and state
+    recurrence) ``tf32x3``, as on the GPU."""
     import importlib
 
     import triton
@@ -91,7 +94,7 @@ def compile_stats(launches: list, arch: int, dot: str = "tf32x3") -> list:
             if p.is_constexpr:
                 val = a.get("const", a.get("int", a.get("float"))) if isinstance(a, dict) else a
                 if p.name == "DOT":
-                    val = dot
+                    val = dot if dot not in ("bf16", "fp16") or val == "fp16" else "tf32x3"
                 sig[p.name] = "constexpr"
                 consts[(fn.arg_names.index(p.name),)] = val
             elif isinstance(a, str):
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--C", type=int, default=30)
     ap.add_argument("--T", type=int, default=130, help="tokens of the recorded run (any; shapes set the kernels)")
     ap.add_argument("--chunk-size", type=int, default=64)
-    ap.add_argument("--dot", default="tf32x3", choices=["tf32x3", "ieee", "tf32"], help="products as on the GPU")
+    ap.add_argument("--dot", default="tf32x3", choices=["tf32x3", "ieee", "tf32", "bf16", "fp16"], help="products as on the GPU")
     ap.add_argument("--record-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the table as JSON here")
     args = ap.parse_args(argv)
