@@ -60,8 +60,8 @@ def chunk_dla_torch(
     ``precision``: the operands of the ``tl.dot`` products of the Triton backbone and readout kernels (the scan
     keeps float32-accurate products, so decisions do not depend on it; the torch backend ignores it): ``ieee``,
     ``tf32``, ``tf32x3``, ``bf16`` or ``fp16`` (:mod:`dla.ops.utils.precision`; float32 accumulation, states and
-    gradients in every mode), or ``None`` (auto): ``bf16`` / ``fp16`` for bfloat16 / float16 ``q, k, v`` on a GPU,
-    ``tf32x3`` for float32 on a GPU, ``ieee`` under ``TRITON_INTERPRET=1``.
+    gradients in every mode), or ``None`` (auto): ``tf32x3`` on a GPU, ``ieee`` under ``TRITON_INTERPRET=1``
+    (``bf16`` / ``fp16`` are opt-in until a GPU run has checked them).
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """

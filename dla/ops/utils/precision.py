@@ -33,9 +33,9 @@ def resolve_precision(precision: Optional[str], dtype: torch.dtype, is_cuda: boo
     """The kernels' ``tl.dot`` mode for inputs of ``dtype`` (before any cast to float32).
 
     Args:
-        precision: one of :data:`PRECISIONS`, or ``None`` / ``"auto"``: ``bf16`` for bfloat16 and ``fp16`` for
-            float16 inputs on a GPU, ``tf32x3`` for other inputs on a GPU, ``ieee`` under the interpreter or
-            off CUDA.
+        precision: one of :data:`PRECISIONS`, or ``None`` / ``"auto"``: ``tf32x3`` on a GPU, ``ieee`` under the
+            interpreter or off CUDA. (``bf16`` / ``fp16`` operands for 16-bit inputs, the field's choice, become
+            the GPU default once a GPU run has checked them against the references; until then they are opt-in.)
         dtype: the inputs' dtype as the caller received them; is_cuda: whether they live on a GPU.
         name: the argument named in errors.
     Raises:
@@ -44,7 +44,7 @@ def resolve_precision(precision: Optional[str], dtype: torch.dtype, is_cuda: boo
     if precision is None or precision == "auto":
         if interpreting() or not is_cuda:
             return "ieee"
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32x3")
+        return "tf32x3"
     if precision not in PRECISIONS:
         raise ValueError(f"{name}: expected None, 'auto' or one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16" and interpreting():
