@@ -66,7 +66,8 @@ def _bench_ops(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     run_ops_bench(args.lengths, tokens_per_call=args.tokens, shapes=args.shapes, capacities=args.capacities,
-                  taus=args.taus, budget_s=args.budget, max_call_s=args.max_call_s, out=out, only=args.ops)
+                  taus=args.taus, budget_s=args.budget, max_call_s=args.max_call_s, out=out, only=args.ops,
+                  precision=None if args.precision == "auto" else args.precision)
     write_report(out, out.with_suffix(".md"), out.with_suffix(".png"))
     print(out.with_suffix(".md").read_text())
     return 0
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", nargs="+", default=None, metavar="PATTERN",
                    help="time only the ops whose name matches one of these shell patterns (e.g. 'dla_mamba2_C30*' "
                         "'fla_*' sdpa_flash); default: all")
+    p.add_argument("--precision", default="auto", choices=["auto", "ieee", "tf32", "tf32x3", "bf16", "fp16"],
+                   help="chunk_dla's precision= for the DLA rows (products of the backbone and readout kernels)")
     p.add_argument("--out", default="docs/bench/ops.json")
     p.set_defaults(fn=_bench_ops)
     p = bench.add_parser("report", help="markdown table and PNG from a benchmark JSON")

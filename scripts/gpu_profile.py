@@ -48,6 +48,8 @@ def main(argv=None):
     ap.add_argument("--warps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--precisions", nargs="+", default=["ieee", "tf32x3"])
     ap.add_argument("--scan-only", action="store_true", help="time the scans only")
+    ap.add_argument("--op-precisions", nargs="+", default=["auto"],
+                    help="chunk_dla precision= values timed at tau=0.6 (auto, tf32x3, bf16, ...)")
     ap.add_argument("--readout-tiles", type=lambda a: tuple(int(v) for v in a.split(",")), nargs="+",
                     default=[(64, 4), (64, 8), (128, 8)], help="block_v,num_warps pairs of the readout kernel")
     args = ap.parse_args(argv)
@@ -138,11 +140,12 @@ def main(argv=None):
                                "triton")
                 out.sum().backward()
             add(T=T, B=B, backbone=bb, stage="readout fwd+bwd (triton fwd, torch bwd)", ms=_time(ro_step, args.budget))
-            for tau in (0.6, 0.0):
-                kw = dict(policy="dla", capacity=C, tau=tau, scale=1.0)
+            for tau, prec in [(0.6, p) for p in args.op_precisions] + [(0.0, args.op_precisions[0])]:
+                kw = dict(policy="dla", capacity=C, tau=tau, scale=1.0, precision=None if prec == "auto" else prec)
+                tag = f"tau={tau:g}" + ("" if prec == "auto" else f" {prec}")
                 with torch.no_grad():
                     ms = _time(lambda: chunk_dla(**x, **kw)[0], args.budget)
-                add(T=T, B=B, backbone=bb, stage=f"chunk_dla tau={tau:g} fwd", ms=ms)
+                add(T=T, B=B, backbone=bb, stage=f"chunk_dla {tag} fwd", ms=ms)
                 xs = {n: (t.detach().requires_grad_(True) if t is not None and t.is_floating_point() else t)
                       for n, t in x.items()}
                 torch.cuda.reset_peak_memory_stats()
@@ -152,7 +155,7 @@ def main(argv=None):
                     o = chunk_dla(**xs, **kw)[0]
                     o.backward(torch.ones_like(o))
                 ms = _time(step, args.budget)
-                add(T=T, B=B, backbone=bb, stage=f"chunk_dla tau={tau:g} fwd+bwd", ms=ms,
+                add(T=T, B=B, backbone=bb, stage=f"chunk_dla {tag} fwd+bwd", ms=ms,
                     peak_mib=(torch.cuda.max_memory_allocated() - base) / 2 ** 20)
             del x, qh, kh, vh, gh, bh, u, P, o_base, scan, rl, xs
             torch.cuda.empty_cache()

@@ -27,7 +27,8 @@ for part in $parts; do
     tests)
       timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short \
         tests/ops/dla/test_backbone_triton.py tests/ops/dla/test_backbone_gdn_triton.py \
-        tests/ops/dla/test_readout_bwd.py tests/ops/dla/test_triton_readout.py tests/ops/dla/test_step_triton.py \
+        tests/ops/dla/test_readout_bwd.py tests/ops/dla/test_triton_readout.py tests/ops/dla/test_precision.py \
+        tests/ops/dla/test_step_triton.py \
         "tests/ops/dla/test_scan_triton.py::test_matches_reference_float32" tests/ops/dla/test_cuda.py \
         > "$out/tests.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -15 ;;
@@ -35,8 +36,8 @@ for part in $parts; do
       timeout "${T_SCAN:-90}" python3 scripts/gpu_scan_phases.py "$out/scan_phases.json" --lengths 4096 \
         --warps 1 2 4 --precisions tf32x3 2>&1 | grep -v Warning | tail -5 ;;
     profile)
-      timeout "${T_PROFILE:-200}" python3 scripts/gpu_profile.py "$out/profile.json" --lengths 4096 --warps 1 4 \
-        --precisions tf32x3 --budget 0.3 2>&1 | grep "^|" ;;
+      timeout "${T_PROFILE:-200}" python3 scripts/gpu_profile.py "$out/profile.json" --lengths 4096 --warps 4 \
+        --precisions tf32x3 --op-precisions auto bf16 --budget 0.3 2>&1 | grep "^|" ;;
     ops)
       timeout "${T_OPS:-300}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 4096 16384 --shapes h16 \
         --capacities 30 --taus 0.6 0 --budget 0.5 --max-call-s 5 \

@@ -109,11 +109,11 @@ def _dla_stats(seg, T: int, chunk: int = 64) -> Dict[str, float]:
 def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List[str] = ("h16", "ll_mamba2"),
                   capacities: List[int] = (8, 16, 30), taus: List[float] = (0.6, 0.0), budget_s: float = 3.0,
                   max_call_s: float = 20.0, out: Optional[Path] = None, progress: bool = True,
-                  only: Optional[List[str]] = None) -> dict:
+                  only: Optional[List[str]] = None, precision: Optional[str] = None) -> dict:
     """Time every op at every length; skip an op at longer lengths once one call takes ``max_call_s``.
 
     ``only``: shell patterns (:mod:`fnmatch`) of op names to time (``None``: all); a pattern matching no op is an
-    error naming it.
+    error naming it. ``precision``: ``chunk_dla``'s ``precision=`` for our rows (``None``: its auto rule).
     """
     ops = select_ops(op_table(shapes, capacities, taus), only)
     if not torch.cuda.is_available():
@@ -125,6 +125,7 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
     rows: List[Row] = []
     too_slow = set()
     meta = _meta(tokens_per_call)
+    meta["dla_precision"] = precision or "auto"
     cases = [(s, T, name) for s in shapes for T in lengths for name in ops]
     for shape, T, name in tqdm(cases, disable=not progress, desc="bench ops"):
         if (shape, name) in too_slow:
@@ -138,7 +139,8 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
             else:
                 policy, gdn, C, tau = spec
                 R = num_levels(T) if policy == "fenwick" else C
-                kw = dict(policy=policy, capacity=R, tau=tau if tau is not None else 0.6, scale=1.0)
+                kw = dict(policy=policy, capacity=R, tau=tau if tau is not None else 0.6, scale=1.0,
+                          precision=precision)
                 _measure(row, lambda: _inputs(shape, B, T, R, gdn), lambda **x: chunk_dla(**x, **kw)[0], budget_s)
                 if policy == "dla":
                     with torch.no_grad():

@@ -15,7 +15,8 @@ def ops_markdown(result: dict) -> str:
     """One table per shape: rows = ops, columns = lengths, cells = fwd+bwd ms (fwd ms)."""
     meta, rows = result["meta"], result["rows"]
     lines = [f"GPU: {meta['gpu']} · torch {meta['torch']} · Triton {meta['triton']} · fla {meta.get('fla')} · "
-             f"{meta['dtype']} · {meta['tokens_per_call']:,} tokens per call · {meta['date']}", ""]
+             f"{meta['dtype']} · DLA products {meta.get('dla_precision', 'auto')} · "
+             f"{meta['tokens_per_call']:,} tokens per call · {meta['date']}", ""]
     for shape in sorted({r["shape"] for r in rows}):
         sub = [r for r in rows if r["shape"] == shape]
         lengths = sorted({r["T"] for r in sub})
