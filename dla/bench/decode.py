@@ -238,31 +238,14 @@ def decode_markdown(result: dict) -> str:
 
 def decode_plot(result: dict, path: Path, batch: Optional[int] = None) -> Path:
     """ms per token against context, log-log, one line per op (the largest batch by default)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dla.bench.report import loglog_plot
 
     rows = [r for r in result["rows"] if r["eager_ms"] is not None]
     B = batch if batch is not None else max(r["batch"] for r in rows)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for op in dict.fromkeys(r["op"] for r in rows):
-        pts = sorted((r["context"], r["graph_ms"] if r["graph_ms"] is not None else r["eager_ms"])
-                     for r in rows if r["op"] == op and r["batch"] == B)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=op)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("context (tokens in the cache)")
-    ax.set_ylabel("ms per decoded token")
-    ax.set_title(f"{result['meta']['device']}, batch {B}")
-    ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    series = {op: [(r["context"], r["graph_ms"] if r["graph_ms"] is not None else r["eager_ms"])
+                   for r in rows if r["op"] == op and r["batch"] == B] for op in dict.fromkeys(r["op"] for r in rows)}
+    return loglog_plot(series, path, "context (tokens in the cache)", "ms per decoded token",
+                       f"{result['meta']['device']}, batch {B}")
 
 
 def _mib(x: float) -> str:

@@ -392,6 +392,8 @@ def generate_plot(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from dla.bench.report import save_figure, style_loglog
+
     rows = result["rows"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = ((axes[0], "decode_tokens_per_s", "-", "{} (eager)"), (axes[0], "graph_decode_tokens_per_s", "--",
@@ -404,21 +406,13 @@ def generate_plot(result: dict, path: Path) -> Path:
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", color=colour, label=label.format(name))
     for ax, ylabel in zip(axes, ("decode tokens/s", "prefill tokens/s", "cache MiB")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("prompt tokens")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
+        style_loglog(ax, "prompt tokens", ylabel)
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7)
     meta = result["meta"]
     fig.suptitle(f"{meta['device']}, {meta['size']} models, backbone {meta['backbone']}, batch {meta['batch']}, "
                  f"{meta['new_tokens']} new tokens", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _count(n: int) -> str:

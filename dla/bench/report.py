@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 def _fmt(x: Optional[float], digits: int = 1) -> str:
@@ -49,32 +49,51 @@ def ops_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def ops_plot(result: dict, path: Path, shape: str = "h16", ops: Optional[List[str]] = None) -> Path:
-    """fwd+bwd ms against T, log-log, one line per op."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["rows"] if r["shape"] == shape and r["fwdbwd_ms"] is not None]
-    names = ops or list(dict.fromkeys(r["op"] for r in rows))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for op in names:
-        pts = sorted((r["T"], r["fwdbwd_ms"]) for r in rows if r["op"] == op)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=op)
+def style_loglog(ax, xlabel: str, ylabel: str) -> None:
+    """Log-log axes (powers of two along x) with labels and a light grid: every benchmark plot's frame."""
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("sequence length T (tokens per call fixed)")
-    ax.set_ylabel("forward + backward, ms")
-    ax.set_title(f"{result['meta']['gpu']}, {shape}")
-    ax.legend(fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders created) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def loglog_plot(series: Dict[str, List[Tuple[float, float]]], path: Path, xlabel: str, ylabel: str,
+                title: str) -> Path:
+    """One log-log line per named series of ``(x, y)`` points (empty series are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in series.items():
+        if pts:
+            ax.plot(*zip(*sorted(pts)), marker="o", label=name)
+    style_loglog(ax, xlabel, ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def ops_plot(result: dict, path: Path, shape: str = "h16", ops: Optional[List[str]] = None) -> Path:
+    """fwd+bwd ms against T, log-log, one line per op."""
+    rows = [r for r in result["rows"] if r["shape"] == shape and r["fwdbwd_ms"] is not None]
+    names = ops or list(dict.fromkeys(r["op"] for r in rows))
+    series = {op: [(r["T"], r["fwdbwd_ms"]) for r in rows if r["op"] == op] for op in names}
+    return loglog_plot(series, path, "sequence length T (tokens per call fixed)", "forward + backward, ms",
+                       f"{result['meta']['gpu']}, {shape}")
 
 
 def write_report(json_path: Path, md_path: Path, png_path: Path) -> None:

@@ -10,7 +10,6 @@ import torch
 from dla.ops import chunk_dla
 from dla.ops.dla.chunk_torch import _backbone
 from tests.conftest import make_inputs, rel_err
-from tests.ops.dla.test_backbone_triton import nan_empty  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs a GPU or TRITON_INTERPRET=1")

@@ -16,15 +16,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("u", "P", "o", "S", "gl")
 
 
-@pytest.fixture
-def nan_empty(monkeypatch):
-    """Poison ``torch.empty`` / ``new_empty`` / ``empty_like`` with NaN so that unwritten kernel outputs show."""
-    empty, new_empty, empty_like = torch.empty, torch.Tensor.new_empty, torch.empty_like
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: new_empty(self, *a, **kw).fill_(float("nan")))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: empty_like(*a, **kw).fill_(float("nan")))
-
-
 def _inputs(B, H, NT, BT, K, V, decay, seed):
     gen = torch.Generator().manual_seed(seed)
     Tp = NT * BT

@@ -19,15 +19,8 @@ NAMES = ("q", "k", "u", "gl", "P", "dlam")
 
 
 @pytest.fixture(autouse=True)
-def nan_empty(monkeypatch):
-    """Floating ``torch.empty`` comes back NaN, so that an output a kernel leaves unwritten shows."""
-    empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        out = empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+def _poisoned(nan_empty):
+    """Every test here runs with NaN-filled empties (``nan_empty`` in tests/conftest.py)."""
 
 
 def readout_inputs(monkeypatch, x, **kw):
