@@ -296,7 +296,7 @@ def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = 
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("S0", S0)):
         if x.dtype != torch.float32:
             raise ValueError(f"{name}: expected float32, got {x.dtype}")
-    dot_precision = resolve_precision(dot_precision, q.dtype, q.is_cuda, "dot_precision")
+    dot_precision = resolve_precision(dot_precision, q.is_cuda, "dot_precision")
     gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
     P, o, S = ChunkBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), gl.contiguous(),
                                   S0.contiguous(), dot_precision)

@@ -74,9 +74,7 @@ def chunk_dla_torch(
         raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
     if backend == "triton" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: the triton backend needs a power of two >= 16, got {chunk_size}")
-    # from the dtype the caller passed: everything is cast to float32 below
-    dot = resolve_precision(precision, torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype),
-                            v.is_cuda)
+    dot = resolve_precision(precision, v.is_cuda)
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     dt = torch.promote_types(v.dtype, torch.float32)
     BT = chunk_size

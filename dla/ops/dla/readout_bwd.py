@@ -299,7 +299,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     B, H, Tp, K = k.shape
     V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
     dev = k.device
-    dot_precision = resolve_precision(dot_precision, torch.float32, k.is_cuda, "dot_precision")
+    dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
     i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
     gl_leaf = gl.detach().float().requires_grad_(bool(ngl))

@@ -108,7 +108,7 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     """
     B, H, Tp, K = k.shape
     V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
-    dot_precision = resolve_precision(dot_precision, torch.float32, k.is_cuda, "dot_precision")
+    dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda x: x.float().contiguous()  # noqa: E731
     o = torch.empty(B, H, Tp, V, dtype=torch.float32, device=k.device)
     BK = max(16, triton.next_power_of_2(K))

@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import torch
-
 PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16", "fp16")
 
 
@@ -29,14 +27,14 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_precision(precision: Optional[str], dtype: torch.dtype, is_cuda: bool, name: str = "precision") -> str:
-    """The kernels' ``tl.dot`` mode for inputs of ``dtype`` (before any cast to float32).
+def resolve_precision(precision: Optional[str], is_cuda: bool, name: str = "precision") -> str:
+    """The kernels' ``tl.dot`` mode.
 
     Args:
         precision: one of :data:`PRECISIONS`, or ``None`` / ``"auto"``: ``tf32x3`` on a GPU, ``ieee`` under the
             interpreter or off CUDA. (``bf16`` / ``fp16`` operands for 16-bit inputs, the field's choice, become
             the GPU default once a GPU run has checked them against the references; until then they are opt-in.)
-        dtype: the inputs' dtype as the caller received them; is_cuda: whether they live on a GPU.
+        is_cuda: whether the inputs live on a GPU.
         name: the argument named in errors.
     Raises:
         ValueError: ``precision`` is not a mode, or is ``bf16`` under the interpreter.

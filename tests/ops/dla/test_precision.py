@@ -165,17 +165,16 @@ def test_bf16_operands_on_gpu():
 
 def test_resolve_precision(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert resolve_precision(None, torch.bfloat16, True) == "tf32x3"  # 16-bit operands are opt-in for now
-    assert resolve_precision("auto", torch.float16, True) == "tf32x3"
-    assert resolve_precision("fp16", torch.float16, True) == "fp16"
-    assert resolve_precision(None, torch.float32, True) == "tf32x3"
-    assert resolve_precision(None, torch.bfloat16, False) == "ieee"
-    assert resolve_precision("bf16", torch.float32, True) == "bf16"
+    assert resolve_precision(None, True) == "tf32x3"  # 16-bit operands are opt-in for now
+    assert resolve_precision("auto", True) == "tf32x3"
+    assert resolve_precision("fp16", True) == "fp16"
+    assert resolve_precision(None, False) == "ieee"
+    assert resolve_precision("bf16", True) == "bf16"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert resolve_precision(None, torch.bfloat16, True) == "ieee"  # never bf16 under the interpreter
-    assert resolve_precision("fp16", torch.float32, False) == "fp16"
+    assert resolve_precision(None, True) == "ieee"  # never bf16 under the interpreter
+    assert resolve_precision("fp16", False) == "fp16"
     with pytest.raises(ValueError, match="precision: 'bf16' is wrong under TRITON_INTERPRET"):
-        resolve_precision("bf16", torch.float32, False)
+        resolve_precision("bf16", False)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
