@@ -40,42 +40,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from dla.ops.dla.readout_fwd import _coef, _ranks, _run
 from dla.ops.utils.precision import interpreting, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot
-
-
-@triton.jit
-def _run(b_jt, j, BR: tl.constexpr):
-    """First and last rank whose boundary lies in candidate ``j`` for some token (empty: ``BR, -1``)."""
-    o_r = tl.arange(0, BR)
-    hit = b_jt == j
-    return tl.min(tl.where(hit, o_r[None, :], BR)), tl.max(tl.where(hit, o_r[None, :], -1))
-
-
-@triton.jit
-def _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr):
-    """``cs [BT]``: sum of ``dlam`` of the boundaries in candidate ``j``; ``W [BT, BT]``: those at offsets ``> s``."""
-    o_s = tl.arange(0, BT)
-    r_lo, r_hi = _run(b_jt, j, BR)
-    b_cs = tl.zeros([BT], dtype=tl.float32)
-    b_W = tl.zeros([BT, BT], dtype=tl.float32)
-    for r in range(R1):
-        if (r >= r_lo) & (r <= r_hi):  # a candidate's boundaries are a run of ranks
-            p_r = (i_bh * T + o_t) * R1 + r
-            b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-            b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
-            b_p = tl.load(off + p_r, mask=m_t, other=0)
-            b_cs += b_d
-            b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)
-    return b_cs, b_W
-
-
-@triton.jit
-def _ranks(jidx, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr):
-    """``[BT, BR]`` candidate index of every rank's boundary (-1: none)."""
-    o_r = tl.arange(0, BR)
-    p_tr = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
-    return tl.load(jidx + p_tr, mask=m_t[:, None] & (o_r[None, :] < R1), other=-1)
 
 
 @triton.jit

@@ -25,6 +25,40 @@ from dla.ops.utils.triton_dot import prec_dot
 
 
 @triton.jit
+def _run(b_jt, j, BR: tl.constexpr):
+    """First and last rank whose boundary lies in candidate ``j`` for some token (empty: ``BR, -1``)."""
+    o_r = tl.arange(0, BR)
+    hit = b_jt == j
+    return tl.min(tl.where(hit, o_r[None, :], BR)), tl.max(tl.where(hit, o_r[None, :], -1))
+
+
+@triton.jit
+def _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr):
+    """``cs [BT]``: sum of ``dlam`` of the boundaries in candidate ``j``; ``W [BT, BT]``: those at offsets ``> s``."""
+    o_s = tl.arange(0, BT)
+    r_lo, r_hi = _run(b_jt, j, BR)
+    b_cs = tl.zeros([BT], dtype=tl.float32)
+    b_W = tl.zeros([BT, BT], dtype=tl.float32)
+    for r in range(R1):
+        if (r >= r_lo) & (r <= r_hi):  # a candidate's boundaries are a run of ranks
+            p_r = (i_bh * T + o_t) * R1 + r
+            b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+            b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
+            b_p = tl.load(off + p_r, mask=m_t, other=0)
+            b_cs += b_d
+            b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)
+    return b_cs, b_W
+
+
+@triton.jit
+def _ranks(jidx, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr):
+    """``[BT, BR]`` candidate index of every rank's boundary (-1: none)."""
+    o_r = tl.arange(0, BR)
+    p_tr = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
+    return tl.load(jidx + p_tr, mask=m_t[:, None] & (o_r[None, :] < R1), other=-1)
+
+
+@triton.jit
 def readout_fwd_kernel(
     q, k, u, gl, P, seg, cand, jidx, off, dl, o,
     T, Tp, NT,
@@ -44,9 +78,7 @@ def readout_fwd_kernel(
     p_seg = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
     p_cand = cand + (i_bh * NT + i_t) * J
     # every token's candidate index per rank, once: a candidate's boundaries are a run of ranks (chronological)
-    o_r = tl.arange(0, BR)
-    p_tr = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
-    b_jt = tl.load(jidx + p_tr, mask=m_t[:, None] & (o_r[None, :] < R1), other=-1)  # [BT, BR]
+    b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)  # [BT, BR]
     for j in range(J):
         c = tl.load(p_cand + j)
         fresh = j == 0
@@ -54,19 +86,7 @@ def readout_fwd_kernel(
             fresh = c != tl.load(p_cand + j - 1)  # candidates are sorted; a repeat holds no boundary
         if fresh:
             # coefficients of this key chunk, from the ranks whose boundary lies in it (for some token)
-            hit = b_jt == j
-            r_lo = tl.min(tl.where(hit, o_r[None, :], BR))
-            r_hi = tl.max(tl.where(hit, o_r[None, :], -1))
-            b_cA = tl.zeros([BT], dtype=tl.float32)
-            b_W = tl.zeros([BT, BT], dtype=tl.float32)
-            for r in range(R1):
-                if (r >= r_lo) & (r <= r_hi):  # uniform branch: other ranks cost a compare
-                    p_r = (i_bh * T + o_t) * R1 + r
-                    b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-                    b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
-                    b_p = tl.load(off + p_r, mask=m_t, other=0)
-                    b_cA += b_d
-                    b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)  # [BT, BT]
+            b_cA, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
             b_cA = b_cA * tl.exp(tl.load(p_seg + c) + b_gi)
             # part A: q_t^T P_c
             p_P = P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :]
