@@ -115,7 +115,7 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
     ``only``: shell patterns (:mod:`fnmatch`) of op names to time (``None``: all); a pattern matching no op is an
     error naming it. ``precision``: ``chunk_dla``'s ``precision=`` for our rows (``None``: its auto rule).
     """
-    ops = select_ops(op_table(shapes, capacities, taus), only)
+    ops = select_ops(op_table(capacities, taus), only)
     if not torch.cuda.is_available():
         raise RuntimeError("dla bench ops: needs a CUDA GPU")
     from tqdm import tqdm
@@ -161,18 +161,18 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
     return result
 
 
-def op_table(shapes: List[str], capacities: List[int], taus: List[float]) -> Dict[str, object]:
-    """Every op of the bench by name: ours (``(policy, gdn, C, tau)``) first, so that a run cut short by a time
-    limit has them, then the peers (callables; fla's first call at each shape autotunes for about 40 s)."""
+def op_table(capacities: List[int], taus: List[float]) -> Dict[str, object]:
+    """Every op of the bench by name (the same for every shape): ours (``(policy, gdn, C, tau)``) first, so that a
+    run cut short by a time limit has them, then the peers (callables; fla's first call at each shape autotunes
+    for about 40 s)."""
     ops: Dict[str, object] = {}
-    for shape in shapes:
-        for gdn in (False, True):
-            backbone = "gdn" if gdn else "mamba2"
-            for C in capacities:
-                for tau in taus:
-                    ops[f"dla_{backbone}_C{C}_tau{tau:g}"] = ("dla", gdn, C, tau)
-            ops[f"fenwick_{backbone} (ours)"] = ("fenwick", gdn, None, None)
-            ops[f"single_{backbone} (ours)"] = ("single", gdn, 1, None)
+    for gdn in (False, True):
+        backbone = "gdn" if gdn else "mamba2"
+        for C in capacities:
+            for tau in taus:
+                ops[f"dla_{backbone}_C{C}_tau{tau:g}"] = ("dla", gdn, C, tau)
+        ops[f"fenwick_{backbone} (ours)"] = ("fenwick", gdn, None, None)
+        ops[f"single_{backbone} (ours)"] = ("single", gdn, 1, None)
     ops.update(_peer_ops())
     return ops
 

@@ -8,7 +8,7 @@ from dla.cli import main
 
 
 def test_op_table_names_every_configuration():
-    ops = op_table(["h16"], [8, 30], [0.6, 0.0])
+    ops = op_table([8, 30], [0.6, 0.0])
     for backbone in ("mamba2", "gdn"):
         for C in (8, 30):
             assert ops[f"dla_{backbone}_C{C}_tau0.6"] == ("dla", backbone == "gdn", C, 0.6)
@@ -18,7 +18,7 @@ def test_op_table_names_every_configuration():
 
 
 def test_select_ops_by_pattern():
-    ops = op_table(["h16"], [8, 30], [0.6, 0.0])
+    ops = op_table([8, 30], [0.6, 0.0])
     got = select_ops(ops, ["dla_mamba2_C30*", "sdpa_flash"])
     assert sorted(got) == ["dla_mamba2_C30_tau0", "dla_mamba2_C30_tau0.6", "sdpa_flash"]
     assert select_ops(ops, None) is ops
@@ -26,7 +26,7 @@ def test_select_ops_by_pattern():
 
 def test_unmatched_pattern_is_named():
     with pytest.raises(ValueError, match="dla_rwkv"):
-        select_ops(op_table(["h16"], [30], [0.6]), ["dla_rwkv*"])
+        select_ops(op_table([30], [0.6]), ["dla_rwkv*"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
