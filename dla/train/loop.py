@@ -379,8 +379,11 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
                 raise FloatingPointError(f"loss: {loss} at step {step}; lower train.lr or check the data")
             final_loss = loss
             tps = interval_tokens / max(interval_time, 1e-9)
-            run_log.log({"kind": "train", "step": step, "tokens": tokens, "loss": loss, "lr": lr,
-                         "grad_norm": float(grad_norm), "tokens_per_s": tps, "time_s": train_time})
+            record = {"kind": "train", "step": step, "tokens": tokens, "loss": loss, "lr": lr,
+                      "grad_norm": float(grad_norm), "tokens_per_s": tps, "time_s": train_time}
+            if env.device.type == "cuda":  # this rank's peak, allocated by PyTorch since the run started
+                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
+            run_log.log(record)
             run_log.advance(0, loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
             interval_nll = torch.zeros((), dtype=torch.float64, device=env.device)
             interval_count = torch.zeros((), dtype=torch.float64, device=env.device)
