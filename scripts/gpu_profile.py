@@ -21,6 +21,7 @@ from dla.ops import chunk_dla
 from dla.ops.dla.chunk_torch import _backbone, _block_segsum, _readout, boundary_candidates
 from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
 from dla.ops.dla.backbone_triton import backbone_triton
+from dla.ops.dla.readout_bwd import boundary_terms_bwd
 from dla.ops.dla.readout_fwd import boundary_terms_fwd
 from dla.ops.dla.scan_triton import dla_scan_triton
 
@@ -52,6 +53,9 @@ def main(argv=None):
                     help="chunk_dla precision= values timed at tau=0.6 (auto, tf32x3, bf16, ...)")
     ap.add_argument("--readout-tiles", type=lambda a: tuple(int(v) for v in a.split(",")), nargs="+",
                     default=[(64, 4), (64, 8), (128, 8)], help="block_v,num_warps pairs of the readout kernel")
+    ap.add_argument("--bwd-tiles", type=lambda a: tuple(int(v) for v in a.split(",")), nargs="*",
+                    default=[(32, 8)], help="block_v,num_warps pairs of the readout backward kernels, timed one "
+                    "kernel at a time for each of --op-precisions (first backbone only)")
     args = ap.parse_args(argv)
     rows = []
     C = args.capacity
@@ -133,6 +137,19 @@ def main(argv=None):
                 ms = _time(lambda: boundary_terms_fwd(qh, kh, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off,
                                                       dl_b, 64, block_v=bv, num_warps=w), args.budget)
                 add(T=T, B=B, backbone=bb, stage=f"readout fwd kernel block_v={bv} warps={w}", ms=ms)
+            # the backward kernels one at a time (needs masks select them), by precision and tile
+            gen = torch.Generator(device="cuda").manual_seed(1)
+            dout = torch.randn(B, H, T, V, device="cuda", generator=gen)
+            kernels = {"dq": (1, 0, 0, 0, 0, 1), "dk": (0, 1, 0, 0, 0, 0), "du+dP": (0, 0, 1, 0, 1, 0)}
+            for prec in (args.op_precisions if not gdn else []):
+                p = None if prec == "auto" else prec
+                for bv, w in args.bwd_tiles:
+                    for kname, needs in kernels.items():
+                        ms = _time(lambda: boundary_terms_bwd(dout, qh, kh, u, gl, P, dl_b, x_b, real, cand, jidx,
+                                                              off, 64, needs, dot_precision=p, block_v=bv,
+                                                              block_v_du=bv, num_warps=w), args.budget)
+                        add(T=T, B=B, backbone=bb, stage=f"readout bwd kernel {kname} {prec} block_v={bv} warps={w}",
+                            ms=ms)
             rl = [t.detach().requires_grad_(True) for t in (qh, kh, u, P, o_base, lamh)]
 
             def ro_step():

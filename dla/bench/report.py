@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def _fmt(x: Optional[float], digits: int = 1) -> str:
@@ -70,30 +70,39 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def loglog_plot(series: Dict[str, List[Tuple[float, float]]], path: Path, xlabel: str, ylabel: str,
-                title: str) -> Path:
-    """One log-log line per named series of ``(x, y)`` points (empty series are left out)."""
+                title: str, dashed: Sequence[str] = ()) -> Path:
+    """One log-log line per named series of ``(x, y)`` points (empty series are left out); the series named in
+    ``dashed`` are drawn dashed (the peers, beside our solid lines). More than ten series take the 20-colour map,
+    and the legend goes outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, pts in series.items():
-        if pts:
-            ax.plot(*zip(*sorted(pts)), marker="o", label=name)
+    live = {name: pts for name, pts in series.items() if pts}
+    many = len(live) > 10
+    fig, ax = plt.subplots(figsize=(9.5, 4.8) if many else (7, 4.5))
+    colors = plt.get_cmap("tab20").colors if many else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, pts) in enumerate(live.items()):
+        ax.plot(*zip(*sorted(pts)), marker="o", label=name, color=colors[i % len(colors)],
+                linestyle="--" if name in dashed else "-")
     style_loglog(ax, xlabel, ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
 def ops_plot(result: dict, path: Path, shape: str = "h16", ops: Optional[List[str]] = None) -> Path:
-    """fwd+bwd ms against T, log-log, one line per op."""
+    """fwd+bwd ms against T, log-log, one line per op (the peers dashed)."""
     rows = [r for r in result["rows"] if r["shape"] == shape and r["fwdbwd_ms"] is not None]
     names = ops or list(dict.fromkeys(r["op"] for r in rows))
     series = {op: [(r["T"], r["fwdbwd_ms"]) for r in rows if r["op"] == op] for op in names}
+    peers = [op for op in names if op.startswith(("fla_", "sdpa"))]
     return loglog_plot(series, path, "sequence length T (tokens per call fixed)", "forward + backward, ms",
-                       f"{result['meta']['gpu']}, {shape}")
+                       f"{result['meta']['gpu']}, {shape}", dashed=peers)
 
 
 def write_report(json_path: Path, md_path: Path, png_path: Path) -> None:

@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
 from dla.ops.dla.scan import ScanResult, dla_scan
 from dla.ops.utils.checks import check_dla_args
-from dla.ops.utils.precision import resolve_precision
+from dla.ops.utils.precision import resolve_precision, warn_16bit_on_hopper
 
 
 def chunk_dla_torch(
@@ -61,7 +61,8 @@ def chunk_dla_torch(
     keeps float32-accurate products, so decisions do not depend on it; the torch backend ignores it): ``ieee``,
     ``tf32``, ``tf32x3``, ``bf16`` or ``fp16`` (:mod:`dla.ops.utils.precision`; float32 accumulation, states and
     gradients in every mode), or ``None`` (auto): ``tf32x3`` on a GPU, ``ieee`` under ``TRITON_INTERPRET=1``
-    (``bf16`` / ``fp16`` are opt-in until a GPU run has checked them).
+    (``bf16`` / ``fp16`` are opt-in: on Hopper with Triton 3.6 two backbone backward kernels are miscompiled
+    with them, :func:`dla.ops.utils.precision.warn_16bit_on_hopper`).
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """
@@ -75,6 +76,10 @@ def chunk_dla_torch(
     if backend == "triton" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: the triton backend needs a power of two >= 16, got {chunk_size}")
     dot = resolve_precision(precision, v.is_cuda)
+    if backend == "triton" and v.is_cuda and dot in ("bf16", "fp16"):
+        import triton
+
+        warn_16bit_on_hopper(dot, torch.cuda.get_device_capability(v.device), triton.__version__)
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     dt = torch.promote_types(v.dtype, torch.float32)
     BT = chunk_size

@@ -241,7 +241,7 @@ def use_triton_bwd(q: torch.Tensor) -> bool:
 
 
 def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
-                       dot_precision: Optional[str] = None, block_v: int = 32,
+                       dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 64,
                        num_warps: Optional[int] = None):
     """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the three Triton kernels of this module.
 
@@ -254,8 +254,10 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         needs: six bools, which of ``q, k, u, gl, P, dlam`` need a gradient.
         dot_precision: the ``tl.dot`` mode, as :func:`dla.ops.dla.readout_fwd.boundary_terms_fwd` (``ieee``,
             ``tf32``, ``tf32x3``, ``bf16``, ``fp16``); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
-        block_v, num_warps: value columns per tile and warps per program (tuning knobs, not tuned on a GPU yet;
-            ``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
+        block_v, num_warps: value columns per tile of the ``dq`` and ``dk`` kernels' loops over ``V`` and warps
+            per program (``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
+        block_v_du: value columns per program of the ``du`` kernel, which recomputes ``q k^T`` and the weights
+            once per tile (H200, bf16, T = 4096, K = V = 128: 54 ms at 32 columns, 35 ms at 64).
     Returns:
         ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed. ``gl``'s gradient includes the path
         through ``seg`` (autograd of :func:`dla.ops.dla.chunk_torch._block_segsum`).
@@ -299,8 +301,9 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     if nu or nP:
         du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev)
         dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
-        readout_bwd_du_kernel[(B * H * NT, triton.cdiv(V, meta["BV"]))](  # the long axis first: grid y <= 65535
-            q, k, glf, segf, jidx, off, dl, do, ptr, pairs, order, du, dP, T, Tp, NT, V=V, **meta)
+        BVu = max(16, min(block_v_du, triton.next_power_of_2(V)))
+        readout_bwd_du_kernel[(B * H * NT, triton.cdiv(V, BVu))](  # the long axis first: grid y <= 65535
+            q, k, glf, segf, jidx, off, dl, do, ptr, pairs, order, du, dP, T, Tp, NT, V=V, **{**meta, "BV": BVu})
     if ngl:
         dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
     return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,

@@ -17,7 +17,8 @@ the same kernel code path.
 from __future__ import annotations
 
 import os
-from typing import Optional
+import warnings
+from typing import Optional, Tuple
 
 PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16", "fp16")
 
@@ -25,6 +26,32 @@ PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16", "fp16")
 def interpreting() -> bool:
     """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# Triton releases before this one miscompile 16-bit operands in two of the backbone backward kernels on Hopper
+FIXED_TRITON = (3, 7)
+
+
+def _version(text: str) -> Tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def warn_16bit_on_hopper(precision: str, capability: Tuple[int, int], triton_version: str) -> bool:
+    """Warn (and return ``True``) when 16-bit operands run where they are known to give wrong gradients.
+
+    On an H200 (sm_90) with Triton 3.6, ``precision="bf16"`` gave a wrong ``dv`` in the Mamba-2 backbone's
+    backward (relative error 1.1, every policy) and an illegal memory access in the Gated DeltaNet backward
+    (``single`` policy), both at ``K = 32, V = 16`` (tests/ops/dla/test_cuda.py's shapes, 2026-12-03); the same
+    cases are right under the interpreter in fp16 and on the GPU in ``tf32x3``: a compiler fault of the kind that
+    gave fla wrong gated-backward gradients on Hopper. Forward values were right.
+    """
+    if precision not in ("bf16", "fp16") or capability[0] != 9 or _version(triton_version) >= FIXED_TRITON:
+        return False
+    warnings.warn(f"precision={precision!r}: Triton {triton_version} on Hopper (sm_90) miscompiles 16-bit operands "
+                  f"in the backbone backward kernels (wrong dv for Mamba-2, an illegal memory access for Gated "
+                  f"DeltaNet at V = 16); train with the default tf32x3", RuntimeWarning, stacklevel=3)
+    return True
 
 
 def resolve_precision(precision: Optional[str], is_cuda: bool, name: str = "precision") -> str:

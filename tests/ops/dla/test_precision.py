@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dla.ops import chunk_dla
 from dla.ops.dla.chunk_torch import _backbone, _block_segsum, boundary_terms
-from dla.ops.utils.precision import resolve_precision
+from dla.ops.utils.precision import resolve_precision, warn_16bit_on_hopper
 from tests.conftest import rel_err
 
 CUDA = torch.cuda.is_available()
@@ -161,6 +161,21 @@ def test_bf16_operands_on_gpu():
     assert torch.equal(o_auto, chunk_dla(**x, **KW, precision="tf32x3")[0])
     o_bf16 = chunk_dla(**x, **KW, precision="bf16")[0]
     assert 0 < rel_err(o_bf16.float(), o_auto.float()) < TOL["bf16"][0]
+
+
+def test_16bit_operands_warn_on_hopper_with_old_triton():
+    with pytest.warns(RuntimeWarning, match=r"precision=.bf16.: Triton 3.6.0 on Hopper .* \(wrong dv"):
+        assert warn_16bit_on_hopper("bf16", (9, 0), "3.6.0")
+    with pytest.warns(RuntimeWarning, match="precision='fp16'"):
+        assert warn_16bit_on_hopper("fp16", (9, 0), "3.6.1")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_16bit_on_hopper("bf16", (9, 0), "3.7.1")  # a fixed Triton
+        assert not warn_16bit_on_hopper("bf16", (8, 0), "3.6.0")  # Ampere
+        assert not warn_16bit_on_hopper("tf32x3", (9, 0), "3.6.0")
+        assert not warn_16bit_on_hopper("bf16", (9, 0), "3.10.0+git1234")
 
 
 def test_resolve_precision(monkeypatch):
