@@ -7,7 +7,8 @@
 #              backward kernels on Hopper before)
 #   scan       OUT/scan_phases.json: the scan's phases by warps per program (scripts/gpu_scan_phases.py)
 #   profile    OUT/profile.json: chunk_dla's stages at T=4096 (scripts/gpu_profile.py)
-#   ops        OUT/ops.{json,md,png}: dla bench ops, DLA at C=30 and the peers, T = 4K and 16K, shape h16
+#   ops        OUT/ops.{json,md,png}: dla bench ops, DLA at C=30 and the peers, T = 16K and 4K, shape h16
+#              (a fresh machine spends about 2 minutes autotuning each fla op)
 #   decode     OUT/decode.{json,md,png}: dla bench decode, contexts 1K, 16K, 128K, batch 1 and 64
 #   generate   OUT/generate.{json,md}: dla bench generate, 125M models, 1K, 16K, 64K prompts + 256 tokens
 # Time limits per part (seconds): T_TESTS, T_SCAN, T_PROFILE, T_OPS, T_DEC, T_GEN.
@@ -39,8 +40,8 @@ for part in $parts; do
       timeout "${T_PROFILE:-200}" python3 scripts/gpu_profile.py "$out/profile.json" --lengths 4096 --warps 4 \
         --precisions tf32x3 --op-precisions auto bf16 --budget 0.3 2>&1 | grep "^|" ;;
     ops)
-      timeout "${T_OPS:-300}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 4096 16384 --shapes h16 \
-        --capacities 30 --taus 0.6 0 --budget 0.5 --max-call-s 5 \
+      timeout "${T_OPS:-500}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 16384 4096 --shapes h16 \
+        --capacities 30 --taus 0.6 0 --budget 0.25 --max-call-s 5 \
         --ops 'dla_*' 'single_*' 'fenwick_*' 'fla_*' sdpa_flash 2>&1 | grep -v Warning | tail -25 ;;
     decode)
       timeout "${T_DEC:-150}" python3 -m dla.cli bench decode --out "$out/decode.json" --contexts 1024 16384 131072 \
