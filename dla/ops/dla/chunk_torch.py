@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
-from dla.ops.dla.scan import ScanResult, dla_scan
+from dla.ops.dla.scan import ScanResult, dla_scan, fixed_schedule
 from dla.ops.utils.checks import check_dla_args
 from dla.ops.utils.precision import resolve_precision, warn_16bit_on_hopper
 
@@ -104,18 +104,23 @@ def chunk_dla_torch(
     else:
         u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, BT)
 
-    scan_fn = dla_scan
-    if backend == "triton" and dt == torch.float32:
-        from dla.ops.dla.scan_triton import dla_scan_triton  # lazy: CPU installs may lack Triton
-        scan_fn = dla_scan_triton
-    with torch.no_grad():
-        N = B * H
-        scan = scan_fn(kh.detach().reshape(N, -1, K), u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
-                        chunk_size=BT, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
-                        score=score, R=R, initial_state=initial_state,
-                        lengths=None if lengths is None else lengths.to(v.device).repeat_interleave(H))
-    starts = scan.starts.view(B, H, T, R)
-    lam_index = scan.lam_index.view(B, H, T, R)
+    if policy in ("single", "fenwick") and initial_state is None and not output_final_state and \
+            not return_segmentation:
+        # boundaries that do not depend on the data, and nobody asked for scores or a state: no scan
+        starts, lam_index = (x.expand(B, H, T, R) for x in fixed_schedule(policy, T, R, v.device))
+    else:
+        scan_fn = dla_scan
+        if backend == "triton" and dt == torch.float32:
+            from dla.ops.dla.scan_triton import dla_scan_triton  # lazy: CPU installs may lack Triton
+            scan_fn = dla_scan_triton
+        with torch.no_grad():
+            N = B * H
+            scan = scan_fn(kh.detach().reshape(N, -1, K), u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
+                           chunk_size=BT, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
+                           score=score, R=R, initial_state=initial_state,
+                           lengths=None if lengths is None else lengths.to(v.device).repeat_interleave(H))
+        starts = scan.starts.view(B, H, T, R)
+        lam_index = scan.lam_index.view(B, H, T, R)
 
     # block sums of log-decay: seg[i, c] = sum of chunk totals c..i-1 (0 for c >= i); i, c in 0..NT
     seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
