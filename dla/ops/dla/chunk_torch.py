@@ -87,10 +87,13 @@ def chunk_dla_torch(
     pad = NT * BT - T
     rep = H // dims.G
     # [B, H, Tp, *]: padded tokens write nothing (k = 0) and do not decay (g = 0)
-    qh, kh = (F.pad(x.to(dt).repeat_interleave(rep, dim=2).transpose(1, 2), (0, 0, 0, pad)) for x in (q, k))
-    vh = F.pad(v.to(dt).transpose(1, 2), (0, 0, 0, pad))
-    gh = F.pad(g.to(dt).transpose(1, 2), (0, pad))
-    bh = F.pad(beta.to(dt).transpose(1, 2), (0, pad)) if beta is not None else None
+    # contiguous once (F.pad keeps the transposed layout when pad = 0): the kernels and the readout's saved tensors
+    # then share these storages instead of each making its own copy
+    qh, kh = (F.pad(x.to(dt).repeat_interleave(rep, dim=2).transpose(1, 2), (0, 0, 0, pad)).contiguous()
+              for x in (q, k))
+    vh = F.pad(v.to(dt).transpose(1, 2), (0, 0, 0, pad)).contiguous()
+    gh = F.pad(g.to(dt).transpose(1, 2), (0, pad)).contiguous()
+    bh = F.pad(beta.to(dt).transpose(1, 2), (0, pad)).contiguous() if beta is not None else None
     lamh = (lam.to(dt) if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)).transpose(1, 2)
 
     S0 = initial_state.slots.to(dt).sum(2) if initial_state is not None else \

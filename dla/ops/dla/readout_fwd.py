@@ -158,9 +158,15 @@ class BoundaryTerms(torch.autograd.Function):
     def forward(ctx, q, k, u, gl, P, dlam, x, real, BT, dot=None):
         from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates
 
+        from dla.ops.dla.readout_bwd import use_triton_bwd
+
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
         cand, jidx, off = boundary_candidates(x, real, BT)
-        ctx.save_for_backward(q, k, u, gl, P, dlam, x, real, cand, jidx, off)
+        if use_triton_bwd(q):  # the Triton backward reads int32 indices and neither x nor real
+            cand, jidx, off = (t.to(torch.int32).contiguous() for t in (cand, jidx, off))
+            ctx.save_for_backward(q, k, u, gl, P, dlam, None, None, cand, jidx, off)
+        else:
+            ctx.save_for_backward(q, k, u, gl, P, dlam, x, real, cand, jidx, off)
         ctx.BT, ctx.dot = BT, dot
         B, H = q.shape[:2]
         out = boundary_terms_fwd(q, k, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off, dlam, BT, dot_precision=dot)
