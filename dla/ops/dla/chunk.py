@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import torch
 
-from dla.ops.common.state import DLAState, Segmentation
+from dla.ops.common.state import UNUSED_START, DLAState, Segmentation
 from dla.ops.dla.chunk_torch import chunk_dla_torch
 from dla.ops.dla.custom_op import chunk_dla_op
 
@@ -75,12 +75,60 @@ def chunk_dla(
     if cu_seqlens is None:
         return chunk_dla_torch(q, k, v, g, lam, beta, initial_state=initial_state, **kwargs)
     bounds = _check_cu_seqlens(cu_seqlens, q)
-    # the sequences become the rows of one right-padded batch; the scan stops each row at its length
-    lens = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=q.device)
-    N, Tmax = len(lens), int(lens.max())
-    t = torch.arange(Tmax, device=q.device)
+    lens = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    # the sequences become the rows of right-padded batches, one per length bucket (a row costs its bucket's
+    # longest length, not the longest sequence's); with a state in or out, one batch keeps the rows in order
+    groups = _length_buckets(lens, chunk_size) if initial_state is None and not output_final_state else \
+        [list(range(len(lens)))]
+    outs, segs, places, final = [], [], [], None
+    for idx in groups:
+        res, valid, place = _padded_rows(q, k, v, g, lam, beta, bounds, idx, initial_state, kwargs)
+        outs.append(res[0][valid])  # [tokens of the bucket, H, V]
+        places.append(place)
+        final = res[1]
+        if return_segmentation:
+            segs.append([getattr(res[2], f)[valid] for f in Segmentation.__dataclass_fields__])
+    place = torch.cat(places)
+    inverse = None
+    if len(groups) > 1:  # back to the packed order
+        inverse = torch.empty_like(place)
+        inverse[place] = torch.arange(place.numel(), device=place.device)
+    unpack = lambda parts: (torch.cat(parts) if inverse is None else torch.cat(parts)[inverse])[None]  # noqa: E731
+    o = unpack(outs)
+    if not return_segmentation:
+        return o, final
+    fields = list(Segmentation.__dataclass_fields__)
+    fill = {"starts": UNUSED_START, "lam_index": -1}  # fenwick's record width grows with a bucket's length
+
+    def widest(parts, name):
+        if name not in fill:
+            return parts
+        R = max(x.shape[-1] for x in parts)
+        return [torch.nn.functional.pad(x, (0, R - x.shape[-1]), value=fill[name]) for x in parts]
+    return o, final, Segmentation(*(unpack(widest([seg[n] for seg in segs], f)) for n, f in enumerate(fields)))
+
+
+def _length_buckets(lens: List[int], chunk_size: int) -> List[List[int]]:
+    """Sequences grouped by their chunk count rounded up to a power of two (so padding at most doubles a row's
+    work), shortest bucket first, packed order inside a bucket."""
+    groups = {}
+    for n, length in enumerate(lens):
+        chunks = -(-length // chunk_size)
+        groups.setdefault(1 << (chunks - 1).bit_length(), []).append(n)
+    return [groups[key] for key in sorted(groups)]
+
+
+def _padded_rows(q, k, v, g, lam, beta, bounds: List[int], idx: List[int], initial_state, kwargs):
+    """:func:`chunk_dla_torch` on the packed sequences ``idx`` as the rows of one right-padded batch (the scan
+    stops each row at its length). Returns its result, the ``[N, Tmax]`` mask of real tokens and their packed
+    positions (row-major)."""
+    dev = q.device
+    lens = torch.tensor([bounds[n + 1] - bounds[n] for n in idx], device=dev)
+    first = torch.tensor([bounds[n] for n in idx], device=dev)
+    N, Tmax = len(idx), int(lens.max())
+    t = torch.arange(Tmax, device=dev)
     valid = t[None] < lens[:, None]  # [N, Tmax]
-    pos = torch.where(valid, cu_seqlens[:-1].to(q.device)[:, None] + t[None], 0)
+    pos = torch.where(valid, first[:, None] + t[None], 0)
 
     def rows(x):
         if x is None:
@@ -90,12 +138,7 @@ def chunk_dla(
 
     res = chunk_dla_torch(rows(q), rows(k), rows(v), rows(g), rows(lam), rows(beta), initial_state=initial_state,
                           lengths=lens, **kwargs)
-    o = res[0][valid][None]
-    final = res[1]
-    if not return_segmentation:
-        return o, final
-    seg = Segmentation(*(getattr(res[2], f)[valid][None] for f in Segmentation.__dataclass_fields__))
-    return o, final, seg
+    return res, valid, pos[valid]
 
 
 def _check_cu_seqlens(cu_seqlens: torch.Tensor, q: torch.Tensor) -> List[int]:
