@@ -40,7 +40,9 @@ def chunk_dla(
         output_final_state, return_segmentation: as :func:`dla.ops.naive_dla` (additive slot transition).
         cu_seqlens: ``[N + 1]`` int cumulative sequence offsets (FlashAttention convention) of ``N`` sequences
             packed along ``T`` of a batch of one; every sequence starts with an empty cache (or with row ``n``
-            of ``initial_state``, whose batch is then ``N``), and the final state has batch ``N``.
+            of ``initial_state``, whose batch is then ``N``), and the final state has batch ``N``. The sequences
+            run as the rows of right-padded batches grouped by length (a row is padded to at most twice its
+            chunks), or of one batch when a state goes in or out.
         chunk_size: tokens per chunk.
         backend: ``torch`` (any device), ``triton`` (the Triton kernels; on CPU only under ``TRITON_INTERPRET=1``),
             or ``None``: ``triton`` for CUDA tensors when Triton is installed, else ``torch``.
