@@ -157,12 +157,12 @@ class BoundaryTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, u, gl, P, dlam, x, real, BT, dot=None):
         from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates
-
         from dla.ops.dla.readout_bwd import use_triton_bwd
 
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
         cand, jidx, off = boundary_candidates(x, real, BT)
-        if use_triton_bwd(q):  # the Triton backward reads int32 indices and neither x nor real
+        ctx.triton_bwd = use_triton_bwd(q)  # decided once: what is saved depends on it
+        if ctx.triton_bwd:  # the Triton backward reads int32 indices and neither x nor real
             cand, jidx, off = (t.to(torch.int32).contiguous() for t in (cand, jidx, off))
             ctx.save_for_backward(q, k, u, gl, P, dlam, None, None, cand, jidx, off)
         else:
@@ -177,11 +177,10 @@ class BoundaryTerms(torch.autograd.Function):
     def backward(ctx, grad):
         """Triton kernels (:func:`dla.ops.dla.readout_bwd.boundary_terms_bwd`) for float32 on a GPU or under the
         interpreter; otherwise the PyTorch form (:func:`dla.ops.dla.readout_bwd.boundary_terms_bwd_torch`)."""
-        from dla.ops.dla.readout_bwd import boundary_terms_bwd, boundary_terms_bwd_torch, use_triton_bwd
+        from dla.ops.dla.readout_bwd import boundary_terms_bwd, boundary_terms_bwd_torch
 
-        q = ctx.saved_tensors[0]
         needs = ctx.needs_input_grad[:6]
-        if use_triton_bwd(q):
+        if ctx.triton_bwd:
             grads = boundary_terms_bwd(grad, *ctx.saved_tensors, ctx.BT, needs, dot_precision=ctx.dot)
         else:
             grads = boundary_terms_bwd_torch(grad, *ctx.saved_tensors, ctx.BT, needs)

@@ -196,8 +196,9 @@ def fixed_schedule(policy: str, T: int, R: int, device=None):
     ``single`` keeps one slot from token 0. ``fenwick`` opens a slot at every token after merging the two newest
     slots while their counts are equal (a binary counter): after token ``t`` the open slot starts at ``t`` and the
     closed ones hold the set bits of ``t``, lowest (newest) first, the slot of bit ``b`` starting at ``t`` with bits
-    ``0..b`` cleared and weighed by ``lam`` level ``b + 1``. Equal to :func:`dla_scan`'s ``starts`` and
-    ``lam_index`` (tests/ops/dla/test_scan.py) for every ``k, u, g, tau``, with no initial state.
+    ``0..b`` cleared, holding ``2^b`` tokens (its ``lam`` entry follows from the count, as in the scan). Equal to
+    :func:`dla_scan`'s ``starts`` and ``lam_index`` (tests/ops/dla/test_fixed_schedule.py) for every ``k, u, g,
+    tau``, with no initial state.
 
     Returns:
         ``starts, lam_index``: ``[T, R]`` int64, newest first, unused entries ``UNUSED_START`` / ``-1``.
@@ -206,17 +207,13 @@ def fixed_schedule(policy: str, T: int, R: int, device=None):
         raise ValueError(f"policy: fixed_schedule covers 'single' and 'fenwick', got {policy!r}")
     t = torch.arange(T, device=device)
     starts = torch.full((T, R), UNUSED_START, dtype=torch.int64, device=device)
-    lam_index = torch.full((T, R), -1, dtype=torch.int64, device=device)
-    if policy == "single":
-        starts[:, 0], lam_index[:, 0] = 0, 0
-        return starts, lam_index
-    starts[:, 0], lam_index[:, 0] = t, 0
-    bits = max(int(T - 1).bit_length(), 1)
-    b = torch.arange(bits, device=device)
-    has = (t[:, None] >> b) & 1 == 1  # [T, bits]
-    rank = has.long().cumsum(-1)  # 1 for the lowest set bit (the newest closed slot)
-    keep = has & (rank < R)
-    rows, cols = keep.nonzero(as_tuple=True)
-    starts[rows, rank[rows, cols]] = t[rows] & ~((1 << (cols + 1)) - 1)
-    lam_index[rows, rank[rows, cols]] = cols + 1
-    return starts, lam_index
+    counts = torch.zeros(T, R, dtype=torch.int64, device=device)
+    starts[:, 0], counts[:, 0] = (0, t + 1) if policy == "single" else (t, 1)  # the open slot
+    if policy == "fenwick":
+        b = torch.arange(max(int(T - 1).bit_length(), 1), device=device)
+        has = (t[:, None] >> b) & 1 == 1  # [T, bits]
+        rank = has.long().cumsum(-1)  # 1 for the lowest set bit (the newest closed slot)
+        rows, cols = (has & (rank < R)).nonzero(as_tuple=True)
+        starts[rows, rank[rows, cols]] = t[rows] & ~((1 << (cols + 1)) - 1)
+        counts[rows, rank[rows, cols]] = 1 << cols
+    return starts, torch.where(counts > 0, lam_indices(policy, counts, R), -1)
