@@ -4,7 +4,8 @@
 # Parts (default: all, in this order):
 #   tests      OUT/tests.log: every Triton kernel against its PyTorch reference, and chunk_dla on the GPU against
 #              the float64 CPU references (outputs and every gradient; Triton 3.6 has miscompiled gated
-#              backward kernels on Hopper before)
+#              backward kernels on Hopper before); then bf16 operands, one process per backbone
+#              (OUT/tests_bf16ops_{False,True}.log)
 #   scan       OUT/scan_phases.json: the scan's phases by warps per program (scripts/gpu_scan_phases.py)
 #   profile    OUT/profile.json: chunk_dla's stages at T=4096 (scripts/gpu_profile.py)
 #   ops        OUT/ops.{json,md,png}: dla bench ops, DLA at C=30 and the peers, T = 16K and 4K, shape h16
@@ -31,14 +32,19 @@ for part in $parts; do
         tests/ops/dla/test_readout_bwd.py tests/ops/dla/test_triton_readout.py tests/ops/dla/test_precision.py \
         tests/ops/dla/test_step_triton.py \
         "tests/ops/dla/test_scan_triton.py::test_matches_reference_float32" tests/ops/dla/test_cuda.py \
-        > "$out/tests.log" 2>&1
-      grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -15 ;;
+        -k "not bf16ops" > "$out/tests.log" 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -15
+      for gdn in False True; do  # 16-bit operands, one process per backbone (a fault would spoil the rest)
+        CUDA_LAUNCH_BLOCKING=1 timeout "${T_BF16:-120}" python3 -m pytest -q -p no:cacheprovider --tb=short \
+          tests/ops/dla/test_cuda.py -k "bf16ops and $gdn" > "$out/tests_bf16ops_$gdn.log" 2>&1
+        grep -E "^(FAILED|ERROR)|passed|failed|rror" "$out/tests_bf16ops_$gdn.log" | tail -8
+      done ;;
     scan)
       timeout "${T_SCAN:-90}" python3 scripts/gpu_scan_phases.py "$out/scan_phases.json" --lengths 4096 \
         --warps 1 2 4 --precisions tf32x3 2>&1 | grep -v Warning | tail -5 ;;
     profile)
       timeout "${T_PROFILE:-200}" python3 scripts/gpu_profile.py "$out/profile.json" --lengths 4096 --warps 4 \
-        --precisions tf32x3 --op-precisions auto bf16 --budget 0.3 2>&1 | grep "^|" ;;
+        --precisions tf32x3 --op-precisions tf32x3 bf16 --budget 0.3 2>&1 | grep "^|" ;;
     ops)
       timeout "${T_OPS:-500}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 16384 4096 --shapes h16 \
         --capacities 30 --taus 0.6 0 --budget 0.25 --max-call-s 5 \

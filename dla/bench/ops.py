@@ -125,7 +125,7 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
     rows: List[Row] = []
     too_slow = set()
     meta = _meta(tokens_per_call)
-    meta["dla_precision"] = precision if precision not in (None, "auto") else "auto (tf32x3)"
+    meta["dla_precision"] = precision if precision not in (None, "auto") else "auto (bf16: bfloat16 inputs)"
     cases = [(s, T, name) for s in shapes for T in lengths for name in ops]
     for shape, T, name in tqdm(cases, disable=not progress, desc="bench ops"):
         if (shape, name) in too_slow:

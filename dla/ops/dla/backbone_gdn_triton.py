@@ -38,7 +38,8 @@ Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` cons
 :mod:`dla.ops.utils.precision`); accumulators, states, outputs and gradients are float32 in every mode. The
 forward's UT transform and state recurrence, which make ``u`` and ``P``, run float32-accurate products whatever
 the mode asked (``tf32x3`` for ``tf32`` and the 16-bit modes): ``u`` feeds the segmentation scan, whose decisions
-must not depend on the mode. The output kernel and the whole backward take the mode asked.
+must not depend on the mode. The UT transform's backward does too (16-bit operands miscompile there on Hopper
+with Triton 3.6). The output kernel and the rest of the backward take the mode asked.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from dla.ops.dla.backbone_triton import _tiles, chunk_fwd_o_kernel
-from dla.ops.utils.precision import resolve_precision
-from dla.ops.utils.triton_dot import prec_dot
+from dla.ops.utils.precision import min_tile, resolve_precision
+from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
 
 
 @triton.jit
@@ -246,7 +247,7 @@ def gdn_bwd_dqkw_kernel(
     b_dq = b_dq * tl.exp(b_g)[:, None] + prec_dot(b_dA, b_k, DOT)
     b_dk = b_dk * tl.exp(b_gL - b_g)[:, None]  # the state part
     b_last = tl.exp(b_gL) * tl.sum(b_hG, 0) + tl.sum(tl.sum(b_k * b_dk, 1), 0)  # <G_c, P_{c+1}> on this tile
-    b_dk += prec_dot(tl.trans(b_dA), b_q, DOT)
+    b_dk += prec_dot_tc(tl.trans(b_dA), b_q, DOT)
     b_dg = tl.sum(b_q * b_dq - b_k * b_dk, 1) + tl.where(o_t == BT - 1, b_last, 0.)
     tl.store(dq + p_t[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
     tl.store(dk + p_t[:, None] * K + o_k[None, :], b_dk, mask=m_k[None, :])
@@ -280,7 +281,7 @@ def gdn_bwd_ut_kernel(
         b_dr = prec_dot(tl.trans(b_Ai), b_du, DOT)  # dRv
         tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dr * b_b[:, None], mask=m_v)
         b_db += tl.sum(b_dr * b_v, 1)
-        b_dA += prec_dot(b_dr, tl.trans(b_u0), DOT)
+        b_dA += prec_dot_tc(b_dr, tl.trans(b_u0), DOT)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = (o_k < K)[None, :]
@@ -308,15 +309,16 @@ def gdn_bwd_ut_kernel(
         b_dw = tl.load(dw + p_t[:, None] * K + o_k[None, :], mask=m_k, other=0.)  # [BT, BK]
         b_dr = prec_dot(tl.trans(b_Ai), b_dw, DOT)  # dRk again: cheaper than a round trip
         b_dk = tl.load(p_dk, mask=m_k, other=0.) + b_dr * b_bg[:, None] \
-            + prec_dot(b_dAk, b_k, DOT) + prec_dot(tl.trans(b_dAk), b_k, DOT)
+            + prec_dot(b_dAk, b_k, DOT) + prec_dot_tc(tl.trans(b_dAk), b_k, DOT)
         tl.store(p_dk, b_dk, mask=m_k)
     tl.store(db + p_t, b_db)
     tl.store(dg + p_t, b_dg)
 
 
-def _full(K: int) -> int:
-    """One tile over the whole key dimension (the state recurrences): a power of two ``>= max(K, 16)``."""
-    return max(16, triton.next_power_of_2(K))
+def _full(K: int, dot: str) -> int:
+    """One tile over the whole key dimension (the state recurrences): a power of two ``>= K``, at least
+    :func:`dla.ops.utils.precision.min_tile`."""
+    return max(min_tile(dot), triton.next_power_of_2(K))
 
 
 def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
@@ -324,7 +326,7 @@ def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
     :data:`dla.ops.utils.precision.PRECISIONS`. Returns ``u, P, o, S, Ai, W`` (float32)."""
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K), _tiles(V)
+    BK, BV = _tiles(K, dot), _tiles(V, dot)
     BVh = min(BV, 32)  # the recurrence holds [K, BVh] in registers; narrower tiles, more programs
     Ai = q.new_empty(B, H, NT, BT, BT)
     W = torch.empty_like(k)
@@ -335,7 +337,8 @@ def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
     meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=num_warps)
     exact = dict(meta, DOT=dot if dot in ("ieee", "tf32x3") else "tf32x3")  # u feeds the scan (module docstring)
     gdn_fwd_prepare_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, u, NT, BK=BK, BV=BV, **exact)
-    gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K), BV=BVh, **exact)
+    gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K, exact["DOT"]), BV=BVh,
+                                                   **exact)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, u, gl, P, o, NT, BK=BK, BV=BV, **meta)
     return u, P, o, S, Ai, W
 
@@ -345,7 +348,7 @@ def gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, du, dP, do, dS, dot: str, n
     ``None`` (zero). Returns ``dq, dk, dv, dbeta, dgl, dS0``."""
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K), _tiles(V)
+    BK, BV = _tiles(K, dot), _tiles(V, dot)
     BVh = min(BV, 32)
     NK = triton.cdiv(K, BK)
     dU = torch.empty_like(v)
@@ -358,11 +361,14 @@ def gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, du, dP, do, dS, dot: str, n
     gdn_bwd_du_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, gl, do, du if du is not None else q, dU, NT, BK=BK,
                                                         BV=BV, USE_DU=du is not None, **meta)
     gdn_bwd_dh_kernel[(triton.cdiv(V, BVh), B * H)](q, k, W, gl, do, dP if dP is not None else q,
-                                                    dS if dS is not None else q, dU, G, dS0, NT, BK=_full(K),
+                                                    dS if dS is not None else q, dU, G, dS0, NT, BK=_full(K, dot),
                                                     BV=BVh, USE_DP=dP is not None, USE_DS=dS is not None, **meta)
     gdn_bwd_dqkw_kernel[(NK, NT, B * H)](q, k, u, gl, P, do, dU, G, dq, dk, dW, dg, NT, B * H, BK=BK, BV=BV,
                                          **meta)
-    gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT, BK=BK, BV=BV, **meta)
+    # float32-accurate products in the UT backward whatever the mode: with bf16 operands Triton 3.6 on an H200
+    # gave a wrong dk and illegal memory accesses here (chunk 64, 4 warps), the fault fla met in its WY backward
+    exact = dict(meta, DOT=dot if dot in ("ieee", "tf32x3") else "tf32x3")
+    gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT, BK=BK, BV=BV, **exact)
     return dq, dk, dv, db, dg.sum(0), dS0
 
 

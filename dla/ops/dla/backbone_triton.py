@@ -34,8 +34,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from dla.ops.utils.precision import resolve_precision
-from dla.ops.utils.triton_dot import prec_dot
+from dla.ops.utils.precision import min_tile, resolve_precision
+from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
 
 
 @triton.jit
@@ -160,7 +160,7 @@ def chunk_bwd_dqkg_kernel(
     b_dq = b_dq * tl.exp(b_g)[:, None] + prec_dot(b_dA, b_k, DOT)
     b_dk = b_dk * tl.exp(b_gL - b_g)[:, None]  # the state part
     b_last = tl.exp(b_gL) * tl.sum(b_hG, 0) + tl.sum(tl.sum(b_k * b_dk, 1), 0)  # <G_c, P_{c+1}> on this tile
-    b_dk += prec_dot(tl.trans(b_dA), b_q, DOT)
+    b_dk += prec_dot_tc(tl.trans(b_dA), b_q, DOT)
     b_dg = tl.sum(b_q * b_dq - b_k * b_dk, 1) + tl.where(o_t == BT - 1, b_last, 0.)
     tl.store(dq + p_t[:, None] * K + o_k[None, :], b_dq, mask=m_k[None, :])
     tl.store(dk + p_t[:, None] * K + o_k[None, :], b_dk, mask=m_k[None, :])
@@ -196,9 +196,10 @@ def chunk_bwd_dv_kernel(
     tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dv, mask=m_v[None, :])
 
 
-def _tiles(D: int) -> int:
-    """Tile width for a key or value dimension: a power of two in [16, 64] (``tl.dot`` needs >= 16)."""
-    return max(16, min(64, triton.next_power_of_2(D)))
+def _tiles(D: int, dot: str) -> int:
+    """Tile width for a key or value dimension: a power of two in [``min_tile(dot)``, 64] (``tl.dot`` needs >= 16;
+    16-bit operands 32: :func:`dla.ops.utils.precision.min_tile`)."""
+    return max(min_tile(dot), min(64, triton.next_power_of_2(D)))
 
 
 def backbone_fwd(q, k, v, gl, S0, dot: str, num_warps: int = 4):
@@ -206,7 +207,7 @@ def backbone_fwd(q, k, v, gl, S0, dot: str, num_warps: int = 4):
     :data:`dla.ops.utils.precision.PRECISIONS`. Returns ``P, o, S`` (float32)."""
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K), _tiles(V)
+    BK, BV = _tiles(K, dot), _tiles(V, dot)
     P = q.new_empty(B, H, NT, K, V)
     S = q.new_empty(B, H, K, V)
     o = q.new_empty(B, H, NT * BT, V)
@@ -223,7 +224,7 @@ def backbone_bwd(q, k, v, gl, P, do, dP, dS, dot: str, num_warps: int = 4):
     """
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K), _tiles(V)
+    BK, BV = _tiles(K, dot), _tiles(V, dot)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     G = q.new_empty(B, H, NT, K, V)
     dS0 = q.new_empty(B, H, K, V)

@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
 from dla.ops.dla.scan import ScanResult, dla_scan, fixed_schedule
 from dla.ops.utils.checks import check_dla_args
-from dla.ops.utils.precision import resolve_precision, warn_16bit_on_hopper
+from dla.ops.utils.precision import resolve_precision
 
 
 def chunk_dla_torch(
@@ -60,9 +60,8 @@ def chunk_dla_torch(
     ``precision``: the operands of the ``tl.dot`` products of the Triton backbone and readout kernels (the scan
     keeps float32-accurate products, so decisions do not depend on it; the torch backend ignores it): ``ieee``,
     ``tf32``, ``tf32x3``, ``bf16`` or ``fp16`` (:mod:`dla.ops.utils.precision`; float32 accumulation, states and
-    gradients in every mode), or ``None`` (auto): ``tf32x3`` on a GPU, ``ieee`` under ``TRITON_INTERPRET=1``
-    (``bf16`` / ``fp16`` are opt-in: on Hopper with Triton 3.6 two backbone backward kernels are miscompiled
-    with them, :func:`dla.ops.utils.precision.warn_16bit_on_hopper`).
+    gradients in every mode), or ``None`` (auto): on a GPU ``bf16`` for bfloat16 ``v`` and ``tf32x3``
+    otherwise; ``ieee`` under ``TRITON_INTERPRET=1``.
     ``lengths``: ``[B]`` lengths of right-padded rows whose padding has ``k = v = 0``, ``g = 0`` (and ``beta = 0``):
     the scan ignores tokens past them, so final states and decisions are those of the unpadded rows.
     """
@@ -75,11 +74,7 @@ def chunk_dla_torch(
         raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
     if backend == "triton" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: the triton backend needs a power of two >= 16, got {chunk_size}")
-    dot = resolve_precision(precision, v.is_cuda)
-    if backend == "triton" and v.is_cuda and dot in ("bf16", "fp16"):
-        import triton
-
-        warn_16bit_on_hopper(dot, torch.cuda.get_device_capability(v.device), triton.__version__)
+    dot = resolve_precision(precision, v.is_cuda, dtype=v.dtype)
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     dt = torch.promote_types(v.dtype, torch.float32)
     BT = chunk_size

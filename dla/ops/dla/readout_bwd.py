@@ -41,8 +41,8 @@ import triton
 import triton.language as tl
 
 from dla.ops.dla.readout_fwd import _coef, _ranks, _run
-from dla.ops.utils.precision import interpreting, resolve_precision
-from dla.ops.utils.triton_dot import prec_dot
+from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
+from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
 
 
 @triton.jit
@@ -174,7 +174,7 @@ def readout_bwd_dk_kernel(
             b_u = tl.load(u + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
             b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
         b_dAM = b_dA * b_W * b_x
-        b_dk += prec_dot(tl.trans(b_dAM), b_q, DOT)
+        b_dk += prec_dot_tc(tl.trans(b_dAM), b_q, DOT)
         b_dE = b_dAM * b_qk
         # e = gl_c[BT-1] - gl_c[s] + ... for an older query chunk, gl_i[t] - gl_c[s] for the chunk itself
         b_dgc += tl.where((o_s == BT - 1) & (i_t != i_c), tl.sum(tl.sum(b_dE, 1), 0), 0.) - tl.sum(b_dE, 0)
@@ -206,7 +206,7 @@ def readout_bwd_du_kernel(
         b_A = prec_dot(b_q, tl.trans(b_k), DOT) * b_W * b_x  # [BT, BT]
         b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
-        b_du += prec_dot(tl.trans(b_A), b_do, DOT)
+        b_du += prec_dot_tc(tl.trans(b_A), b_do, DOT)
         b_dP += prec_dot(tl.trans(b_q * b_cA[:, None]), b_do, DOT)
         n += 1
     tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
@@ -277,11 +277,12 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     q, k, u, glf, P, dl, segf = map(f32, (q, k, u, gl, P, dlam, seg))
     do = F.pad(grad.float(), (0, 0, 0, Tp - T)).contiguous()
     cand, jidx, off = i32(cand), i32(jidx), i32(off)
-    BK = max(16, triton.next_power_of_2(K))
+    lo = min_tile(dot_precision)
+    BK = max(lo, triton.next_power_of_2(K))
     if num_warps is None:
         num_warps = 8 if BT * BK >= 4096 else 4
     meta = dict(K=K, R1=R1, J=J, BT=BT, BK=BK,
-                BV=max(16, min(block_v, triton.next_power_of_2(V))), BR=max(2, triton.next_power_of_2(R1)),
+                BV=max(lo, min(block_v, triton.next_power_of_2(V))), BR=max(2, triton.next_power_of_2(R1)),
                 DOT=dot_precision, num_warps=num_warps)
     dq = dk = du = dP = ddl = dgl = None
     if nq or ngl or ndl:
@@ -301,7 +302,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     if nu or nP:
         du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev)
         dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
-        BVu = max(16, min(block_v_du, triton.next_power_of_2(V)))
+        BVu = max(lo, min(block_v_du, triton.next_power_of_2(V)))
         readout_bwd_du_kernel[(B * H * NT, triton.cdiv(V, BVu))](  # the long axis first: grid y <= 65535
             q, k, glf, segf, jidx, off, dl, do, ptr, pairs, order, du, dP, T, Tp, NT, V=V, **{**meta, "BV": BVu})
     if ngl:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from dla.ops.utils.precision import resolve_precision
+from dla.ops.utils.precision import min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot
 
 
@@ -131,8 +131,8 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda x: x.float().contiguous()  # noqa: E731
     o = torch.empty(B, H, Tp, V, dtype=torch.float32, device=k.device)
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, min(block_v, triton.next_power_of_2(V)))
+    BK = max(min_tile(dot_precision), triton.next_power_of_2(K))
+    BV = max(min_tile(dot_precision), min(block_v, triton.next_power_of_2(V)))
     grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
     readout_fwd_kernel[grid](
         f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(),

@@ -17,8 +17,9 @@ the same kernel code path.
 from __future__ import annotations
 
 import os
-import warnings
-from typing import Optional, Tuple
+from typing import Optional
+
+import torch
 
 PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16", "fp16")
 
@@ -28,48 +29,37 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# Triton releases before this one miscompile 16-bit operands in two of the backbone backward kernels on Hopper
-FIXED_TRITON = (3, 7)
+def min_tile(dot: str) -> int:
+    """The narrowest tile (key or value columns) a kernel may take with ``tl.dot`` mode ``dot``: 16 (``tl.dot``'s
+    minimum), 32 for 16-bit operands.
 
-
-def _version(text: str) -> Tuple[int, int]:
-    major, minor = text.split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
-def warn_16bit_on_hopper(precision: str, capability: Tuple[int, int], triton_version: str) -> bool:
-    """Warn (and return ``True``) when 16-bit operands run where they are known to give wrong gradients.
-
-    On an H200 (sm_90) with Triton 3.6, ``precision="bf16"`` gave a wrong ``dv`` in the Mamba-2 backbone's
-    backward (relative error 1.1, every policy) and an illegal memory access in the Gated DeltaNet backward
-    (``single`` policy), both at ``K = 32, V = 16`` (tests/ops/dla/test_cuda.py's shapes, 2026-12-03); the same
-    cases are right under the interpreter in fp16 and on the GPU in ``tf32x3``: a compiler fault of the kind that
-    gave fla wrong gated-backward gradients on Hopper. Forward values were right.
+    Why 32: on an H200 with Triton 3.6, bf16 products whose value tile is 16 columns wide (chunk 64, 4 warps) came out
+    wrong (``scripts/gpu_trans_repro.py``; the Mamba-2 backbone's ``dv``, relative error 1.1) or faulted (Gated
+    DeltaNet's ``dU`` kernel, an illegal memory access), while 32 and wider were right; float32 operands are right
+    at 16. Masked loads make the wider tile exact, and real heads (64, 128) never need it.
     """
-    if precision not in ("bf16", "fp16") or capability[0] != 9 or _version(triton_version) >= FIXED_TRITON:
-        return False
-    warnings.warn(f"precision={precision!r}: Triton {triton_version} on Hopper (sm_90) miscompiles 16-bit operands "
-                  f"in the backbone backward kernels (wrong dv for Mamba-2, an illegal memory access for Gated "
-                  f"DeltaNet at V = 16); train with the default tf32x3", RuntimeWarning, stacklevel=3)
-    return True
+    return 32 if dot in ("bf16", "fp16") else 16
 
 
-def resolve_precision(precision: Optional[str], is_cuda: bool, name: str = "precision") -> str:
+def resolve_precision(precision: Optional[str], is_cuda: bool, name: str = "precision",
+                      dtype: Optional[torch.dtype] = None) -> str:
     """The kernels' ``tl.dot`` mode.
 
     Args:
-        precision: one of :data:`PRECISIONS`, or ``None`` / ``"auto"``: ``tf32x3`` on a GPU, ``ieee`` under the
-            interpreter or off CUDA. (``bf16`` / ``fp16`` operands for 16-bit inputs, the field's choice, become
-            the GPU default once a GPU run has checked them against the references; until then they are opt-in.)
+        precision: one of :data:`PRECISIONS`, or ``None`` / ``"auto"``: on a GPU ``bf16`` for bfloat16 inputs (the
+            field's choice, 1.7x faster fwd+bwd than ``tf32x3`` on an H200 at T = 4096) and ``tf32x3`` otherwise;
+            ``ieee`` under the interpreter or off CUDA. (fp16 inputs keep ``tf32x3``: ``fp16`` operands have not
+            been checked against the references on a GPU through the whole op; ask for them by name.)
         is_cuda: whether the inputs live on a GPU.
         name: the argument named in errors.
+        dtype: the inputs' dtype (what ``auto`` follows); ``None``: as float32.
     Raises:
         ValueError: ``precision`` is not a mode, or is ``bf16`` under the interpreter.
     """
     if precision is None or precision == "auto":
         if interpreting() or not is_cuda:
             return "ieee"
-        return "tf32x3"
+        return "bf16" if dtype == torch.bfloat16 else "tf32x3"
     if precision not in PRECISIONS:
         raise ValueError(f"{name}: expected None, 'auto' or one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16" and interpreting():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dla.ops import chunk_dla
 from dla.ops.dla.chunk_torch import _backbone, _block_segsum, boundary_terms
-from dla.ops.utils.precision import resolve_precision, warn_16bit_on_hopper
+from dla.ops.utils.precision import min_tile, resolve_precision
 from tests.conftest import rel_err
 
 CUDA = torch.cuda.is_available()
@@ -155,41 +155,38 @@ def test_chunk_dla_low_precision_vs_ieee(gdn, prec, record):
 
 @pytest.mark.skipif(not CUDA, reason="needs a GPU")
 def test_bf16_operands_on_gpu():
-    """bf16 inputs: auto keeps float32-accurate products; bf16 operands differ from them, within bf16 rounding."""
+    """bf16 inputs: auto takes bf16 operands; float32-accurate products (tf32x3) differ from them, within bf16
+    rounding. float32 inputs: auto is tf32x3."""
     x = {n: (t.bfloat16() if t is not None else None) for n, t in seq_inputs(seed=5).items()}
     o_auto = chunk_dla(**x, **KW)[0]
-    assert torch.equal(o_auto, chunk_dla(**x, **KW, precision="tf32x3")[0])
-    o_bf16 = chunk_dla(**x, **KW, precision="bf16")[0]
-    assert 0 < rel_err(o_bf16.float(), o_auto.float()) < TOL["bf16"][0]
-
-
-def test_16bit_operands_warn_on_hopper_with_old_triton():
-    with pytest.warns(RuntimeWarning, match=r"precision=.bf16.: Triton 3.6.0 on Hopper .* \(wrong dv"):
-        assert warn_16bit_on_hopper("bf16", (9, 0), "3.6.0")
-    with pytest.warns(RuntimeWarning, match="precision='fp16'"):
-        assert warn_16bit_on_hopper("fp16", (9, 0), "3.6.1")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert not warn_16bit_on_hopper("bf16", (9, 0), "3.7.1")  # a fixed Triton
-        assert not warn_16bit_on_hopper("bf16", (8, 0), "3.6.0")  # Ampere
-        assert not warn_16bit_on_hopper("tf32x3", (9, 0), "3.6.0")
-        assert not warn_16bit_on_hopper("bf16", (9, 0), "3.10.0+git1234")
+    assert torch.equal(o_auto, chunk_dla(**x, **KW, precision="bf16")[0])
+    o_exact = chunk_dla(**x, **KW, precision="tf32x3")[0]
+    assert 0 < rel_err(o_auto.float(), o_exact.float()) < TOL["bf16"][0]
+    x32 = seq_inputs(seed=5)
+    assert torch.equal(chunk_dla(**x32, **KW)[0], chunk_dla(**x32, **KW, precision="tf32x3")[0])
 
 
 def test_resolve_precision(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert resolve_precision(None, True) == "tf32x3"  # 16-bit operands are opt-in for now
-    assert resolve_precision("auto", True) == "tf32x3"
+    assert resolve_precision(None, True) == "tf32x3"
+    assert resolve_precision("auto", True, dtype=torch.float32) == "tf32x3"
+    assert resolve_precision(None, True, dtype=torch.bfloat16) == "bf16"  # the field's choice for bf16 inputs
+    assert resolve_precision("auto", True, dtype=torch.float16) == "tf32x3"  # fp16 operands only when asked
+    assert resolve_precision("tf32x3", True, dtype=torch.bfloat16) == "tf32x3"
     assert resolve_precision("fp16", True) == "fp16"
-    assert resolve_precision(None, False) == "ieee"
+    assert resolve_precision(None, False, dtype=torch.bfloat16) == "ieee"
     assert resolve_precision("bf16", True) == "bf16"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert resolve_precision(None, True) == "ieee"  # never bf16 under the interpreter
+    assert resolve_precision(None, True, dtype=torch.bfloat16) == "ieee"  # never bf16 under the interpreter
     assert resolve_precision("fp16", False) == "fp16"
     with pytest.raises(ValueError, match="precision: 'bf16' is wrong under TRITON_INTERPRET"):
         resolve_precision("bf16", False)
+
+
+def test_min_tile():
+    """16-bit operands never take 16-column tiles (Triton 3.6 on Hopper got them wrong); float32 modes may."""
+    assert min_tile("bf16") == min_tile("fp16") == 32
+    assert min_tile("tf32x3") == min_tile("ieee") == min_tile("tf32") == 16
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
