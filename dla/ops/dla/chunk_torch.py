@@ -247,15 +247,39 @@ class _ChunkStates(torch.autograd.Function):
         return dA, dX, lam.view(B, H, K, V)
 
 
+def compact_index(index: torch.Tensor, bound: int) -> torch.Tensor:
+    """``index`` (entries in ``[-1, bound)``) in the narrowest of int16 / int32 / int64 that holds them: what the
+    backward keeps of a gather or of the readout's per-rank indices (2 bytes an entry instead of 8 at C = 30)."""
+    for dtype in (torch.int16, torch.int32):
+        if bound <= torch.iinfo(dtype).max:
+            return index.to(dtype)
+    return index.to(torch.int64)
+
+
+class _GatherLast(torch.autograd.Function):
+    """``torch.gather(x, -1, index)`` keeping ``index`` for the backward in its compact dtype (``compact_index``);
+    torch's own gather keeps an int64 copy. Twice differentiable (the backward is a ``scatter_add``)."""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(compact_index(index, x.shape[-1]))
+        ctx.shape = x.shape
+        return torch.gather(x, -1, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).scatter_add(-1, index.long(), grad), None
+
+
 def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch", dot=None):
     """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones);
     ``dot``: the ``tl.dot`` mode of the Triton readout (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
     B, H, Tp, _ = k.shape
-    idx0 = lam_index[..., 0].clamp_min(0)
-    lam0 = torch.gather(lam, -1, idx0[..., None])[..., 0]  # [B, H, T]
     nxt_valid = lam_index[..., 1:] >= 0
     # dlam[t, r] = lam[idx(r+1)] - lam[idx(r)] across the boundary at the start of the rank-r slot
-    lam_r = torch.gather(lam, -1, lam_index.clamp_min(0))
+    lam_r = _GatherLast.apply(lam, lam_index.clamp_min(0))  # [B, H, T, R]
+    lam0 = lam_r[..., 0]  # the open slot's lam
     dlam = torch.where(nxt_valid, lam_r[..., 1:] - lam_r[..., :-1], torch.zeros_like(lam_r[..., 1:]))  # [B,H,T,R-1]
     x = starts[..., :-1]  # boundary positions [B, H, T, R-1]
     real = nxt_valid & (x >= 0)

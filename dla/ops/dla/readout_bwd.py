@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _ranks, _run
+from dla.ops.dla.readout_fwd import _coef, _idx, _ranks, _run
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
 
@@ -270,13 +270,12 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     dev = k.device
     dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
-    i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
     gl_leaf = gl.detach().float().requires_grad_(bool(ngl))
     with torch.enable_grad():
         seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # [B, H, NT + 1, NT + 1]
     q, k, u, glf, P, dl, segf = map(f32, (q, k, u, gl, P, dlam, seg))
     do = F.pad(grad.float(), (0, 0, 0, Tp - T)).contiguous()
-    cand, jidx, off = i32(cand), i32(jidx), i32(off)
+    cand, jidx, off = cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off)
     lo = min_tile(dot_precision)
     BK = max(lo, triton.next_power_of_2(K))
     if num_warps is None:

@@ -24,6 +24,12 @@ from dla.ops.utils.precision import min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot
 
 
+def _idx(t: torch.Tensor) -> torch.Tensor:
+    """``jidx`` or ``off`` as the kernels read them: int16 or int32 kept (the kernels compare these per-rank
+    indices, never address with them; ``cand``, which they do address with, is always int32), else int32."""
+    return (t if t.dtype in (torch.int16, torch.int32) else t.to(torch.int32)).contiguous()
+
+
 @triton.jit
 def _run(b_jt, j, BR: tl.constexpr):
     """First and last rank whose boundary lies in candidate ``j`` for some token (empty: ``BR, -1``)."""
@@ -135,8 +141,8 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     BV = max(min_tile(dot_precision), min(block_v, triton.next_power_of_2(V)))
     grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
     readout_fwd_kernel[grid](
-        f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(),
-        jidx.to(torch.int32).contiguous(), off.to(torch.int32).contiguous(), f32(dlam), o,
+        f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off),
+        f32(dlam), o,
         T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
         DOT=dot_precision, num_warps=num_warps,
     )
@@ -156,14 +162,16 @@ class BoundaryTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, u, gl, P, dlam, x, real, BT, dot=None):
-        from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates
+        from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates, compact_index
         from dla.ops.dla.readout_bwd import use_triton_bwd
 
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
         cand, jidx, off = boundary_candidates(x, real, BT)
         ctx.triton_bwd = use_triton_bwd(q)  # decided once: what is saved depends on it
-        if ctx.triton_bwd:  # the Triton backward reads int32 indices and neither x nor real
-            cand, jidx, off = (t.to(torch.int32).contiguous() for t in (cand, jidx, off))
+        if ctx.triton_bwd:  # the Triton backward reads compact indices and neither x nor real
+            cand = cand.to(torch.int32).contiguous()
+            jidx = compact_index(jidx, cand.shape[-1]).contiguous()  # int16 unless J > 32767
+            off = compact_index(off, BT).contiguous()
             ctx.save_for_backward(q, k, u, gl, P, dlam, None, None, cand, jidx, off)
         else:
             ctx.save_for_backward(q, k, u, gl, P, dlam, x, real, cand, jidx, off)
