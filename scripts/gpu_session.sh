@@ -2,6 +2,8 @@
 # One GPU session's checks and timings (each part under its own time limit; results under OUT).
 # Usage (CUDA machine, repo root): bash scripts/gpu_session.sh OUT [PART...]
 # Parts (default: all, in this order):
+#   quick      OUT/quick.json: scripts/gpu_quick_check.py (chunk_dla vs float64 in float32 and bf16 operands, at
+#              two shapes; then fwd+bwd time and peak memory at the bench shape)
 #   tests      OUT/tests.log: every Triton kernel against its PyTorch reference, and chunk_dla on the GPU against
 #              the float64 CPU references (outputs and every gradient; Triton 3.6 has miscompiled gated
 #              backward kernels on Hopper before); then bf16 operands, one process per backbone
@@ -12,11 +14,11 @@
 #              (a fresh machine spends about 2 minutes autotuning each fla op)
 #   decode     OUT/decode.{json,md,png}: dla bench decode, contexts 1K, 16K, 128K, batch 1 and 64
 #   generate   OUT/generate.{json,md}: dla bench generate, 125M models, 1K, 16K, 64K prompts + 256 tokens
-# Time limits per part (seconds): T_TESTS, T_SCAN, T_PROFILE, T_OPS, T_DEC, T_GEN.
+# Time limits per part (seconds): T_QUICK, T_TESTS, T_BF16, T_SCAN, T_PROFILE, T_OPS, T_DEC, T_GEN.
 set -uo pipefail
 out=${1:?output directory}
 shift
-parts=${*:-tests scan profile ops decode generate}
+parts=${*:-quick tests scan profile ops decode generate}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -26,6 +28,10 @@ cat "$out/env.txt"
 for part in $parts; do
   echo "== $part"
   case $part in
+    quick)
+      timeout "${T_QUICK:-150}" python3 scripts/gpu_quick_check.py "$out/quick.json" > "$out/quick.log" 2>&1
+      python3 -c "import json, sys; [print({k: v for k, v in r.items() if k != 'grads'}) for r in
+        json.load(open(sys.argv[1]))['rows']]" "$out/quick.json" ;;
     tests)
       timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short \
         tests/ops/dla/test_backbone_triton.py tests/ops/dla/test_backbone_gdn_triton.py \

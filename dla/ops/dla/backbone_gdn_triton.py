@@ -53,6 +53,7 @@ from torch.autograd.function import once_differentiable
 
 from dla.ops.dla.backbone_triton import _tiles, chunk_fwd_o_kernel
 from dla.ops.utils.precision import min_tile, resolve_precision
+from dla.ops.utils.saved import Rebuild, save_rebuilt, saved_rebuilt
 from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
 
 
@@ -377,15 +378,15 @@ class ChunkGatedDeltaBackbone(torch.autograd.Function):
 
     Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``beta [B, H, Tp]``, ``gl [B, H,
     NT, BT]`` (chunk-local inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot``
-    mode, forward and backward). Outputs (float32 in every mode) ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``,
+    mode, forward and backward), ``rebuild`` (``None`` or a :class:`dla.ops.utils.saved.Rebuild`). Outputs (float32 in every mode) ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``,
     ``o [B, H, Tp, V]``, ``S [B, H, K, V]``.
     Gradients for ``q, k, v, beta, gl, S0`` from any subset of the outputs; not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, gl, S0, dot):
+    def forward(ctx, q, k, v, beta, gl, S0, dot, rebuild=None):
         u, P, o, S, Ai, W = gdn_backbone_fwd(q, k, v, beta, gl, S0, dot)
-        ctx.save_for_backward(q, k, v, beta, gl, Ai, W, u, P)
+        save_rebuilt(ctx, rebuild, q, k, v, beta, gl, Ai, W, u, P)
         ctx.dot = dot
         ctx.set_materialize_grads(False)  # unused outputs need no zero gradient
         return u, P, o, S
@@ -393,15 +394,16 @@ class ChunkGatedDeltaBackbone(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, du, dP, do, dS):
-        q, k, v, beta, gl, Ai, W, u, P = ctx.saved_tensors
+        q, k, v, beta, gl, Ai, W, u, P = saved_rebuilt(ctx)
         c = lambda x: None if x is None else x.float().contiguous()  # noqa: E731
         do = c(do) if do is not None else torch.zeros_like(v)
         dq, dk, dv, db, dgl, dS0 = gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, c(du), c(dP), do, c(dS),
                                                     ctx.dot)
-        return dq, dk, dv, db, dgl, dS0, None
+        return dq, dk, dv, db, dgl, dS0, None, None
 
 
-def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = None):
+def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = None,
+                        rebuild: Optional[Rebuild] = None):
     """Triton version of :func:`dla.ops.dla.chunk_torch._backbone` for Gated DeltaNet (``beta`` given).
 
     Args:
@@ -412,6 +414,7 @@ def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str
             (:mod:`dla.ops.utils.precision`; float32 accumulation and outputs in each; ``u`` and ``P`` are
             float32-accurate in every mode, see the module docstring); ``None``: ``tf32x3`` on a GPU, ``ieee``
             otherwise (the interpreter).
+        rebuild: which of ``q, k, v`` to keep for the backward as their sources (:mod:`dla.ops.utils.saved`).
     Returns:
         ``u [B, H, Tp, V]`` (pseudo-values), ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp,
         V]`` (unscaled ``q_t^T S_t``), the final state ``[B, H, K, V]`` and ``gl [B, H, NT, BT]`` (chunk-local
@@ -438,5 +441,5 @@ def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str
     dot_precision = resolve_precision(dot_precision, q.is_cuda, "dot_precision")
     gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
     u, P, o, S = ChunkGatedDeltaBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(),
-                                               gl.contiguous(), S0.contiguous(), dot_precision)
+                                               gl.contiguous(), S0.contiguous(), dot_precision, rebuild)
     return u, P, o, S, gl

@@ -35,6 +35,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from dla.ops.utils.precision import min_tile, resolve_precision
+from dla.ops.utils.saved import Rebuild, save_rebuilt, saved_rebuilt
 from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
 
 
@@ -242,15 +243,16 @@ class ChunkBackbone(torch.autograd.Function):
     """Chunk states, plain output and final state of the scalar-decay backbone; Triton forward and backward.
 
     Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``gl [B, H, NT, BT]`` (chunk-local
-    inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot`` mode, forward and backward).
+    inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot`` mode, forward and backward),
+    ``rebuild`` (``None`` or a :class:`dla.ops.utils.saved.Rebuild`: copies kept as their sources).
     Outputs (float32 in every mode) ``P [B, H, NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``. Gradients for
     ``q, k, v, gl, S0``; not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, gl, S0, dot):
+    def forward(ctx, q, k, v, gl, S0, dot, rebuild=None):
         P, o, S = backbone_fwd(q, k, v, gl, S0, dot)
-        ctx.save_for_backward(q, k, v, gl, P)
+        save_rebuilt(ctx, rebuild, q, k, v, gl, P)
         ctx.dot = dot
         ctx.set_materialize_grads(False)  # unused outputs (often P or S) need no zero gradient
         return P, o, S
@@ -258,14 +260,15 @@ class ChunkBackbone(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dP, do, dS):
-        q, k, v, gl, P = ctx.saved_tensors
+        q, k, v, gl, P = saved_rebuilt(ctx)
         c = lambda x: None if x is None else x.float().contiguous()  # noqa: E731
         do = c(do) if do is not None else torch.zeros_like(v)
         dq, dk, dv, dgl, dS0 = backbone_bwd(q, k, v, gl, P, do, c(dP), c(dS), ctx.dot)
-        return dq, dk, dv, dgl, dS0, None
+        return dq, dk, dv, dgl, dS0, None, None
 
 
-def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = None):
+def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = None,
+                    rebuild: Optional[Rebuild] = None):
     """Triton version of :func:`dla.ops.dla.chunk_torch._backbone` for the scalar-decay backbone.
 
     Args:
@@ -275,6 +278,7 @@ def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = 
         dot_precision: the operands of every ``tl.dot``: ``ieee``, ``tf32``, ``tf32x3``, ``bf16`` or ``fp16``
             (:mod:`dla.ops.utils.precision`; float32 accumulation and outputs in each); ``None``: ``tf32x3`` on a
             GPU, ``ieee`` otherwise (the interpreter).
+        rebuild: which of ``q, k, v`` to keep for the backward as their sources (:mod:`dla.ops.utils.saved`).
     Returns:
         ``u = v``, ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp, V]`` (unscaled
         ``q_t^T S_t``), the final state ``[B, H, K, V]`` and ``gl [B, H, NT, BT]`` (chunk-local cumsums of ``g``),
@@ -300,5 +304,5 @@ def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = 
     dot_precision = resolve_precision(dot_precision, q.is_cuda, "dot_precision")
     gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
     P, o, S = ChunkBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), gl.contiguous(),
-                                  S0.contiguous(), dot_precision)
+                                  S0.contiguous(), dot_precision, rebuild)
     return v, P, o, S, gl

@@ -27,6 +27,7 @@ from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_wid
 from dla.ops.dla.scan import ScanResult, dla_scan, fixed_schedule
 from dla.ops.utils.checks import check_dla_args
 from dla.ops.utils.precision import resolve_precision
+from dla.ops.utils.saved import Rebuild
 
 
 def chunk_dla_torch(
@@ -80,13 +81,14 @@ def chunk_dla_torch(
     BT = chunk_size
     NT = max((T + BT - 1) // BT, 1)
     pad = NT * BT - T
-    rep = H // dims.G
     # [B, H, Tp, *]: padded tokens write nothing (k = 0) and do not decay (g = 0)
     # contiguous once (F.pad keeps the transposed layout when pad = 0): the kernels and the readout's saved tensors
     # then share these storages instead of each making its own copy
-    qh, kh = (F.pad(x.to(dt).repeat_interleave(rep, dim=2).transpose(1, 2), (0, 0, 0, pad)).contiguous()
-              for x in (q, k))
-    vh = F.pad(v.to(dt).transpose(1, 2), (0, 0, 0, pad)).contiguous()
+    heads = lambda x: F.pad(x.to(dt).repeat_interleave(H // x.shape[2], dim=2).transpose(1, 2),  # noqa: E731
+                            (0, 0, 0, pad)).contiguous()
+    qh, kh, vh = heads(q), heads(k), heads(v)
+    # the Triton Functions keep the caller's q, k, v for their backward and rebuild these copies there
+    rebuild = Rebuild([(qh, q), (kh, k), (vh, v)], heads) if backend == "triton" else None
     gh = F.pad(g.to(dt).transpose(1, 2), (0, pad)).contiguous()
     bh = F.pad(beta.to(dt).transpose(1, 2), (0, pad)).contiguous() if beta is not None else None
     lamh = (lam.to(dt) if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)).transpose(1, 2)
@@ -95,10 +97,12 @@ def chunk_dla_torch(
         torch.zeros(B, H, K, V, dtype=dt, device=v.device)
     if backend == "triton" and dt == torch.float32 and bh is None:
         from dla.ops.dla.backbone_triton import backbone_triton  # lazy: CPU installs may lack Triton
-        u, P, o_base, S_last, gl = backbone_triton(qh, kh, vh, gh, bh, S0, BT, dot_precision=dot)
+        u, P, o_base, S_last, gl = backbone_triton(qh, kh, vh, gh, bh, S0, BT, dot_precision=dot,
+                                                     rebuild=rebuild)
     elif backend == "triton" and dt == torch.float32:
         from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
-        u, P, o_base, S_last, gl = backbone_gdn_triton(qh, kh, vh, gh, bh, S0, BT, dot_precision=dot)
+        u, P, o_base, S_last, gl = backbone_gdn_triton(qh, kh, vh, gh, bh, S0, BT, dot_precision=dot,
+                                                         rebuild=rebuild)
     else:
         u, P, o_base, S_last, gl = _backbone(qh, kh, vh, gh, bh, S0, BT)
 
@@ -123,7 +127,8 @@ def chunk_dla_torch(
     # block sums of log-decay: seg[i, c] = sum of chunk totals c..i-1 (0 for c >= i); i, c in 0..NT
     seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
 
-    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T, backend, dot)
+    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T, backend, dot,
+                 rebuild)
     o = (o * dims.scale)[:, :, :T].transpose(1, 2).to(v.dtype)
     final = None
     if output_final_state:
@@ -272,9 +277,11 @@ class _GatherLast(torch.autograd.Function):
         return grad.new_zeros(ctx.shape).scatter_add(-1, index.long(), grad), None
 
 
-def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch", dot=None):
+def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch", dot=None,
+             rebuild=None):
     """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones);
-    ``dot``: the ``tl.dot`` mode of the Triton readout (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
+    ``dot``, ``rebuild``: the ``tl.dot`` mode and the saved copies of the Triton readout
+    (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
     B, H, Tp, _ = k.shape
     nxt_valid = lam_index[..., 1:] >= 0
     # dlam[t, r] = lam[idx(r+1)] - lam[idx(r)] across the boundary at the start of the rank-r slot
@@ -286,7 +293,7 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, b
     o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
     if x.shape[-1] > 0 and backend == "triton":
         from dla.ops.dla.readout_fwd import BoundaryTerms
-        o = o + F.pad(BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT, dot), (0, 0, 0, Tp - T))
+        o = o + F.pad(BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT, dot, rebuild), (0, 0, 0, Tp - T))
     elif x.shape[-1] > 0:
         o = o + F.pad(boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT), (0, 0, 0, Tp - T))
     if init is not None:

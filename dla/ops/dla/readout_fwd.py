@@ -21,6 +21,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from dla.ops.utils.precision import min_tile, resolve_precision
+from dla.ops.utils.saved import save_rebuilt, saved_rebuilt
 from dla.ops.utils.triton_dot import prec_dot
 
 
@@ -157,11 +158,12 @@ class BoundaryTerms(torch.autograd.Function):
 
     Inputs as :func:`dla.ops.dla.chunk_torch.boundary_terms` without ``seg`` (computed here from ``gl``), then
     ``dot``: the ``tl.dot`` mode of the forward and the Triton backward (``dot_precision`` of
-    :func:`boundary_terms_fwd`; ``None``: its default).
+    :func:`boundary_terms_fwd`; ``None``: its default); ``rebuild``: ``None`` or a
+    :class:`dla.ops.utils.saved.Rebuild` (``q, k``, and ``u`` for Mamba-2, kept as their sources).
     """
 
     @staticmethod
-    def forward(ctx, q, k, u, gl, P, dlam, x, real, BT, dot=None):
+    def forward(ctx, q, k, u, gl, P, dlam, x, real, BT, dot=None, rebuild=None):
         from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates, compact_index
         from dla.ops.dla.readout_bwd import use_triton_bwd
 
@@ -172,9 +174,9 @@ class BoundaryTerms(torch.autograd.Function):
             cand = cand.to(torch.int32).contiguous()
             jidx = compact_index(jidx, cand.shape[-1]).contiguous()  # int16 unless J > 32767
             off = compact_index(off, BT).contiguous()
-            ctx.save_for_backward(q, k, u, gl, P, dlam, None, None, cand, jidx, off)
+            save_rebuilt(ctx, rebuild, q, k, u, gl, P, dlam, None, None, cand, jidx, off)
         else:
-            ctx.save_for_backward(q, k, u, gl, P, dlam, x, real, cand, jidx, off)
+            save_rebuilt(ctx, rebuild, q, k, u, gl, P, dlam, x, real, cand, jidx, off)
         ctx.BT, ctx.dot = BT, dot
         B, H = q.shape[:2]
         out = boundary_terms_fwd(q, k, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off, dlam, BT, dot_precision=dot)
@@ -189,7 +191,7 @@ class BoundaryTerms(torch.autograd.Function):
 
         needs = ctx.needs_input_grad[:6]
         if ctx.triton_bwd:
-            grads = boundary_terms_bwd(grad, *ctx.saved_tensors, ctx.BT, needs, dot_precision=ctx.dot)
+            grads = boundary_terms_bwd(grad, *saved_rebuilt(ctx), ctx.BT, needs, dot_precision=ctx.dot)
         else:
-            grads = boundary_terms_bwd_torch(grad, *ctx.saved_tensors, ctx.BT, needs)
-        return (*grads, None, None, None, None)
+            grads = boundary_terms_bwd_torch(grad, *saved_rebuilt(ctx), ctx.BT, needs)
+        return (*grads, None, None, None, None, None)

@@ -104,7 +104,7 @@ def test_readout_low_precision(gdn, prec, monkeypatch, record):
     monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
     chunk_dla(**seq_inputs(gdn=gdn, seed=3), **KW, backend="triton", precision="ieee")
     monkeypatch.setattr(BoundaryTerms, "apply", apply)
-    *tensors, xb, real, BT, dot = seen[0]
+    *tensors, xb, real, BT, dot, _ = seen[0]  # the last: the Rebuild of the saved copies
     assert dot == "ieee" and real.sum() > 100  # the readout has work to do
     leaves = [t.detach().double().requires_grad_() for t in tensors]
     q, k, u, gl, P, dlam = leaves

@@ -24,15 +24,15 @@ def _poisoned(nan_empty):
 
 
 def readout_inputs(monkeypatch, x, **kw):
-    """The arguments ``chunk_dla(backend="triton")`` passes to :class:`BoundaryTerms` but the trailing ``tl.dot``
-    mode (``None``: not called)."""
+    """The arguments ``chunk_dla(backend="triton")`` passes to :class:`BoundaryTerms` but the trailing two, the
+    ``tl.dot`` mode and the saved copies' ``Rebuild`` (``None``: not called)."""
     seen = []
     apply = BoundaryTerms.apply
     monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
     chunk_dla(**x, **kw, backend="triton")
     monkeypatch.setattr(BoundaryTerms, "apply", apply)
     assert len(seen) <= 1
-    return seen[0][:-1] if seen else None
+    return seen[0][:-2] if seen else None
 
 
 def check_grads(args, record=None, tag=""):

@@ -1,0 +1,120 @@
+"""What chunk_dla keeps for its backward: ``lam``'s gather and the readout's per-rank indices in int16 (with the
+gradients of torch's own gather), and on the Triton path the caller's ``q, k, v`` instead of the kernels' float32
+copies (:mod:`dla.ops.utils.saved`), visible to the caller's saved-tensor hooks and guarded by version checks."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dla.ops import chunk_dla
+from dla.ops.dla.chunk_torch import _GatherLast, compact_index
+from tests.conftest import make_inputs
+
+
+def test_compact_index_dtypes():
+    idx = torch.tensor([[-1, 0, 5]])
+    assert compact_index(idx, 30).dtype == torch.int16
+    assert compact_index(idx, 40_000).dtype == torch.int32
+    assert compact_index(idx, 2 ** 40).dtype == torch.int64
+    assert torch.equal(compact_index(idx, 30).long(), idx)
+
+
+def test_gather_last_matches_torch_gather():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+    index = torch.randint(0, 9, (2, 3, 7, 12), generator=gen)  # repeats: their gradients add up
+    w = torch.randn(2, 3, 7, 12, dtype=torch.float64, generator=gen)
+    out = _GatherLast.apply(x, index)
+    assert torch.equal(out, torch.gather(x, -1, index))
+    (g,) = torch.autograd.grad((out * w).sum(), x, create_graph=True)
+    (g_ref,) = torch.autograd.grad((torch.gather(x, -1, index) * w).sum(), x, create_graph=True)
+    assert torch.equal(g, g_ref)
+    assert torch.autograd.gradcheck(lambda t: _GatherLast.apply(t, index), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: _GatherLast.apply(t, index) ** 2, (x,))
+
+
+def _saved_dtypes(fn):
+    dtypes = []
+
+    def pack(t):
+        dtypes.append((t.dtype, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return dtypes
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_no_int64_per_token_index_is_saved(backend):
+    """Nothing of shape ``[B, H, T, *]`` is kept as int64 or int32 for the backward (it was 472 bytes per token x
+    head at C = 30: the gather's int64 index and the readout's int32 ``jidx`` and ``off``)."""
+    if backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    T = 70
+    x = {n: (t.to(device).requires_grad_() if t is not None else None)
+         for n, t in make_inputs(B=1, T=T, H=2, G=1, K=16, V=16, R=6, dtype=torch.float32, seed=1).items()}
+    saved = _saved_dtypes(lambda: chunk_dla(**x, capacity=6, tau=0.3, block_size=5, chunk_size=16, backend=backend))
+    per_token = [(d, s) for d, s in saved if len(s) == 4 and s[2] == T and s[3] > 1]
+    assert any(d == torch.int16 for d, _ in per_token), saved
+    assert not [(d, s) for d, s in per_token if d in (torch.int32, torch.int64)], saved
+
+
+def _inputs(device, G=1):
+    x = make_inputs(B=1, T=70, H=2, G=G, K=16, V=16, R=6, dtype=torch.bfloat16, seed=2)
+    return {n: (t.to(device).requires_grad_() if t is not None else None) for n, t in x.items()}
+
+
+KW = dict(capacity=6, tau=0.3, block_size=5, chunk_size=16, backend="triton")
+
+
+@pytest.mark.parametrize("gdn", [False, True])
+def test_triton_path_keeps_the_callers_qkv(gdn):
+    """No float32 head-major copy of q, k or v is kept; the caller's own tensors are, and the caller's saved-tensor
+    hooks see them (so ``save_on_cpu`` and friends still apply)."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = _inputs(device)
+    if not gdn:
+        x["beta"] = None
+    elif x["beta"] is None:
+        x["beta"] = torch.rand(1, 70, 2, device=device).requires_grad_()
+    seen = []
+
+    def pack(t):
+        seen.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        o = chunk_dla(**x, **KW)[0]
+    ptrs = {t.data_ptr() for t in seen}
+    for n in ("q", "k", "v"):
+        assert x[n].data_ptr() in ptrs, n  # the source itself is saved
+    copies = [F.pad(x[n].float().repeat_interleave(2 // x[n].shape[2], 2).transpose(1, 2), (0, 0, 0, 10))
+              for n in ("q", "k", "v")]  # [1, 2, 80, 16]: what the kernels read
+    assert not [t for t in seen for c in copies if t.shape == c.shape and t.dtype == c.dtype and torch.equal(t, c)]
+    # and the gradients are those of the torch path
+    g = torch.autograd.grad(o.float().sum(), [x["q"], x["k"], x["v"]])
+    o_ref = chunk_dla(**x, **{**KW, "backend": "torch"})[0]
+    g_ref = torch.autograd.grad(o_ref.float().sum(), [x["q"], x["k"], x["v"]])
+    for a, b in zip(g, g_ref):
+        assert (a.float() - b.float()).norm() <= 2e-2 * b.float().norm()
+
+
+def test_inplace_change_of_an_input_after_the_forward_is_an_error():
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = _inputs(device)
+    x["beta"] = None
+    q = x["q"].detach().clone().requires_grad_()
+    qq = q * 1  # a non-leaf the caller may change in place
+    o = chunk_dla(**{**x, "q": qq}, **KW)[0]
+    with torch.no_grad():
+        qq.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        o.float().sum().backward()
