@@ -316,6 +316,12 @@ def gdn_bwd_ut_kernel(
     tl.store(dg + p_t, b_dg)
 
 
+def _exact(dot: str) -> str:
+    """The mode of the kernels that take float32-accurate products whatever the mode asked (module docstring):
+    ``dot`` itself if it is ``ieee`` or ``tf32x3``, else ``tf32x3``."""
+    return dot if dot in ("ieee", "tf32x3") else "tf32x3"
+
+
 def _full(K: int, dot: str) -> int:
     """One tile over the whole key dimension (the state recurrences): a power of two ``>= K``, at least
     :func:`dla.ops.utils.precision.min_tile`."""
@@ -336,9 +342,9 @@ def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
     S = q.new_empty(B, H, K, V)
     o = torch.empty_like(v)
     meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=num_warps)
-    exact = dict(meta, DOT=dot if dot in ("ieee", "tf32x3") else "tf32x3")  # u feeds the scan (module docstring)
+    exact = dict(meta, DOT=_exact(dot))  # u feeds the scan
     gdn_fwd_prepare_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, u, NT, BK=BK, BV=BV, **exact)
-    gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K, exact["DOT"]), BV=BVh,
+    gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K, _exact(dot)), BV=BVh,
                                                    **exact)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, u, gl, P, o, NT, BK=BK, BV=BV, **meta)
     return u, P, o, S, Ai, W
@@ -368,8 +374,8 @@ def gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, du, dP, do, dS, dot: str, n
                                          **meta)
     # float32-accurate products in the UT backward whatever the mode: with bf16 operands Triton 3.6 on an H200
     # gave a wrong dk and illegal memory accesses here (chunk 64, 4 warps), the fault fla met in its WY backward
-    exact = dict(meta, DOT=dot if dot in ("ieee", "tf32x3") else "tf32x3")
-    gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT, BK=BK, BV=BV, **exact)
+    gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT, BK=BK, BV=BV,
+                                   **dict(meta, DOT=_exact(dot)))
     return dq, dk, dv, db, dg.sum(0), dS0
 
 
@@ -378,8 +384,8 @@ class ChunkGatedDeltaBackbone(torch.autograd.Function):
 
     Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``beta [B, H, Tp]``, ``gl [B, H,
     NT, BT]`` (chunk-local inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot``
-    mode, forward and backward), ``rebuild`` (``None`` or a :class:`dla.ops.utils.saved.Rebuild`). Outputs (float32 in every mode) ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``,
-    ``o [B, H, Tp, V]``, ``S [B, H, K, V]``.
+    mode, forward and backward), ``rebuild`` (``None`` or a :class:`dla.ops.utils.saved.Rebuild`). Outputs
+    (float32 in every mode) ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``.
     Gradients for ``q, k, v, beta, gl, S0`` from any subset of the outputs; not twice differentiable.
     """
 

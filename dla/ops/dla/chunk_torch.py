@@ -27,7 +27,7 @@ from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_wid
 from dla.ops.dla.scan import ScanResult, dla_scan, fixed_schedule
 from dla.ops.utils.checks import check_dla_args
 from dla.ops.utils.precision import resolve_precision
-from dla.ops.utils.saved import Rebuild
+from dla.ops.utils.saved import Rebuild, compact_index
 
 
 def chunk_dla_torch(
@@ -82,8 +82,8 @@ def chunk_dla_torch(
     NT = max((T + BT - 1) // BT, 1)
     pad = NT * BT - T
     # [B, H, Tp, *]: padded tokens write nothing (k = 0) and do not decay (g = 0)
-    # contiguous once (F.pad keeps the transposed layout when pad = 0): the kernels and the readout's saved tensors
-    # then share these storages instead of each making its own copy
+    # contiguous once (F.pad keeps the transposed layout when pad = 0): every kernel wrapper reads these storages
+    # instead of making its own copy
     heads = lambda x: F.pad(x.to(dt).repeat_interleave(H // x.shape[2], dim=2).transpose(1, 2),  # noqa: E731
                             (0, 0, 0, pad)).contiguous()
     qh, kh, vh = heads(q), heads(k), heads(v)
@@ -250,15 +250,6 @@ class _ChunkStates(torch.autograd.Function):
             lam = torch.baddbmm(dP3[:, c], A3[:, c].transpose(-1, -2), lam)
         dA = dX @ P.transpose(-1, -2) if ctx.needs_input_grad[0] else None
         return dA, dX, lam.view(B, H, K, V)
-
-
-def compact_index(index: torch.Tensor, bound: int) -> torch.Tensor:
-    """``index`` (entries in ``[-1, bound)``) in the narrowest of int16 / int32 / int64 that holds them: what the
-    backward keeps of a gather or of the readout's per-rank indices (2 bytes an entry instead of 8 at C = 30)."""
-    for dtype in (torch.int16, torch.int32):
-        if bound <= torch.iinfo(dtype).max:
-            return index.to(dtype)
-    return index.to(torch.int64)
 
 
 class _GatherLast(torch.autograd.Function):

@@ -21,7 +21,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from dla.ops.utils.precision import min_tile, resolve_precision
-from dla.ops.utils.saved import save_rebuilt, saved_rebuilt
+from dla.ops.utils.saved import compact_index, save_rebuilt, saved_rebuilt
 from dla.ops.utils.triton_dot import prec_dot
 
 
@@ -164,7 +164,7 @@ class BoundaryTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, u, gl, P, dlam, x, real, BT, dot=None, rebuild=None):
-        from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates, compact_index
+        from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates
         from dla.ops.dla.readout_bwd import use_triton_bwd
 
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))

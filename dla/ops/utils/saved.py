@@ -1,4 +1,5 @@
-"""Keeping the kernels' float32 copies of ``q, k, v`` out of what autograd stores.
+"""What the Triton path keeps for its backward: indices in their narrowest dtype (:func:`compact_index`), and the
+caller's ``q, k, v`` instead of the kernels' float32 copies (:class:`Rebuild`).
 
 :func:`dla.ops.dla.chunk_torch.chunk_dla_torch` hands the Triton kernels head-major float32 copies of the caller's
 ``q, k, v`` (``[B, T, H, D]``, often bf16, ``q, k`` often grouped). An autograd Function that saved those copies
@@ -13,6 +14,15 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
+
+
+def compact_index(index: torch.Tensor, bound: int) -> torch.Tensor:
+    """``index`` (entries in ``[-1, bound)``) in the narrowest of int16 / int32 / int64 that holds them: what the
+    backward keeps of a gather or of the readout's per-rank indices (2 bytes an entry instead of 8 at C = 30)."""
+    for dtype in (torch.int16, torch.int32):
+        if bound <= torch.iinfo(dtype).max:
+            return index.to(dtype)
+    return index.to(torch.int64)
 
 
 class Rebuild:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dla.ops import chunk_dla
-from dla.ops.dla.chunk_torch import _GatherLast, compact_index
+from dla.ops.dla.chunk_torch import _GatherLast
+from dla.ops.utils.saved import compact_index
 from tests.conftest import make_inputs
 
 
