@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 _DTYPES = {"torch.float32": "fp32", "torch.float64": "fp64", "torch.float16": "fp16", "torch.bfloat16": "bf16",
-           "torch.int64": "i64", "torch.int32": "i32", "torch.int8": "i8", "torch.bool": "i1"}
+           "torch.int64": "i64", "torch.int32": "i32", "torch.int16": "i16", "torch.int8": "i8", "torch.bool": "i1"}
 
 
 def record(args) -> list:

@@ -19,13 +19,14 @@ Three kernels, each gradient written once by one program (deterministic, no atom
 
 - :func:`readout_bwd_dq_kernel`, grid ``(NT, B*H)``, per query chunk: ``dq``, ``ddlam``, the query side of
   ``dgl`` and the query chunk's row of ``dseg`` (two planes: the ``c`` and the ``c+1`` entries, which can meet).
-- :func:`readout_bwd_dk_kernel`, grid ``(B*H*NT)``, per key chunk: ``dk`` and the key side of ``dgl``.
-- :func:`readout_bwd_du_kernel`, grid ``(B*H*NT, V / BV)``, per key chunk and value tile: ``du`` and ``dP``.
+- :func:`readout_bwd_key_kernel`, grid ``(B*H*NT, V / BV)``, per key chunk and value tile: ``du``; the first
+  tile's program also ``dk`` and the key side of ``dgl`` (``dA = do u^T`` over the whole value width). The pair
+  weights and ``q k^T`` are computed once for both.
+- :func:`readout_bwd_dP_kernel`, same grid: ``dP``, which needs only the per-token sums ``cA`` of the pair, not the
+  ``[BT, BT]`` weights.
 
 The key-side kernels walk the query chunks that list ``c`` among their distinct candidates: a CSR map built on the
-device by :func:`key_pairs`. ``dk`` and ``du`` are separate programs because each needs a full-width product of
-the other side (``dA`` sums over ``V``, ``qk`` over ``K``); holding both accumulators would need ``[BT, K]``,
-``[BT, V]`` and ``[K, V]`` in registers at once.
+device by :func:`key_pairs`.
 
 Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in
 :mod:`dla.ops.utils.precision`); accumulators and gradients are float32 in every mode.
@@ -40,20 +41,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _idx, _ranks, _run
+from dla.ops.dla.readout_fwd import _coef, _decay, _idx, _ranks, _run
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
-from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
-
-
-@triton.jit
-def _expo(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT: tl.constexpr):
-    """``[BT, BT]`` log-decay ``e[t, s]`` from key ``s`` of chunk ``c`` to query ``t`` of chunk ``i_t``."""
-    o_s = tl.arange(0, BT)
-    b_gc = tl.load(gl + i_bh * Tp + c * BT + o_s)
-    b_gend = tl.load(gl + i_bh * Tp + c * BT + BT - 1)
-    b_old = (b_gend - b_gc)[None, :] + tl.load(p_seg + c + 1) + b_gi[:, None]
-    b_cur = tl.where(o_s[None, :] <= o_s[:, None], b_gi[:, None] - b_gc[None, :], float("-inf"))
-    return tl.where(c == i_t, b_cur, b_old)
+from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc, prec_operand
 
 
 @triton.jit
@@ -69,7 +59,8 @@ def readout_bwd_dq_kernel(
     o_k = tl.arange(0, BK)
     m_t, m_k = o_t < T, o_k < K
 
-    b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+    b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                               other=0.), DOT)  # kept across the candidates: 16 bits in the 16-bit modes
     b_gi = tl.load(gl + i_bh * Tp + o_t)  # [BT]; padding has g = 0, so D(s, t) <= 1 there too
     b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
@@ -85,8 +76,9 @@ def readout_bwd_dq_kernel(
             b_cs, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
             b_a = tl.exp(tl.load(seg + p_row + c) + b_gi)  # D(c BT - 1, t)
             b_cA = b_cs * b_a
-            b_x = tl.exp(_expo(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT))  # [BT, BT]
-            b_k = tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+            b_x = _decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)  # [BT, BT]
+            b_k = prec_operand(tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :],
+                                       other=0.), DOT)
             b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
             b_dqP = tl.zeros([BT, BK], dtype=tl.float32)  # do P_c^T
             b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T
@@ -101,7 +93,7 @@ def readout_bwd_dq_kernel(
                               mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
                 b_dqP += prec_dot(b_do, tl.trans(b_P), DOT)
                 b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
-            b_dcA = tl.sum(b_q * b_dqP, 1)  # [BT]
+            b_dcA = tl.sum(b_q.to(tl.float32) * b_dqP, 1)  # [BT]
             b_dAx = b_dA * b_x
             b_dq += b_cA[:, None] * b_dqP + prec_dot(b_dAx * b_W, b_k, DOT)
             b_dW = b_dAx * b_qk  # gradient of W
@@ -141,54 +133,30 @@ def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
     b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
     b_cs, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
     p_row = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
-    b_x = tl.exp(_expo(gl, p_row, i_bh, i_t, i_c, b_gi, Tp, BT))
+    b_x = _decay(gl, p_row, i_bh, i_t, i_c, b_gi, Tp, BT)
     return i_t, o_t, m_t, b_q, b_cs * tl.exp(tl.load(p_row + i_c) + b_gi), b_W, b_x
 
 
 @triton.jit
-def readout_bwd_dk_kernel(
-    q, k, u, gl, seg, jidx, off, dl, do, ptr, pairs, order, dk, dgl,
-    T, Tp, NT,
-    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
-):
-    i_n = tl.load(order + tl.program_id(0)).to(tl.int64)  # row b*H*NT + c: the busiest key chunks start first
-    i_bh, i_c = i_n // NT, i_n % NT
-    o_s = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    b_k = tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dgc = tl.zeros([BT], dtype=tl.float32)
-    n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
-    while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
-        i_t, o_t, m_t, b_q, b_cA, b_W, b_x = _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
-                                                    K, R1, J, BT, BK, BR)
-        b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
-        b_dA = tl.zeros([BT, BT], dtype=tl.float32)
-        for v0 in range(0, V, BV):
-            o_v = v0 + tl.arange(0, BV)
-            m_v = o_v < V
-            b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                           other=0.)
-            b_u = tl.load(u + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
-            b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
-        b_dAM = b_dA * b_W * b_x
-        b_dk += prec_dot_tc(tl.trans(b_dAM), b_q, DOT)
-        b_dE = b_dAM * b_qk
-        # e = gl_c[BT-1] - gl_c[s] + ... for an older query chunk, gl_i[t] - gl_c[s] for the chunk itself
-        b_dgc += tl.where((o_s == BT - 1) & (i_t != i_c), tl.sum(tl.sum(b_dE, 1), 0), 0.) - tl.sum(b_dE, 0)
-        n += 1
-    tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
-    tl.store(dgl + i_bh * Tp + i_c * BT + o_s, b_dgc)
+def _csum(jidx, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BR: tl.constexpr):
+    """``cs [BT]`` of :func:`dla.ops.dla.readout_fwd._coef` alone (no ``W``)."""
+    r_lo, r_hi = _run(b_jt, j, BR)
+    b_cs = tl.zeros([o_t.shape[0]], dtype=tl.float32)
+    for r in range(R1):
+        if (r >= r_lo) & (r <= r_hi):
+            p_r = (i_bh * T + o_t) * R1 + r
+            b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+            b_cs += tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)
+    return b_cs
 
 
 @triton.jit
-def readout_bwd_du_kernel(
-    q, k, gl, seg, jidx, off, dl, do, ptr, pairs, order, du, dP,
+def readout_bwd_key_kernel(
+    q, k, u, gl, seg, jidx, off, dl, do, ptr, pairs, order, dk, du, dgl,
     T, Tp, NT,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+    USE_DK: tl.constexpr, USE_DU: tl.constexpr,
 ):
     i_n, i_v = tl.load(order + tl.program_id(0)).to(tl.int64), tl.program_id(1)
     i_bh, i_c = i_n // NT, i_n % NT
@@ -196,20 +164,72 @@ def readout_bwd_du_kernel(
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
-    b_k = tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+    key_side = i_v == 0  # dk and the key side of dgl: the first value tile's program
+    b_k = prec_operand(tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], mask=m_k[None, :],
+                               other=0.), DOT)  # kept across the pairs
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dgc = tl.zeros([BT], dtype=tl.float32)
     b_du = tl.zeros([BT, BV], dtype=tl.float32)
-    b_dP = tl.zeros([BK, BV], dtype=tl.float32)
     n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
     while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
         i_t, o_t, m_t, b_q, b_cA, b_W, b_x = _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
                                                     K, R1, J, BT, BK, BR)
-        b_A = prec_dot(b_q, tl.trans(b_k), DOT) * b_W * b_x  # [BT, BT]
+        b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
+        b_M = b_W * b_x
+        if USE_DU:
+            b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                           other=0.)
+            b_du += prec_dot_tc(tl.trans(b_qk * b_M), b_do, DOT)
+        if USE_DK & key_side:
+            b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T over the whole value width
+            for v0 in range(0, V, BV):
+                o_w = v0 + tl.arange(0, BV)
+                m_w = o_w < V
+                b_dw = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_w[None, :],
+                               mask=m_t[:, None] & m_w[None, :], other=0.)
+                b_u = tl.load(u + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_w[None, :], mask=m_w[None, :],
+                              other=0.)
+                b_dA += prec_dot(b_dw, tl.trans(b_u), DOT)
+            b_dAM = b_dA * b_M
+            b_dk += prec_dot_tc(tl.trans(b_dAM), b_q, DOT)
+            b_dE = b_dAM * b_qk
+            # e = gl_c[BT-1] - gl_c[s] + ... for an older query chunk, gl_i[t] - gl_c[s] for the chunk itself
+            b_dgc += tl.where((o_s == BT - 1) & (i_t != i_c), tl.sum(tl.sum(b_dE, 1), 0), 0.) - tl.sum(b_dE, 0)
+        n += 1
+    if USE_DU:
+        tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
+    if USE_DK & key_side:
+        tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
+        tl.store(dgl + i_bh * Tp + i_c * BT + o_s, b_dgc)
+
+
+@triton.jit
+def readout_bwd_dP_kernel(
+    q, gl, seg, jidx, dl, do, ptr, pairs, order, dP,
+    T, Tp, NT,
+    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+):
+    i_n, i_v = tl.load(order + tl.program_id(0)).to(tl.int64), tl.program_id(1)
+    i_bh, i_c = i_n // NT, i_n % NT
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    b_dP = tl.zeros([BK, BV], dtype=tl.float32)
+    n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
+    while n < n_end:
+        e = tl.load(pairs + n)
+        i_t, j = e // J, e % J
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+        b_gi = tl.load(gl + i_bh * Tp + o_t)
+        b_cs = _csum(jidx, dl, _ranks(jidx, i_bh, o_t, m_t, T, R1, BR), i_bh, o_t, m_t, T, j, R1, BR)
+        b_cA = b_cs * tl.exp(tl.load(seg + (i_bh * (NT + 1) + i_t) * (NT + 1) + i_c) + b_gi)
         b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
-        b_du += prec_dot_tc(tl.trans(b_A), b_do, DOT)
         b_dP += prec_dot(tl.trans(b_q * b_cA[:, None]), b_do, DOT)
         n += 1
-    tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
     tl.store(dP + ((i_bh * NT + i_c) * K + o_k[:, None]) * V + o_v[None, :], b_dP, mask=m_k[:, None] & m_v[None, :])
 
 
@@ -254,10 +274,10 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         needs: six bools, which of ``q, k, u, gl, P, dlam`` need a gradient.
         dot_precision: the ``tl.dot`` mode, as :func:`dla.ops.dla.readout_fwd.boundary_terms_fwd` (``ieee``,
             ``tf32``, ``tf32x3``, ``bf16``, ``fp16``); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
-        block_v, num_warps: value columns per tile of the ``dq`` and ``dk`` kernels' loops over ``V`` and warps
+        block_v, num_warps: value columns per tile of the ``dq`` kernel's loop over ``V`` and warps
             per program (``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
-        block_v_du: value columns per program of the ``du`` kernel, which recomputes ``q k^T`` and the weights
-            once per tile (H200, bf16, T = 4096, K = V = 128: 54 ms at 32 columns, 35 ms at 64).
+        block_v_du: value columns per program of the key-side kernels (``du`` and ``dk``, ``dP``), which
+            recompute ``q k^T`` and the weights once per tile.
     Returns:
         ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed. ``gl``'s gradient includes the path
         through ``seg`` (autograd of :func:`dla.ops.dla.chunk_torch._block_segsum`).
@@ -293,17 +313,21 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
                                            dseg[1], T, Tp, NT, V=V, **meta)
     if nk or nu or ngl or nP:
         ptr, pairs, order = key_pairs(cand)
-    if nk or ngl:
-        dk = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
-        dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
-        readout_bwd_dk_kernel[(B * H * NT,)](q, k, u, glf, segf, jidx, off, dl, do, ptr, pairs, order, dk, dgl_k,
-                                           T, Tp, NT, V=V, **meta)
-    if nu or nP:
-        du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev)
+    if nk or nu or ngl:
+        # dk (and the key side of dgl) with du's first value tile in one program per key chunk; the other value
+        # tiles of du in programs of their own
+        dk = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev) if nk or ngl else None
+        du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev) if nu else None
+        dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev) if ngl or nk else None
+        BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))
+        readout_bwd_key_kernel[(B * H * NT, triton.cdiv(V, BVk) if nu else 1)](  # grid y <= 65535
+            q, k, u, glf, segf, jidx, off, dl, do, ptr, pairs, order, dk, du, dgl_k, T, Tp, NT, V=V,
+            USE_DK=bool(nk or ngl), USE_DU=bool(nu), **{**meta, "BV": BVk})
+    if nP:
         dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
-        BVu = max(lo, min(block_v_du, triton.next_power_of_2(V)))
-        readout_bwd_du_kernel[(B * H * NT, triton.cdiv(V, BVu))](  # the long axis first: grid y <= 65535
-            q, k, glf, segf, jidx, off, dl, do, ptr, pairs, order, du, dP, T, Tp, NT, V=V, **{**meta, "BV": BVu})
+        BVp = max(lo, min(block_v_du, triton.next_power_of_2(V)))
+        readout_bwd_dP_kernel[(B * H * NT, triton.cdiv(V, BVp))](
+            q, glf, segf, jidx, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V, **{**meta, "BV": BVp})
     if ngl:
         dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
     return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,

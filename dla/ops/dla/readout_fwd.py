@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from dla.ops.utils.precision import min_tile, resolve_precision
 from dla.ops.utils.saved import compact_index, save_rebuilt, saved_rebuilt
-from dla.ops.utils.triton_dot import prec_dot
+from dla.ops.utils.triton_dot import prec_dot, prec_operand
 
 
 def _idx(t: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,20 @@ def _ranks(jidx, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr):
 
 
 @triton.jit
+def _decay(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT: tl.constexpr):
+    """``[BT, BT]`` decay ``exp(e[t, s])`` from key ``s`` of chunk ``c`` to query ``t`` of chunk ``i_t``: masked for
+    the chunk itself, an outer product of two ``[BT]`` exponentials for an older chunk (both exponents <= 0)."""
+    o_s = tl.arange(0, BT)
+    b_gc = tl.load(gl + i_bh * Tp + c * BT + o_s)
+    if c == i_t:
+        b_x = tl.exp(tl.where(o_s[None, :] <= o_s[:, None], b_gi[:, None] - b_gc[None, :], float("-inf")))
+    else:
+        b_gend = tl.load(gl + i_bh * Tp + c * BT + BT - 1)
+        b_x = tl.exp(b_gi + tl.load(p_seg + c + 1))[:, None] * tl.exp(b_gend - b_gc)[None, :]
+    return b_x
+
+
+@triton.jit
 def readout_fwd_kernel(
     q, k, u, gl, P, seg, cand, jidx, off, dl, o,
     T, Tp, NT,
@@ -79,7 +93,8 @@ def readout_fwd_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_t, m_k, m_v = o_t < T, o_k < K, o_v < V
 
-    b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+    b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                               other=0.), DOT)  # kept across the candidates: 16 bits in the 16-bit modes
     b_gi = tl.load(gl + i_bh * Tp + o_t, mask=m_t, other=0.)  # [BT] chunk-local log-decay of the queries
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     p_seg = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
@@ -104,15 +119,8 @@ def readout_fwd_kernel(
             o_c = c * BT + o_s
             b_k = tl.load(k + (i_bh * Tp + o_c[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
             b_u = tl.load(u + (i_bh * Tp + o_c[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
-            b_gc = tl.load(gl + i_bh * Tp + o_c)  # [BT]
-            if c == i_t:
-                b_e = b_gi[:, None] - b_gc[None, :]
-                b_e = tl.where(o_s[None, :] <= tl.arange(0, BT)[:, None], b_e, float("-inf"))
-            else:
-                b_gend = tl.load(gl + i_bh * Tp + c * BT + BT - 1)
-                b_e = (b_gend - b_gc)[None, :] + tl.load(p_seg + c + 1) + b_gi[:, None]
             b_qk = prec_dot(b_q, tl.trans(b_k), DOT)
-            b_A = b_qk * b_W * tl.exp(b_e)
+            b_A = b_qk * b_W * _decay(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT)
             b_o += prec_dot(b_A, b_u, DOT)
     tl.store(o + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], b_o, mask=m_t[:, None] & m_v[None, :])
 

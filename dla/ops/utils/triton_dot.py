@@ -36,3 +36,16 @@ def prec_dot_tc(a, b, DOT: tl.constexpr):
     else:
         c = tl.dot(a, b, input_precision=DOT)
     return c
+
+
+@triton.jit
+def prec_operand(x, DOT: tl.constexpr):
+    """``x`` as :func:`prec_dot` will read it: rounded to 16 bits once in the 16-bit modes (a tile kept across a
+    loop then takes half the registers; the products are the same), unchanged in the others."""
+    if DOT == "bf16":
+        y = x.to(tl.bfloat16)
+    elif DOT == "fp16":
+        y = x.to(tl.float16)
+    else:
+        y = x
+    return y

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dla.ops import chunk_dla
-from dla.ops.dla.chunk_torch import _GatherLast
+from dla.ops.dla.chunk_torch import _GatherLast, _heads
 from dla.ops.utils.saved import compact_index
 from tests.conftest import make_inputs
 
@@ -34,6 +34,21 @@ def test_gather_last_matches_torch_gather():
     assert torch.equal(g, g_ref)
     assert torch.autograd.gradcheck(lambda t: _GatherLast.apply(t, index), (x,))
     assert torch.autograd.gradgradcheck(lambda t: _GatherLast.apply(t, index) ** 2, (x,))
+
+
+@pytest.mark.parametrize("G, H, pad", [(1, 4, 3), (2, 6, 0), (3, 3, 5)])
+def test_heads_is_one_copy_of_the_repeat_form(G, H, pad):
+    """The kernels' head-major copy (one pass) equals repeat + transpose + pad + contiguous, values and gradient
+    bitwise (the gradient sums a group's heads in float32, not in the input's bf16)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, G, 8, generator=gen).bfloat16().requires_grad_()
+    ref = F.pad(x.float().repeat_interleave(H // G, 2).transpose(1, 2), (0, 0, 0, pad)).contiguous()
+    out = _heads(x, H, pad, torch.float32)
+    assert out.is_contiguous() and out.dtype == torch.float32 and torch.equal(out, ref)
+    w = torch.randn(out.shape, generator=gen)
+    (g,) = torch.autograd.grad((out * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.equal(g, g_ref)
 
 
 def _saved_dtypes(fn):
