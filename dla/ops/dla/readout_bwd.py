@@ -156,7 +156,6 @@ def readout_bwd_key_kernel(
     T, Tp, NT,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
-    USE_DK: tl.constexpr, USE_DU: tl.constexpr,
 ):
     i_n, i_v = tl.load(order + tl.program_id(0)).to(tl.int64), tl.program_id(1)
     i_bh, i_c = i_n // NT, i_n % NT
@@ -176,11 +175,10 @@ def readout_bwd_key_kernel(
                                                     K, R1, J, BT, BK, BR)
         b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
         b_M = b_W * b_x
-        if USE_DU:
-            b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                           other=0.)
-            b_du += prec_dot_tc(tl.trans(b_qk * b_M), b_do, DOT)
-        if USE_DK & key_side:
+        b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                       other=0.)
+        b_du += prec_dot_tc(tl.trans(b_qk * b_M), b_do, DOT)
+        if key_side:
             b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T over the whole value width
             for v0 in range(0, V, BV):
                 o_w = v0 + tl.arange(0, BV)
@@ -196,9 +194,8 @@ def readout_bwd_key_kernel(
             # e = gl_c[BT-1] - gl_c[s] + ... for an older query chunk, gl_i[t] - gl_c[s] for the chunk itself
             b_dgc += tl.where((o_s == BT - 1) & (i_t != i_c), tl.sum(tl.sum(b_dE, 1), 0), 0.) - tl.sum(b_dE, 0)
         n += 1
-    if USE_DU:
-        tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
-    if USE_DK & key_side:
+    tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
+    if key_side:
         tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
         tl.store(dgl + i_bh * Tp + i_c * BT + o_s, b_dgc)
 
@@ -314,15 +311,16 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     if nk or nu or ngl or nP:
         ptr, pairs, order = key_pairs(cand)
     if nk or nu or ngl:
-        # dk (and the key side of dgl) with du's first value tile in one program per key chunk; the other value
-        # tiles of du in programs of their own
-        dk = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev) if nk or ngl else None
-        du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev) if nu else None
-        dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev) if ngl or nk else None
+        # dk (and the key side of dgl) with du's first value tile in one program per key chunk, the other value
+        # tiles of du in programs of their own; all three whichever are needed: one compiled kernel, so that a
+        # gradient does not depend on which others were asked for (bitwise)
+        dk = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
+        du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev)
+        dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
         BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))
-        readout_bwd_key_kernel[(B * H * NT, triton.cdiv(V, BVk) if nu else 1)](  # grid y <= 65535
+        readout_bwd_key_kernel[(B * H * NT, triton.cdiv(V, BVk))](  # the long axis first: grid y <= 65535
             q, k, u, glf, segf, jidx, off, dl, do, ptr, pairs, order, dk, du, dgl_k, T, Tp, NT, V=V,
-            USE_DK=bool(nk or ngl), USE_DU=bool(nu), **{**meta, "BV": BVk})
+            **{**meta, "BV": BVk})
     if nP:
         dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
         BVp = max(lo, min(block_v_du, triton.next_power_of_2(V)))
