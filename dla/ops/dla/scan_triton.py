@@ -263,17 +263,22 @@ def dla_scan_kernel(
         n_tok = tl.where(i_c == NT - 1, LAST, CS)
         # y of token t: against O if the open slot started before the chunk, plus its tokens s < t inside it
         y_next = _y_entry(p_W, 0, open_start - c, BT)
+        # the token's log-decay and ||s_t||^2 are loaded one token ahead too: no load latency opens an iteration
+        g_next = tl.load(g + i_n * Tp + c)
+        z_next = tl.load(p_W + (BT + 1) * BT)
         tt = 0
         while tt < n_tok:
             t = c + tt
-            g_t = 2 * tl.load(g + i_n * Tp + t)
-            z_t = tl.load(p_W + (BT + 1) * BT + tt)
+            g_t = 2 * g_next
+            z_t = z_next
             x = x_carry * (libdevice.exp(g_t) if USE_LIBDEVICE else tl.exp(g_t))
             y = y_next
             # the next token's y for both outcomes of this token, loaded before the decision (off its latency)
             t_n = tl.minimum(tt + 1, BT - 1)
             y_keep = _y_entry(p_W, t_n, open_start - c, BT)
             y_open = tl.load(p_W + t_n * BT + tt)
+            g_next = tl.load(g + i_n * Tp + c + t_n, mask=c + t_n < Tp, other=0)  # unused past the chunk
+            z_next = tl.load(p_W + (BT + 1) * BT + t_n)
             empty = m == 0
             info_t = tl.where(empty, 0.0, _score(x, y, z_t, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, USE_RN))
             if POLICY == _DLA or POLICY == _UNBOUNDED:
