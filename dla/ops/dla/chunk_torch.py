@@ -143,16 +143,31 @@ def chunk_dla_torch(
 def _heads(x: torch.Tensor, H: int, pad: int, dtype: torch.dtype) -> torch.Tensor:
     """``[B, T, G, D] -> [B, H, T + pad, D]`` contiguous in ``dtype``: group ``h // (H / G)`` for head ``h``, zero
     padding. One pass over the output (a repeat, a transpose, a pad and a contiguous copy would each make one:
-    1.6 GB per pass for ``q`` at 65,536 tokens x 48 heads, K = 128), plus a cast of the input when ``G < H``.
-    Differentiable; the gradient is autograd's of the same expression built from ``repeat_interleave``."""
-    B, T, G, D = x.shape
-    out = torch.empty(B, H, T + pad, D, dtype=dtype, device=x.device)
-    if pad:
-        out[:, :, T:].zero_()
-    if G < H:  # the gradient sums over a group's heads in ``dtype``, not in the input's
-        x = x.to(dtype)
-    out[:, :, :T].view(B, G, H // G, T, D).copy_(x.transpose(1, 2)[:, :, None])
-    return out
+    1.6 GB per pass for ``q`` at 65,536 tokens x 48 heads, K = 128). The backward is one sum over each group's
+    heads in ``dtype`` (then cast to ``x``'s dtype), the gradient of that repeat form; twice differentiable."""
+    return _Heads.apply(x, H, pad, dtype)
+
+
+class _Heads(torch.autograd.Function):
+    """:func:`_heads`: a Function rather than an in-place copy into a new tensor, whose autograd node
+    (``CopySlices``) would clone the whole ``[B, H, T + pad, D]`` gradient before reducing it."""
+
+    @staticmethod
+    def forward(ctx, x, H, pad, dtype):
+        B, T, G, D = x.shape
+        ctx.shape, ctx.x_dtype = (B, T, G, D), x.dtype
+        out = torch.empty(B, H, T + pad, D, dtype=dtype, device=x.device)
+        if pad:
+            out[:, :, T:].zero_()
+        out[:, :, :T].view(B, G, H // G, T, D).copy_(x.transpose(1, 2)[:, :, None])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        B, T, G, D = ctx.shape
+        g = grad[:, :, :T].unflatten(1, (G, -1))  # [B, G, H / G, T, D]
+        g = g.sum(2) if g.shape[2] > 1 else g[:, :, 0]
+        return g.transpose(1, 2).to(ctx.x_dtype), None, None, None
 
 
 def _block_segsum(tot: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,9 @@ def test_heads_is_one_copy_of_the_repeat_form(G, H, pad):
     (g,) = torch.autograd.grad((out * w).sum(), x)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
     assert torch.equal(g, g_ref)
+    x64 = torch.randn(2, 3, G, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _heads(t, H, pad, torch.float64), (x64,))
+    assert torch.autograd.gradgradcheck(lambda t: _heads(t, H, pad, torch.float64) ** 2, (x64,))
 
 
 def _saved_dtypes(fn):
