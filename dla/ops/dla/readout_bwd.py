@@ -117,11 +117,11 @@ def readout_bwd_dq_kernel(
 
 
 @triton.jit
-def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
-          K: tl.constexpr, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-          BR: tl.constexpr):
-    """Query side of pair ``n`` for key chunk ``i_c``: the query chunk ``i_t``, its positions, mask and queries
-    ``[BT, BK]``, ``cA [BT]``, ``W [BT, BT]`` and ``exp(e) [BT, BT]``."""
+def _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp,
+                K: tl.constexpr, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                BR: tl.constexpr):
+    """Pair ``n`` of a key chunk: its query chunk ``i_t`` and candidate ``j``, the query positions, mask and queries
+    ``[BT, BK]``, their log-decays ``[BT]`` and every rank's candidate index ``[BT, BR]``."""
     e = tl.load(pairs + n)
     i_t, j = e // J, e % J
     o_t = i_t * BT + tl.arange(0, BT)
@@ -130,7 +130,16 @@ def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
     b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
                   other=0.)
     b_gi = tl.load(gl + i_bh * Tp + o_t)
-    b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
+    return i_t, j, o_t, m_t, b_q, b_gi, _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
+
+
+@triton.jit
+def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
+          K: tl.constexpr, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+          BR: tl.constexpr):
+    """Query side of pair ``n`` for key chunk ``i_c``: the query chunk ``i_t``, its positions, mask and queries
+    ``[BT, BK]``, ``cA [BT]``, ``W [BT, BT]`` and ``exp(e) [BT, BT]``."""
+    i_t, j, o_t, m_t, b_q, b_gi, b_jt = _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp, K, R1, J, BT, BK, BR)
     b_cs, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
     p_row = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
     b_x = _decay(gl, p_row, i_bh, i_t, i_c, b_gi, Tp, BT)
@@ -215,13 +224,8 @@ def readout_bwd_dP_kernel(
     b_dP = tl.zeros([BK, BV], dtype=tl.float32)
     n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
     while n < n_end:
-        e = tl.load(pairs + n)
-        i_t, j = e // J, e % J
-        o_t = i_t * BT + tl.arange(0, BT)
-        m_t = o_t < T
-        b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
-        b_gi = tl.load(gl + i_bh * Tp + o_t)
-        b_cs = _csum(jidx, dl, _ranks(jidx, i_bh, o_t, m_t, T, R1, BR), i_bh, o_t, m_t, T, j, R1, BR)
+        i_t, j, o_t, m_t, b_q, b_gi, b_jt = _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp, K, R1, J, BT, BK, BR)
+        b_cs = _csum(jidx, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BR)
         b_cA = b_cs * tl.exp(tl.load(seg + (i_bh * (NT + 1) + i_t) * (NT + 1) + i_c) + b_gi)
         b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
@@ -311,6 +315,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
                                            dseg[1], T, Tp, NT, V=V, **meta)
     if nk or nu or ngl or nP:
         ptr, pairs, order = key_pairs(cand)
+        BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))  # value columns of a key-side program
     if nk or nu or ngl:
         # dk (and the key side of dgl) with du's first value tile in one program per key chunk, the other value
         # tiles of du in programs of their own; all three whichever are needed: one compiled kernel, so that a
@@ -318,15 +323,13 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         dk = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
         du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev)
         dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
-        BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))
         readout_bwd_key_kernel[(B * H * NT, triton.cdiv(V, BVk))](  # the long axis first: grid y <= 65535
             q, k, u, glf, segf, jidx, off, dl, do, ptr, pairs, order, dk, du, dgl_k, T, Tp, NT, V=V,
             **{**meta, "BV": BVk})
     if nP:
         dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
-        BVp = max(lo, min(block_v_du, triton.next_power_of_2(V)))
-        readout_bwd_dP_kernel[(B * H * NT, triton.cdiv(V, BVp))](
-            q, glf, segf, jidx, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V, **{**meta, "BV": BVp})
+        readout_bwd_dP_kernel[(B * H * NT, triton.cdiv(V, BVk))](
+            q, glf, segf, jidx, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V, **{**meta, "BV": BVk})
     if ngl:
         dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
     return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,
