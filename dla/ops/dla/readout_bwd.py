@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _decay, _idx, _ranks, _run
+from dla.ops.dla.readout_fwd import _coef, _decay, _idx, _rank_major, _ranks, _run
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc, prec_operand
 
@@ -104,14 +104,14 @@ def readout_bwd_dq_kernel(
             tl.store(dseg_c + p_row + c, tl.sum(b_ga, 0))
             tl.store(dseg_c1 + p_row + c + 1, tl.where(c == i_t, 0., tl.sum(tl.sum(b_dE, 1), 0)))
             b_dcs = b_dcA * b_a
-            r_lo, r_hi = _run(b_jt, j, BR)
-            for r in range(R1):
-                if (r >= r_lo) & (r <= r_hi):
-                    p_r = (i_bh * T + o_t) * R1 + r
-                    b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-                    b_p = tl.load(off + p_r, mask=m_t, other=0)
-                    b_g = b_dcs + tl.sum(tl.where(o_i[None, :] < b_p[:, None], b_dW, 0.), 1)
-                    tl.store(ddl + p_r, b_g, mask=m_t & (b_j == j))  # each (t, r) has one candidate
+            r, r_hi = _run(b_jt, j, BR)
+            while r <= r_hi:
+                p_r = (i_bh * R1 + r) * T + o_t
+                b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+                b_p = tl.load(off + p_r, mask=m_t, other=0)
+                b_g = b_dcs + tl.sum(tl.where(o_i[None, :] < b_p[:, None], b_dW, 0.), 1)
+                tl.store(ddl + p_r, b_g, mask=m_t & (b_j == j))  # each (t, r) has one candidate
+                r += 1
     tl.store(dq + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], b_dq, mask=m_k[None, :])
     tl.store(dgl + i_bh * Tp + o_t, b_dgi)
 
@@ -147,16 +147,12 @@ def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
 
 
 @triton.jit
-def _csum(jidx, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BR: tl.constexpr):
-    """``cs [BT]`` of :func:`dla.ops.dla.readout_fwd._coef` alone (no ``W``)."""
-    r_lo, r_hi = _run(b_jt, j, BR)
-    b_cs = tl.zeros([o_t.shape[0]], dtype=tl.float32)
-    for r in range(R1):
-        if (r >= r_lo) & (r <= r_hi):
-            p_r = (i_bh * T + o_t) * R1 + r
-            b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-            b_cs += tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)
-    return b_cs
+def _csum(dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BR: tl.constexpr):
+    """``cs [BT]`` of :func:`dla.ops.dla.readout_fwd._coef` alone (no ``W``): one ``[BT, BR]`` tile of ``dl``."""
+    o_r = tl.arange(0, BR)
+    b_dl = tl.load(dl + (i_bh * R1 + o_r[None, :]) * T + o_t[:, None], mask=m_t[:, None] & (o_r[None, :] < R1),
+                   other=0.)
+    return tl.sum(tl.where(b_jt == j, b_dl, 0.), 1)
 
 
 @triton.jit
@@ -225,7 +221,7 @@ def readout_bwd_dP_kernel(
     n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
     while n < n_end:
         i_t, j, o_t, m_t, b_q, b_gi, b_jt = _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp, K, R1, J, BT, BK, BR)
-        b_cs = _csum(jidx, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BR)
+        b_cs = _csum(dl, b_jt, i_bh, o_t, m_t, T, j, R1, BR)
         b_cA = b_cs * tl.exp(tl.load(seg + (i_bh * (NT + 1) + i_t) * (NT + 1) + i_c) + b_gi)
         b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
@@ -295,7 +291,8 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     gl_leaf = gl.detach().float().requires_grad_(bool(ngl))
     with torch.enable_grad():
         seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # [B, H, NT + 1, NT + 1]
-    q, k, u, glf, P, dl, segf = map(f32, (q, k, u, gl, P, dlam, seg))
+    q, k, u, glf, P, segf = map(f32, (q, k, u, gl, P, seg))
+    dl = _rank_major(dlam)
     do = F.pad(grad.float(), (0, 0, 0, Tp - T)).contiguous()
     cand, jidx, off = cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off)
     lo = min_tile(dot_precision)
@@ -308,7 +305,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     dq = dk = du = dP = ddl = dgl = None
     if nq or ngl or ndl:
         dq = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
-        ddl = torch.zeros(B, H, T, R1, dtype=torch.float32, device=dev)  # entries without a boundary stay 0
+        ddl = torch.zeros(B, H, R1, T, dtype=torch.float32, device=dev)  # rank-major; no boundary: stays 0
         dgl = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
         dseg = torch.zeros(2, B, H, NT + 1, NT + 1, dtype=torch.float32, device=dev)
         readout_bwd_dq_kernel[(NT, B * H)](q, k, u, glf, P, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0],
@@ -333,7 +330,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     if ngl:
         dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
     return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,
-            ddl if ndl else None)
+            ddl.transpose(2, 3) if ndl else None)
 
 
 def boundary_terms_bwd_torch(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs):

@@ -26,9 +26,17 @@ from dla.ops.utils.triton_dot import prec_dot, prec_operand
 
 
 def _idx(t: torch.Tensor) -> torch.Tensor:
-    """``jidx`` or ``off`` as the kernels read them: int16 or int32 kept (the kernels compare these per-rank
-    indices, never address with them; ``cand``, which they do address with, is always int32), else int32."""
-    return (t if t.dtype in (torch.int16, torch.int32) else t.to(torch.int32)).contiguous()
+    """``jidx`` or ``off`` ``[B, H, T, R1]`` as the kernels read them: rank-major ``[B, H, R1, T]`` (a rank's
+    entries for consecutive tokens are contiguous: the kernels load one rank for a chunk of tokens at a time), int16
+    or int32 kept (the kernels compare these per-rank indices, never address with them; ``cand``, which they do
+    address with, is always int32), else int32."""
+    t = t if t.dtype in (torch.int16, torch.int32) else t.to(torch.int32)
+    return t.transpose(-1, -2).contiguous()
+
+
+def _rank_major(t: torch.Tensor) -> torch.Tensor:
+    """``dlam [B, H, T, R1]`` as the kernels read it: float32, rank-major ``[B, H, R1, T]`` (see :func:`_idx`)."""
+    return t.detach().float().transpose(-1, -2).contiguous()
 
 
 @triton.jit
@@ -46,14 +54,15 @@ def _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BT: tl.co
     r_lo, r_hi = _run(b_jt, j, BR)
     b_cs = tl.zeros([BT], dtype=tl.float32)
     b_W = tl.zeros([BT, BT], dtype=tl.float32)
-    for r in range(R1):
-        if (r >= r_lo) & (r <= r_hi):  # a candidate's boundaries are a run of ranks
-            p_r = (i_bh * T + o_t) * R1 + r
-            b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-            b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
-            b_p = tl.load(off + p_r, mask=m_t, other=0)
-            b_cs += b_d
-            b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)
+    r = r_lo
+    while r <= r_hi:  # a candidate's boundaries are a run of ranks; a while loop visits only those
+        p_r = (i_bh * R1 + r) * T + o_t  # rank-major tables: one contiguous row per rank
+        b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
+        b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
+        b_p = tl.load(off + p_r, mask=m_t, other=0)
+        b_cs += b_d
+        b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)
+        r += 1
     return b_cs, b_W
 
 
@@ -61,7 +70,7 @@ def _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BT: tl.co
 def _ranks(jidx, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr):
     """``[BT, BR]`` candidate index of every rank's boundary (-1: none)."""
     o_r = tl.arange(0, BR)
-    p_tr = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
+    p_tr = (i_bh * R1 + o_r[None, :]) * T + o_t[:, None]
     return tl.load(jidx + p_tr, mask=m_t[:, None] & (o_r[None, :] < R1), other=-1)
 
 
@@ -132,7 +141,8 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     Args:
         q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``;
         seg: ``[B, H, NT + 1, NT + 1]``; cand: ``[B, H, NT, J]``; jidx, off: ``[B, H, T, R1]`` int;
-        dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32).
+        dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32). The per-rank tables ``jidx, off,
+        dlam`` are handed to the kernel rank-major (:func:`_idx`, :func:`_rank_major`).
         dot_precision: the operands of every ``tl.dot``: ``ieee`` (float32 on the CUDA cores), ``tf32``,
             ``tf32x3`` (three TF32 tensor-core passes, float32-accurate to about 1e-7 relative), ``bf16`` or
             ``fp16`` (16-bit operands, float32 accumulation; :mod:`dla.ops.utils.precision`); ``None``: ``tf32x3``
@@ -151,7 +161,7 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
     readout_fwd_kernel[grid](
         f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off),
-        f32(dlam), o,
+        _rank_major(dlam), o,
         T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
         DOT=dot_precision, num_warps=num_warps,
     )
