@@ -2,7 +2,7 @@
 
 Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
-        [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--ncu]
+        [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N] [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
@@ -37,10 +37,13 @@ def main(argv=None):
     ap.add_argument("--ncu", action="store_true")
     ap.add_argument("--block-v-du", type=int, default=None,
                     help="value columns per program of the readout backward's key-side kernels (default: its own)")
+    ap.add_argument("--bwd-warps", type=int, default=None,
+                    help="warps per program of the readout backward's kernels (default: its own)")
     args = ap.parse_args(argv)
-    if args.block_v_du is not None:
-        from dla.ops.dla import readout_bwd
-        readout_bwd.boundary_terms_bwd.__kwdefaults__["block_v_du"] = args.block_v_du
+    from dla.ops.dla import readout_bwd
+    for kw, val in (("block_v_du", args.block_v_du), ("num_warps", args.bwd_warps)):
+        if val is not None:
+            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = val
     B = max(args.tokens // args.T, 1)
     x = _inputs(args.shape, B, args.T, args.capacity, args.gdn)
     for n in ("q", "k", "v", "g", "lam", "beta"):
@@ -83,7 +86,8 @@ def main(argv=None):
             "triton": __import__("triton").__version__, "date": time.strftime("%F"), "shape": args.shape,
             "T": args.T, "B": B, "backbone": "gdn" if args.gdn else "mamba2", "policy": args.policy,
             "tau": args.tau, "capacity": args.capacity, "precision": args.precision,
-            "block_v_du": args.block_v_du, "inputs": "dla bench ops (bf16)", "kernel_ms_total": total,
+            "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps, "inputs": "dla bench ops (bf16)",
+            "kernel_ms_total": total,
             "wall_ms_unprofiled": wall_ms}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _decay, _idx, _rank_major, _ranks, _run
+from dla.ops.dla.readout_fwd import _coef, _col, _decay, _idx, _run, _tables
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc, prec_operand
 
@@ -62,7 +62,9 @@ def readout_bwd_dq_kernel(
     b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                                other=0.), DOT)  # kept across the candidates: 16 bits in the 16-bit modes
     b_gi = tl.load(gl + i_bh * Tp + o_t)  # [BT]; padding has g = 0, so D(s, t) <= 1 there too
-    b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
+    b_jt, b_off, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)  # [BT, BR] each
+    o_r = tl.arange(0, BR)
+    b_ddl = tl.zeros([BT, BR], dtype=tl.float32)  # each (t, r) gets its value from its one candidate
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dgi = tl.zeros([BT], dtype=tl.float32)
     p_row = (i_bh * (NT + 1) + i_t) * (NT + 1)  # the query chunk's row of seg and of the two dseg planes
@@ -73,7 +75,7 @@ def readout_bwd_dq_kernel(
         if j > 0:
             fresh = c != tl.load(p_cand + j - 1)  # sorted; a repeat holds no boundary
         if fresh:
-            b_cs, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
+            b_cs, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
             b_a = tl.exp(tl.load(seg + p_row + c) + b_gi)  # D(c BT - 1, t)
             b_cA = b_cs * b_a
             b_x = _decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)  # [BT, BT]
@@ -106,22 +108,21 @@ def readout_bwd_dq_kernel(
             b_dcs = b_dcA * b_a
             r, r_hi = _run(b_jt, j, BR)
             while r <= r_hi:
-                p_r = (i_bh * R1 + r) * T + o_t
-                b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-                b_p = tl.load(off + p_r, mask=m_t, other=0)
+                b_p = _col(b_off, o_r, r)
                 b_g = b_dcs + tl.sum(tl.where(o_i[None, :] < b_p[:, None], b_dW, 0.), 1)
-                tl.store(ddl + p_r, b_g, mask=m_t & (b_j == j))  # each (t, r) has one candidate
+                b_ddl += tl.where((o_r[None, :] == r) & (b_jt == j), b_g[:, None], 0.)
                 r += 1
     tl.store(dq + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], b_dq, mask=m_k[None, :])
     tl.store(dgl + i_bh * Tp + o_t, b_dgi)
+    tl.store(ddl + (i_bh * T + o_t[:, None]) * R1 + o_r[None, :], b_ddl, mask=m_t[:, None] & (o_r[None, :] < R1))
 
 
 @triton.jit
-def _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp,
+def _pair_query(q, gl, jidx, off, dl, pairs, n, i_bh, T, Tp,
                 K: tl.constexpr, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                 BR: tl.constexpr):
     """Pair ``n`` of a key chunk: its query chunk ``i_t`` and candidate ``j``, the query positions, mask and queries
-    ``[BT, BK]``, their log-decays ``[BT]`` and every rank's candidate index ``[BT, BR]``."""
+    ``[BT, BK]``, their log-decays ``[BT]`` and the per-rank tiles of :func:`dla.ops.dla.readout_fwd._tables`."""
     e = tl.load(pairs + n)
     i_t, j = e // J, e % J
     o_t = i_t * BT + tl.arange(0, BT)
@@ -130,7 +131,8 @@ def _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp,
     b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
                   other=0.)
     b_gi = tl.load(gl + i_bh * Tp + o_t)
-    return i_t, j, o_t, m_t, b_q, b_gi, _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)
+    b_jt, b_off, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)
+    return i_t, j, o_t, m_t, b_q, b_gi, b_jt, b_off, b_dl
 
 
 @triton.jit
@@ -139,20 +141,12 @@ def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
           BR: tl.constexpr):
     """Query side of pair ``n`` for key chunk ``i_c``: the query chunk ``i_t``, its positions, mask and queries
     ``[BT, BK]``, ``cA [BT]``, ``W [BT, BT]`` and ``exp(e) [BT, BT]``."""
-    i_t, j, o_t, m_t, b_q, b_gi, b_jt = _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp, K, R1, J, BT, BK, BR)
-    b_cs, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
+    i_t, j, o_t, m_t, b_q, b_gi, b_jt, b_off, b_dl = _pair_query(q, gl, jidx, off, dl, pairs, n, i_bh, T, Tp, K,
+                                                                 R1, J, BT, BK, BR)
+    b_cs, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
     p_row = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
     b_x = _decay(gl, p_row, i_bh, i_t, i_c, b_gi, Tp, BT)
     return i_t, o_t, m_t, b_q, b_cs * tl.exp(tl.load(p_row + i_c) + b_gi), b_W, b_x
-
-
-@triton.jit
-def _csum(dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BR: tl.constexpr):
-    """``cs [BT]`` of :func:`dla.ops.dla.readout_fwd._coef` alone (no ``W``): one ``[BT, BR]`` tile of ``dl``."""
-    o_r = tl.arange(0, BR)
-    b_dl = tl.load(dl + (i_bh * R1 + o_r[None, :]) * T + o_t[:, None], mask=m_t[:, None] & (o_r[None, :] < R1),
-                   other=0.)
-    return tl.sum(tl.where(b_jt == j, b_dl, 0.), 1)
 
 
 @triton.jit
@@ -207,7 +201,7 @@ def readout_bwd_key_kernel(
 
 @triton.jit
 def readout_bwd_dP_kernel(
-    q, gl, seg, jidx, dl, do, ptr, pairs, order, dP,
+    q, gl, seg, jidx, off, dl, do, ptr, pairs, order, dP,
     T, Tp, NT,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
@@ -220,8 +214,9 @@ def readout_bwd_dP_kernel(
     b_dP = tl.zeros([BK, BV], dtype=tl.float32)
     n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
     while n < n_end:
-        i_t, j, o_t, m_t, b_q, b_gi, b_jt = _pair_query(q, gl, jidx, pairs, n, i_bh, T, Tp, K, R1, J, BT, BK, BR)
-        b_cs = _csum(dl, b_jt, i_bh, o_t, m_t, T, j, R1, BR)
+        i_t, j, o_t, m_t, b_q, b_gi, b_jt, _, b_dl = _pair_query(q, gl, jidx, off, dl, pairs, n, i_bh, T, Tp, K,
+                                                                 R1, J, BT, BK, BR)
+        b_cs = tl.sum(tl.where(b_jt == j, b_dl, 0.), 1)  # cs of readout_fwd._coef alone (no W)
         b_cA = b_cs * tl.exp(tl.load(seg + (i_bh * (NT + 1) + i_t) * (NT + 1) + i_c) + b_gi)
         b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
@@ -292,7 +287,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     with torch.enable_grad():
         seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # [B, H, NT + 1, NT + 1]
     q, k, u, glf, P, segf = map(f32, (q, k, u, gl, P, seg))
-    dl = _rank_major(dlam)
+    dl = f32(dlam)
     do = F.pad(grad.float(), (0, 0, 0, Tp - T)).contiguous()
     cand, jidx, off = cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off)
     lo = min_tile(dot_precision)
@@ -305,7 +300,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     dq = dk = du = dP = ddl = dgl = None
     if nq or ngl or ndl:
         dq = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
-        ddl = torch.zeros(B, H, R1, T, dtype=torch.float32, device=dev)  # rank-major; no boundary: stays 0
+        ddl = torch.empty(B, H, T, R1, dtype=torch.float32, device=dev)
         dgl = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
         dseg = torch.zeros(2, B, H, NT + 1, NT + 1, dtype=torch.float32, device=dev)
         readout_bwd_dq_kernel[(NT, B * H)](q, k, u, glf, P, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0],
@@ -326,11 +321,11 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     if nP:
         dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
         readout_bwd_dP_kernel[(B * H * NT, triton.cdiv(V, BVk))](
-            q, glf, segf, jidx, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V, **{**meta, "BV": BVk})
+            q, glf, segf, jidx, off, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V, **{**meta, "BV": BVk})
     if ngl:
         dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
     return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,
-            ddl.transpose(2, 3) if ndl else None)
+            ddl if ndl else None)
 
 
 def boundary_terms_bwd_torch(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs):

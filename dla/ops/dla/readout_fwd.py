@@ -26,17 +26,9 @@ from dla.ops.utils.triton_dot import prec_dot, prec_operand
 
 
 def _idx(t: torch.Tensor) -> torch.Tensor:
-    """``jidx`` or ``off`` ``[B, H, T, R1]`` as the kernels read them: rank-major ``[B, H, R1, T]`` (a rank's
-    entries for consecutive tokens are contiguous: the kernels load one rank for a chunk of tokens at a time), int16
-    or int32 kept (the kernels compare these per-rank indices, never address with them; ``cand``, which they do
-    address with, is always int32), else int32."""
-    t = t if t.dtype in (torch.int16, torch.int32) else t.to(torch.int32)
-    return t.transpose(-1, -2).contiguous()
-
-
-def _rank_major(t: torch.Tensor) -> torch.Tensor:
-    """``dlam [B, H, T, R1]`` as the kernels read it: float32, rank-major ``[B, H, R1, T]`` (see :func:`_idx`)."""
-    return t.detach().float().transpose(-1, -2).contiguous()
+    """``jidx`` or ``off`` as the kernels read them: int16 or int32 kept (the kernels compare these per-rank
+    indices, never address with them; ``cand``, which they do address with, is always int32), else int32."""
+    return (t if t.dtype in (torch.int16, torch.int32) else t.to(torch.int32)).contiguous()
 
 
 @triton.jit
@@ -48,30 +40,37 @@ def _run(b_jt, j, BR: tl.constexpr):
 
 
 @triton.jit
-def _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr):
-    """``cs [BT]``: sum of ``dlam`` of the boundaries in candidate ``j``; ``W [BT, BT]``: those at offsets ``> s``."""
-    o_s = tl.arange(0, BT)
-    r_lo, r_hi = _run(b_jt, j, BR)
-    b_cs = tl.zeros([BT], dtype=tl.float32)
-    b_W = tl.zeros([BT, BT], dtype=tl.float32)
-    r = r_lo
-    while r <= r_hi:  # a candidate's boundaries are a run of ranks; a while loop visits only those
-        p_r = (i_bh * R1 + r) * T + o_t  # rank-major tables: one contiguous row per rank
-        b_j = tl.load(jidx + p_r, mask=m_t, other=-1)
-        b_d = tl.where(b_j == j, tl.load(dl + p_r, mask=m_t, other=0.), 0.)  # [BT]
-        b_p = tl.load(off + p_r, mask=m_t, other=0)
-        b_cs += b_d
-        b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)
-        r += 1
-    return b_cs, b_W
+def _col(x, o_r, r):
+    """Column ``r`` of a ``[BT, BR]`` tile, as a ``[BT]`` vector (a masked row sum: no memory access)."""
+    return tl.sum(tl.where(o_r[None, :] == r, x, tl.zeros_like(x)), 1)
 
 
 @triton.jit
-def _ranks(jidx, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr):
-    """``[BT, BR]`` candidate index of every rank's boundary (-1: none)."""
+def _coef(b_jt, b_off, b_dl, j, BT: tl.constexpr, BR: tl.constexpr):
+    """``cs [BT]``: sum of ``dlam`` of the boundaries in candidate ``j``; ``W [BT, BT]``: those at offsets ``> s``.
+    From the query chunk's ``[BT, BR]`` tiles of :func:`_tables`: the rank loop reads registers, not memory."""
+    o_s = tl.arange(0, BT)
     o_r = tl.arange(0, BR)
-    p_tr = (i_bh * R1 + o_r[None, :]) * T + o_t[:, None]
-    return tl.load(jidx + p_tr, mask=m_t[:, None] & (o_r[None, :] < R1), other=-1)
+    b_a = tl.where(b_jt == j, b_dl, 0.)  # dlam of the ranks whose boundary lies in candidate j
+    b_W = tl.zeros([BT, BT], dtype=tl.float32)
+    r, r_hi = _run(b_jt, j, BR)
+    while r <= r_hi:  # a candidate's boundaries are a run of ranks; the loop visits only those
+        b_d = _col(b_a, o_r, r)
+        b_p = _col(b_off, o_r, r)
+        b_W += tl.where(o_s[None, :] < b_p[:, None], b_d[:, None], 0.)
+        r += 1
+    return tl.sum(b_a, 1), b_W
+
+
+@triton.jit
+def _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr):
+    """The query chunk's per-rank tables as ``[BT, BR]`` tiles, one coalesced load each: every token's candidate
+    index per rank (-1: none), its boundary's offset inside that candidate (int32) and ``dlam`` (0 past ``R1``)."""
+    o_r = tl.arange(0, BR)
+    p_tr = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
+    m_tr = m_t[:, None] & (o_r[None, :] < R1)
+    return (tl.load(jidx + p_tr, mask=m_tr, other=-1), tl.load(off + p_tr, mask=m_tr, other=0).to(tl.int32),
+            tl.load(dl + p_tr, mask=m_tr, other=0.))
 
 
 @triton.jit
@@ -108,8 +107,8 @@ def readout_fwd_kernel(
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     p_seg = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
     p_cand = cand + (i_bh * NT + i_t) * J
-    # every token's candidate index per rank, once: a candidate's boundaries are a run of ranks (chronological)
-    b_jt = _ranks(jidx, i_bh, o_t, m_t, T, R1, BR)  # [BT, BR]
+    # the per-rank tables, once: a candidate's boundaries are a run of ranks (chronological)
+    b_jt, b_off, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)  # [BT, BR] each
     for j in range(J):
         c = tl.load(p_cand + j)
         fresh = j == 0
@@ -117,7 +116,7 @@ def readout_fwd_kernel(
             fresh = c != tl.load(p_cand + j - 1)  # candidates are sorted; a repeat holds no boundary
         if fresh:
             # coefficients of this key chunk, from the ranks whose boundary lies in it (for some token)
-            b_cA, b_W = _coef(jidx, off, dl, b_jt, i_bh, o_t, m_t, T, j, R1, BT, BR)
+            b_cA, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
             b_cA = b_cA * tl.exp(tl.load(p_seg + c) + b_gi)
             # part A: q_t^T P_c
             p_P = P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :]
@@ -141,8 +140,7 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     Args:
         q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``;
         seg: ``[B, H, NT + 1, NT + 1]``; cand: ``[B, H, NT, J]``; jidx, off: ``[B, H, T, R1]`` int;
-        dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32). The per-rank tables ``jidx, off,
-        dlam`` are handed to the kernel rank-major (:func:`_idx`, :func:`_rank_major`).
+        dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32).
         dot_precision: the operands of every ``tl.dot``: ``ieee`` (float32 on the CUDA cores), ``tf32``,
             ``tf32x3`` (three TF32 tensor-core passes, float32-accurate to about 1e-7 relative), ``bf16`` or
             ``fp16`` (16-bit operands, float32 accumulation; :mod:`dla.ops.utils.precision`); ``None``: ``tf32x3``
@@ -161,7 +159,7 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
     readout_fwd_kernel[grid](
         f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off),
-        _rank_major(dlam), o,
+        f32(dlam), o,
         T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
         DOT=dot_precision, num_warps=num_warps,
     )
