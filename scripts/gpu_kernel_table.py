@@ -2,7 +2,8 @@
 
 Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
-        [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N] [--ncu]
+        [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N]
+        [--key-warps N] [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
@@ -38,10 +39,13 @@ def main(argv=None):
     ap.add_argument("--block-v-du", type=int, default=None,
                     help="value columns per program of the readout backward's key-side kernels (default: its own)")
     ap.add_argument("--bwd-warps", type=int, default=None,
-                    help="warps per program of the readout backward's kernels (default: its own)")
+                    help="warps per program of the readout backward's dq kernel (default: its own)")
+    ap.add_argument("--key-warps", type=int, default=None,
+                    help="warps per program of the readout backward's key-side kernels (default: its own)")
     args = ap.parse_args(argv)
     from dla.ops.dla import readout_bwd
-    for kw, val in (("block_v_du", args.block_v_du), ("num_warps", args.bwd_warps)):
+    for kw, val in (("block_v_du", args.block_v_du), ("num_warps", args.bwd_warps),
+                    ("num_warps_key", args.key_warps)):
         if val is not None:
             readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = val
     B = max(args.tokens // args.T, 1)
@@ -86,7 +90,8 @@ def main(argv=None):
             "triton": __import__("triton").__version__, "date": time.strftime("%F"), "shape": args.shape,
             "T": args.T, "B": B, "backbone": "gdn" if args.gdn else "mamba2", "policy": args.policy,
             "tau": args.tau, "capacity": args.capacity, "precision": args.precision,
-            "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps, "inputs": "dla bench ops (bf16)",
+            "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps,
+            "key_warps": args.key_warps, "inputs": "dla bench ops (bf16)",
             "kernel_ms_total": total,
             "wall_ms_unprofiled": wall_ms}
     with open(args.out, "w") as f:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _col, _decay, _idx, _run, _tables
+from dla.ops.dla.readout_fwd import _coef, _decay, _idx, _tables
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc, prec_operand
 
@@ -105,13 +105,10 @@ def readout_bwd_dq_kernel(
             # seg[i, c] and seg[i, c+1] in separate planes: c+1 may be the next candidate's c
             tl.store(dseg_c + p_row + c, tl.sum(b_ga, 0))
             tl.store(dseg_c1 + p_row + c + 1, tl.where(c == i_t, 0., tl.sum(tl.sum(b_dE, 1), 0)))
-            b_dcs = b_dcA * b_a
-            r, r_hi = _run(b_jt, j, BR)
-            while r <= r_hi:
-                b_p = _col(b_off, o_r, r)
-                b_g = b_dcs + tl.sum(tl.where(o_i[None, :] < b_p[:, None], b_dW, 0.), 1)
-                b_ddl += tl.where((o_r[None, :] == r) & (b_jt == j), b_g[:, None], 0.)
-                r += 1
+            # ddlam[t, r] = dcs[t] + sum_{s < off[t, r]} dW[t, s]: an exclusive prefix sum of dW read at every
+            # rank's offset (one gather for all ranks), kept where the rank's boundary lies in this candidate
+            b_pre = tl.cumsum(b_dW, 1) - b_dW
+            b_ddl += tl.where(b_jt == j, b_dcA[:, None] * b_a[:, None] + tl.gather(b_pre, b_off, 1), 0.)
     tl.store(dq + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], b_dq, mask=m_k[None, :])
     tl.store(dgl + i_bh * Tp + o_t, b_dgi)
     tl.store(ddl + (i_bh * T + o_t[:, None]) * R1 + o_r[None, :], b_ddl, mask=m_t[:, None] & (o_r[None, :] < R1))
@@ -254,7 +251,7 @@ def use_triton_bwd(q: torch.Tensor) -> bool:
 
 def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
                        dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 128,
-                       num_warps: Optional[int] = None):
+                       num_warps: Optional[int] = None, num_warps_key: int = 4):
     """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the three Triton kernels of this module.
 
     Args:
@@ -266,8 +263,11 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         needs: six bools, which of ``q, k, u, gl, P, dlam`` need a gradient.
         dot_precision: the ``tl.dot`` mode, as :func:`dla.ops.dla.readout_fwd.boundary_terms_fwd` (``ieee``,
             ``tf32``, ``tf32x3``, ``bf16``, ``fp16``); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
-        block_v, num_warps: value columns per tile of the ``dq`` kernel's loop over ``V`` and warps
-            per program (``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
+        block_v, num_warps: value columns per tile of the ``dq`` kernel's loop over ``V`` and its warps per program
+            (``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
+        num_warps_key: warps per program of the key-side kernels (H200, bf16, ``ll_mamba2`` shape, T = 16384:
+            the ``dk, du`` kernel 35.7 ms at 4 warps, 37.6 at 8; ``dP`` 5.3 and 7.3; the ``dq`` kernel the other
+            way, 41.6 and 31.8).
         block_v_du: value columns per program of the key-side kernels (``du`` and ``dk``, ``dP``), which
             recompute ``q k^T`` and the weights once per tile (H200, bf16, T = 4096, K = V = 128: the ``dk, du``
             kernel 41.3 ms at 64 columns, 28.7 ms at 128).
@@ -317,11 +317,12 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
         readout_bwd_key_kernel[(B * H * NT, triton.cdiv(V, BVk))](  # the long axis first: grid y <= 65535
             q, k, u, glf, segf, jidx, off, dl, do, ptr, pairs, order, dk, du, dgl_k, T, Tp, NT, V=V,
-            **{**meta, "BV": BVk})
+            **{**meta, "BV": BVk, "num_warps": num_warps_key})
     if nP:
         dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
         readout_bwd_dP_kernel[(B * H * NT, triton.cdiv(V, BVk))](
-            q, glf, segf, jidx, off, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V, **{**meta, "BV": BVk})
+            q, glf, segf, jidx, off, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V,
+            **{**meta, "BV": BVk, "num_warps": num_warps_key})
     if ngl:
         dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
     return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,
