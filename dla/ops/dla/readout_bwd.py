@@ -251,7 +251,7 @@ def use_triton_bwd(q: torch.Tensor) -> bool:
 
 def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
                        dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 128,
-                       num_warps: Optional[int] = None, num_warps_key: int = 4):
+                       num_warps: Optional[int] = None, num_warps_key: Optional[int] = None):
     """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the three Triton kernels of this module.
 
     Args:
@@ -265,9 +265,10 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
             ``tf32``, ``tf32x3``, ``bf16``, ``fp16``); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
         block_v, num_warps: value columns per tile of the ``dq`` kernel's loop over ``V`` and its warps per program
             (``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
-        num_warps_key: warps per program of the key-side kernels (H200, bf16, ``ll_mamba2`` shape, T = 16384:
-            the ``dk, du`` kernel 35.7 ms at 4 warps, 37.6 at 8; ``dP`` 5.3 and 7.3; the ``dq`` kernel the other
-            way, 41.6 and 31.8).
+        num_warps_key: warps per program of the key-side kernels; ``None``: 8 for ``BT * BVk >= 8192`` (``BVk``
+            the value columns of a program), else 4. H200, bf16: at the ``ll_mamba2`` shape (V = 64), T = 16384,
+            the ``dk, du`` kernel 35.7 ms at 4 warps, 37.6 at 8, ``dP`` 5.3 and 7.3; at ``h16`` (V = 128), T = 4096,
+            ``dk, du`` 24.2 at 4 warps, 18.1 at 8.
         block_v_du: value columns per program of the key-side kernels (``du`` and ``dk``, ``dP``), which
             recompute ``q k^T`` and the weights once per tile (H200, bf16, T = 4096, K = V = 128: the ``dk, du``
             kernel 41.3 ms at 64 columns, 28.7 ms at 128).
@@ -308,6 +309,8 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     if nk or nu or ngl or nP:
         ptr, pairs, order = key_pairs(cand)
         BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))  # value columns of a key-side program
+        if num_warps_key is None:
+            num_warps_key = 8 if BT * BVk >= 8192 else 4
     if nk or nu or ngl:
         # dk (and the key side of dgl) with du's first value tile in one program per key chunk, the other value
         # tiles of du in programs of their own; all three whichever are needed: one compiled kernel, so that a
