@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks and timings (each part under its own time limit; results under OUT).
 # Usage (CUDA machine, repo root): bash scripts/gpu_session.sh OUT [PART...]
-# Parts (default: all, in this order):
+# Parts (default: all but ncu, in this order):
 #   quick      OUT/quick.json: scripts/gpu_quick_check.py (chunk_dla vs float64 in float32 and bf16 operands, at
 #              two shapes; then fwd+bwd time and peak memory at the bench shape)
 #   tests      OUT/tests.log: every Triton kernel against its PyTorch reference, and chunk_dla on the GPU against
@@ -10,15 +10,20 @@
 #              (OUT/tests_bf16ops_{False,True}.log)
 #   scan       OUT/scan_phases.json: the scan's phases by warps per program (scripts/gpu_scan_phases.py)
 #   profile    OUT/profile.json: chunk_dla's stages at T=4096 (scripts/gpu_profile.py)
+#   kernels    OUT/kernels_{mamba2,gdn}.json: every CUDA kernel of one fwd+bwd, ll_mamba2 T=16K
+#              (scripts/gpu_kernel_table.py)
+#   ncu        OUT/ncu_*: warp-stall samples per source line of the readout kernels, ll_mamba2 T=4K
+#              (scripts/gpu_ncu_source.sh; summarise with scripts/ncu_lines.py); not in the default list
 #   ops        OUT/ops.{json,md,png}: dla bench ops, DLA at C=30 and the peers, T = 16K and 4K, shape h16
 #              (a fresh machine spends about 2 minutes autotuning each fla op)
 #   decode     OUT/decode.{json,md,png}: dla bench decode, contexts 1K, 16K, 128K, batch 1 and 64
 #   generate   OUT/generate.{json,md}: dla bench generate, 125M models, 1K, 16K, 64K prompts + 256 tokens
-# Time limits per part (seconds): T_QUICK, T_TESTS, T_BF16, T_SCAN, T_PROFILE, T_OPS, T_DEC, T_GEN.
+# Time limits per part (seconds): T_QUICK, T_TESTS, T_BF16, T_SCAN, T_PROFILE, T_KERNELS, T_NCU, T_OPS, T_DEC,
+# T_GEN.
 set -uo pipefail
 out=${1:?output directory}
 shift
-parts=${*:-quick tests scan profile ops decode generate}
+parts=${*:-quick tests scan profile kernels ops decode generate}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -51,6 +56,14 @@ for part in $parts; do
     profile)
       timeout "${T_PROFILE:-200}" python3 scripts/gpu_profile.py "$out/profile.json" --lengths 4096 --warps 4 \
         --precisions tf32x3 --op-precisions tf32x3 bf16 --budget 0.3 2>&1 | grep "^|" ;;
+    kernels)
+      for bb in mamba2 gdn; do
+        timeout "${T_KERNELS:-150}" python3 scripts/gpu_kernel_table.py "$out/kernels_$bb.json" \
+          $([ $bb = gdn ] && echo --gdn) 2>&1 | grep -E "kernel_ms_total|readout|scan" | cut -c1-120
+      done ;;
+    ncu)
+      timeout "${T_NCU:-300}" bash scripts/gpu_ncu_source.sh "$out" \
+        'readout_fwd_kernel|readout_bwd_dq_kernel|readout_bwd_key_kernel' --T 4096 --tokens 16384 ;;
     ops)
       timeout "${T_OPS:-500}" python3 -m dla.cli bench ops --out "$out/ops.json" --lengths 16384 4096 --shapes h16 \
         --capacities 30 --taus 0.6 0 --budget 0.25 --max-call-s 5 \
