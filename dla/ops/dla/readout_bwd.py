@@ -287,8 +287,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     gl_leaf = gl.detach().float().requires_grad_(bool(ngl))
     with torch.enable_grad():
         seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # [B, H, NT + 1, NT + 1]
-    q, k, u, glf, P, segf = map(f32, (q, k, u, gl, P, seg))
-    dl = f32(dlam)
+    q, k, u, glf, P, dl, segf = map(f32, (q, k, u, gl, P, dlam, seg))
     do = F.pad(grad.float(), (0, 0, 0, Tp - T)).contiguous()
     cand, jidx, off = cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off)
     lo = min_tile(dot_precision)
