@@ -143,68 +143,124 @@ def _ranks(m, o_r, MB: tl.constexpr):
 
 
 @triton.jit
-def _y_entry(p_W, tt, loc, BT: tl.constexpr):
-    """``y`` of chunk token ``tt`` for an open slot starting at chunk offset ``loc`` (negative: before the chunk),
-    from the scratch: the Gram suffix sum from ``max(loc, 0)``, plus ``y`` against ``O`` when ``loc < 0``."""
-    y = tl.load(p_W + tt * BT + tl.maximum(loc, 0))
-    return tl.where(loc < 0, tl.load(p_W + BT * BT + tt) + y, y)
-
-
-@triton.jit
-def _value_tiles(u, O, i_n, c, Tp, i_v, o_t, o_k, o_v, m_t, m_k, K: tl.constexpr, V: tl.constexpr,
-                 BV: tl.constexpr):
-    """Value tile ``i_v`` of the chunk starting at ``c`` (``u [BT, BV]``) and of the open slot's state
-    (``O [BK, BV]``), with ``O``'s pointers and mask for a store back."""
+def _tiles(k, u, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K: tl.constexpr, V: tl.constexpr,
+           BKT: tl.constexpr, BV: tl.constexpr):
+    """Key tile ``i_k`` and value tile ``i_v`` of the chunk starting at ``c`` (``k [BT, BKT]``, ``u [BT, BV]``)
+    and the open slot's state tile (``O [BKT, BV]``), with ``O``'s pointers and mask for a store back."""
+    o_kk = i_k * BKT + o_kt
     o_vv = i_v * BV + o_v
-    m_v = o_vv < V
+    m_kk, m_v = o_kk < K, o_vv < V
+    b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_kk[None, :], mask=m_t[:, None] & m_kk[None, :], other=0)
     b_u = tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-    p_O = O + (i_n * K + o_k[:, None]) * V + o_vv[None, :]
-    m_O = m_k[:, None] & m_v[None, :]
-    return b_u, tl.load(p_O, mask=m_O, other=0), p_O, m_O
+    p_O = O + (i_n * K + o_kk[:, None]) * V + o_vv[None, :]
+    m_O = m_kk[:, None] & m_v[None, :]
+    return b_k, b_u, tl.load(p_O, mask=m_O, other=0), p_O, m_O
 
 
 @triton.jit
-def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_k, o_v, m_k,
-                  K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BV: tl.constexpr,
+def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_kt, o_v,
+                  K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
                   USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr):
     """``O <-`` the open slot's state at the end of the chunk starting at ``c`` (decayed ``O`` if the slot
-    started before that chunk, plus the chunk's writes from the slot's start on)."""
+    started before that chunk, plus the chunk's writes from the slot's start on), a ``[BKT, BV]`` tile at a time
+    (small tiles: two programs fit on an SM)."""
     m_t = (o_t < CS) & (c + o_t < Tp)
     loc = open_start - c
     b_gl = tl.cumsum(tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0), 0)
     gl_last = tl.sum(tl.where(o_t == CS - 1, b_gl, 0.0), 0)
     b_d = tl.where(m_t & (o_t >= loc), gl_last - b_gl, float("-inf"))  # [BT]
-    p_k = k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :]
-    b_kw = tl.load(p_k, mask=m_t[:, None] & m_k[None, :], other=0) * \
-        (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d))[:, None]  # [BT, BK]
+    b_w = libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)
     d_last = libdevice.exp(gl_last) if USE_LIBDEVICE else tl.exp(gl_last)
     for i_v in range(tl.cdiv(V, BV)):
-        b_u, b_O, p_O, m_O = _value_tiles(u, O, i_n, c, Tp, i_v, o_t, o_k, o_v, m_t, m_k, K, V, BV)
-        b_O = tl.where(loc < 0, d_last * b_O, 0.0) + tl.dot(tl.trans(b_kw), b_u, input_precision=DOT)
-        tl.store(p_O, b_O, mask=m_O)
+        for i_k in range(tl.cdiv(K, BKT)):
+            b_k, b_u, b_O, p_O, m_O = _tiles(k, u, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
+            b_O = tl.where(loc < 0, d_last * b_O, 0.0) + \
+                tl.dot(tl.trans(b_k * b_w[:, None]), b_u, input_precision=DOT)
+            tl.store(p_O, b_O, mask=m_O)
+
+
+@triton.jit
+def dla_scan_tables_kernel(
+    k, u, g, tab, consts, Tp,
+    K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr, USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
+):
+    """Everything of one chunk that does not depend on the decisions, for an open slot starting at each chunk
+    offset ``j``; one program per (chunk, sequence). ``tab [N, NT, BT + 3, BT]`` receives:
+
+    - rows ``t < BT``: ``score[t, j]``, token ``t``'s score when the open slot started at offset ``j < t`` (entries
+      ``j >= t`` are meaningless), from ``x`` by the scan's own recursion (``x = x_carry exp(2 g_t)``, then
+      ``x_carry = x + 2 y + z``) and ``y[t, j] = sum_{j <= s < t} A[t, s]`` (Gram suffix sums);
+    - row ``BT``: ``x_carry`` after the chunk's last token for each start ``j``;
+    - row ``BT + 1``: ``z_t = ||s_t||^2``; row ``BT + 2``: ``y[t, 0]`` (the open slot's ``y`` inside the chunk when
+      it started before it, without the part against its state at the chunk start).
+
+    The sequential kernel then reads a token's score as one entry: the IEEE divisions and square roots of every
+    candidate start run here, in parallel, instead of on the token loop's critical path.
+    """
+    i_c = tl.program_id(0).to(tl.int64)
+    i_n = tl.program_id(1).to(tl.int64)
+    NC = tl.num_programs(0)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_k = o_k < K
+    n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
+    sqrt_n_c = tl.load(consts + 3)
+    c = i_c * CS
+    m_t = (o_t < CS) & (c + o_t < Tp)
+    b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+    b_g = tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0)
+    b_gl = tl.cumsum(b_g, 0)  # chunk-local: differences of a global cumsum lose precision
+    b_kk = tl.sum(b_k * b_k, 1)  # [BT]
+    b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
+    b_uu = tl.zeros([BT], dtype=b_g.dtype)
+    b_Au = tl.zeros([BT, BT], dtype=b_g.dtype)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_vv = i_v * BV + o_v
+        b_u = tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :],
+                      mask=m_t[:, None] & (o_vv < V)[None, :], other=0)
+        b_uu += tl.sum(b_u * b_u, 1)
+        b_Au += tl.dot(b_u, tl.trans(b_u), input_precision=DOT)
+    b_d = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_gl[:, None] - b_gl[None, :], float("-inf"))
+    b_A = (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)) * b_Ak * b_Au  # [BT, BT] Gram, s < t
+    p_tab = tab + (i_n * NC + i_c) * (BT + 3) * BT
+    tl.store(p_tab + o_t[:, None] * BT + o_t[None, :], tl.cumsum(b_A, 1, reverse=True))  # y[t, j]
+    tl.store(p_tab + (BT + 1) * BT + o_t, b_kk * b_uu)
+    tl.debug_barrier()  # rows are read below by other threads
+    # the recursion of x over the chunk's tokens, for every start j at once (vectors over j)
+    b_x = tl.zeros([BT], dtype=b_g.dtype)
+    for t in range(BT):
+        b_y = tl.load(p_tab + t * BT + o_t)  # y[t, j]
+        z_t = tl.load(p_tab + (BT + 1) * BT + t)
+        g_t = 2 * tl.load(g + i_n * Tp + c + t, mask=(t < CS) & (c + t < Tp), other=0)
+        b_xt = b_x * (libdevice.exp(g_t) if USE_LIBDEVICE else tl.exp(g_t))
+        tl.store(p_tab + (BT + 2) * BT + t + o_t * 0, b_y, mask=o_t == 0)
+        tl.store(p_tab + t * BT + o_t, _score(b_xt, b_y, z_t, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, USE_RN))
+        b_x = tl.where(o_t == t, z_t, b_xt + 2 * b_y + z_t)  # opened at t, or absorbed by the slot from j < t
+    tl.store(p_tab + BT * BT + o_t, b_x)
 
 
 @triton.jit(do_not_specialize=["T", "Tp", "NT", "LAST"])
 def dla_scan_kernel(
-    k, u, g, O, W, consts, seen, lengths, m_init, x_init,
+    k, u, g, O, W, tab, consts, seen, lengths, m_init, x_init,
     pos, cnt, info, m_final, x_final, timing,
     o_score, o_boundary, o_num_slots, o_merged, o_starts, o_lam,
     T, Tp, NT, LAST, M, R, capacity, block_size,
-    K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
     MB: tl.constexpr, NBITS: tl.constexpr, POLICY: tl.constexpr, USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, TIMING: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
+    o_kt = tl.arange(0, BKT)
     o_v = tl.arange(0, BV)
     o_r = tl.arange(0, MB)
-    m_k = o_k < K
     # score constants in the input dtype: n = K * V, eps, n * eps, sqrt(n) * n * eps, tau
     n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
     sqrt_n_c, tau = tl.load(consts + 3), tl.load(consts + 4)
     p_slots = i_n * M
-    p_W = W + i_n * (BT + 2) * BT  # this program's scratch: rows 0..BT-1 Gram suffix sums, BT: y vs O, BT+1: z
+    p_W = W + i_n * (BT + 2) * BT  # this program's scratch: rows 0..BT-1 the chunk's scores, BT: with the open slot from before it, BT+1: its y
     seen_n = tl.load(seen + i_n)
     len_n = tl.load(lengths + i_n)  # tokens past it change nothing (right padding)
     m = tl.load(m_init + i_n)
@@ -226,61 +282,59 @@ def dla_scan_kernel(
             t0 = globaltimer()
         if i_c > 0:
             # the open slot's state moves over the previous chunk here, where no scalar loop state is live
-            _advance_open(k, u, g, O, i_n, c - CS, Tp, open_start, o_t, o_k, o_v, m_k, K, V, CS, BV,
+            _advance_open(k, u, g, O, i_n, c - CS, Tp, open_start, o_t, o_kt, o_v, K, V, CS, BKT, BV,
                           USE_LIBDEVICE, DOT)
             tl.debug_barrier()  # O is read below by other threads
         if TIMING:
             t1 = globaltimer()
             ns_open += t1 - t0
+        # the slot open at the chunk start started before it: its y against O, then its x recursion and scores
         m_t = (o_t < CS) & (c + o_t < Tp)
-        p_k = k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :]
-        b_k = tl.load(p_k, mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
-        b_g = tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0)  # [BT]
-        b_gl = tl.cumsum(b_g, 0)  # chunk-local: differences of a global cumsum lose precision
-        b_kk = tl.sum(b_k * b_k, 1)  # [BT]
-        b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
-        b_uu = tl.zeros([BT], dtype=b_g.dtype)
-        b_yo = tl.zeros([BT], dtype=b_g.dtype)
-        b_Au = tl.zeros([BT, BT], dtype=b_g.dtype)
+        p_tab = tab + (i_n * NT + i_c) * (BT + 3) * BT
+        b_gl = tl.cumsum(tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0), 0)
+        b_yo = tl.zeros([BT], dtype=b_gl.dtype)
         for i_v in range(tl.cdiv(V, BV)):
-            b_u, b_O, _, _ = _value_tiles(u, O, i_n, c, Tp, i_v, o_t, o_k, o_v, m_t, m_k, K, V, BV)
-            b_uu += tl.sum(b_u * b_u, 1)
-            b_Au += tl.dot(b_u, tl.trans(b_u), input_precision=DOT)
-            b_yo += tl.sum(tl.dot(b_k, b_O, input_precision=DOT) * b_u, 1)
+            b_kO = tl.zeros([BT, BV], dtype=b_gl.dtype)
+            for i_k in range(tl.cdiv(K, BKT)):
+                b_k, _, b_O, _, _ = _tiles(k, u, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
+                b_kO += tl.dot(b_k, b_O, input_precision=DOT)
+            o_vv = i_v * BV + o_v
+            b_u = tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :],
+                          mask=m_t[:, None] & (o_vv < V)[None, :], other=0)
+            b_yo += tl.sum(b_kO * b_u, 1)
         b_yo = (libdevice.exp(b_gl) if USE_LIBDEVICE else tl.exp(b_gl)) * b_yo  # [BT] <decayed O, s_t>
-        b_d = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_gl[:, None] - b_gl[None, :], float("-inf"))
-        b_A = (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)) * b_Ak * b_Au  # [BT, BT] Gram, s < t
-        # y of token t for an open slot starting at chunk offset j >= 0: sum_{j <= s < t} A[t, s]; the token loop
-        # reads one entry instead of reducing a row
-        tl.store(p_W + o_t[:, None] * BT + o_t[None, :], tl.cumsum(b_A, 1, reverse=True))
-        tl.store(p_W + BT * BT + o_t, b_yo)
-        tl.store(p_W + (BT + 1) * BT + o_t, b_kk * b_uu)  # ||s_t||^2
+        b_y = b_yo + tl.load(p_tab + (BT + 2) * BT + o_t)  # plus the chunk's own tokens s < t
+        b_z = tl.load(p_tab + (BT + 1) * BT + o_t)
+        tl.store(p_W + (BT + 1) * BT + o_t, b_y)
+        tl.store(p_W + o_t[:, None] * BT + o_t[None, :], tl.load(p_tab + o_t[:, None] * BT + o_t[None, :]))
+        tl.debug_barrier()  # the recursion below reads what other threads wrote
+        # the scan's recursion of x, token by token: scalar loads (no reductions), x_t placed into a vector
+        b_x = tl.zeros([BT], dtype=b_gl.dtype)
+        x_o = x_carry
+        for tt in tl.static_range(BT):
+            g_t = 2 * tl.load(g + i_n * Tp + c + tt, mask=(tt < CS) & (c + tt < Tp), other=0)
+            x_t = x_o * (libdevice.exp(g_t) if USE_LIBDEVICE else tl.exp(g_t))
+            b_x = tl.where(o_t == tt, x_t, b_x)
+            x_o = x_t + 2 * tl.load(p_W + (BT + 1) * BT + tt) + tl.load(p_tab + (BT + 1) * BT + tt)
+        tl.store(p_W + BT * BT + o_t, _score(b_x, b_y, b_z, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, USE_RN))
         tl.debug_barrier()  # the token loop reads what other threads wrote
         if TIMING:
             t2 = globaltimer()
             ns_dense += t2 - t1
 
         n_tok = tl.where(i_c == NT - 1, LAST, CS)
-        # y of token t: against O if the open slot started before the chunk, plus its tokens s < t inside it
-        y_next = _y_entry(p_W, 0, open_start - c, BT)
-        # the token's log-decay and ||s_t||^2 are loaded one token ahead too: no load latency opens an iteration
-        g_next = tl.load(g + i_n * Tp + c)
-        z_next = tl.load(p_W + (BT + 1) * BT)
+        # a token's score: row BT (open slot from before the chunk) or entry [t, start] of the chunk's table;
+        # loaded one token ahead for both outcomes of the current decision (off the loop's latency)
+        info_next = tl.load(p_W + BT * BT)
         tt = 0
         while tt < n_tok:
             t = c + tt
-            g_t = 2 * g_next
-            z_t = z_next
-            x = x_carry * (libdevice.exp(g_t) if USE_LIBDEVICE else tl.exp(g_t))
-            y = y_next
-            # the next token's y for both outcomes of this token, loaded before the decision (off its latency)
+            loc = open_start - c
             t_n = tl.minimum(tt + 1, BT - 1)
-            y_keep = _y_entry(p_W, t_n, open_start - c, BT)
-            y_open = tl.load(p_W + t_n * BT + tt)
-            g_next = tl.load(g + i_n * Tp + c + t_n, mask=c + t_n < Tp, other=0)  # unused past the chunk
-            z_next = tl.load(p_W + (BT + 1) * BT + t_n)
+            info_keep = tl.load(p_W + tl.where(loc < 0, BT * BT + t_n, t_n * BT + loc))
+            info_open = tl.load(p_W + t_n * BT + tt)
             empty = m == 0
-            info_t = tl.where(empty, 0.0, _score(x, y, z_t, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, USE_RN))
+            info_t = tl.where(empty, 0.0, info_next)
             if POLICY == _DLA or POLICY == _UNBOUNDED:
                 want = info_t >= tau
             elif POLICY == _FIXED:
@@ -324,9 +378,8 @@ def dla_scan_kernel(
                 m_open = o_r == (m - 1 + MB) % MB
                 b_cnt = tl.where(m_open, b_cnt + 1, b_cnt)
                 b_info = tl.where(m_open, b_info + info_t, b_info)
-            x_carry = tl.where(active, tl.where(opened, z_t, x + 2 * y + z_t), x_carry)
             open_start = tl.where(opened, t, open_start)
-            y_next = tl.where(opened, y_open, y_keep)
+            info_next = tl.where(opened, info_open, info_keep)
 
             p_tok = i_n * T + t
             tl.store(o_score + p_tok, info_t)
@@ -343,6 +396,9 @@ def dla_scan_kernel(
             tl.store(o_starts + p_rec + o_r, tl.full([MB], _UNUSED, tl.int64), mask=(o_r >= m) & (o_r < R))
             tl.store(o_lam + p_rec + o_r, tl.full([MB], -1, tl.int64), mask=(o_r >= m) & (o_r < R))
             tt += 1
+        # x_carry after the chunk: the table's entry for the open slot's start, or the recursion above
+        loc = open_start - c
+        x_carry = tl.where(loc < 0, x_o, tl.load(p_tab + BT * BT + tl.maximum(loc, 0)))
         tl.debug_barrier()  # the next chunk rewrites the scratch other threads read
         if TIMING:
             ns_loop += globaltimer() - t2
@@ -429,7 +485,7 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         x0 = initial_state.open_norm.reshape(N).to(dev, dt)  # the recursion's value, as a one-pass scan has it
     O = O.contiguous()
     BT = max(triton.next_power_of_2(chunk_size), 16)
-    W = torch.empty(N, (BT + 2) * BT, dtype=dt, device=dev)  # per-program scratch of one chunk's Gram sums
+    W = torch.empty(N, (BT + 2) * BT, dtype=dt, device=dev)  # per-program scratch of one chunk's scores
     n = K * V
     # the constants as torch rounds Python scalars into the tensors' dtype
     consts = torch.tensor([float(n), EPS, n * EPS, (n ** 0.5) * (n * EPS), tau], dtype=dt, device=dev)
@@ -455,17 +511,24 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     lengths = lengths.to(dev, torch.int64).contiguous()
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     NT = triton.cdiv(T, chunk_size)  # chunks past T decide nothing
+    k, u, g = k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous()
+    BK, BV = max(triton.next_power_of_2(K), 16), min(max(triton.next_power_of_2(V), 16), 32)
+    DOT = "ieee" if dt == torch.float64 or interpret else dot_precision
+    USE_LIBDEVICE = dt == torch.float32 and u.is_cuda and not interpret
+    # each chunk's scores for every start inside it, in parallel (N * NT * (BT + 3) * BT floats)
+    tab = torch.empty(N, NT, BT + 3, BT, dtype=dt, device=dev)
+    dla_scan_tables_kernel[(NT, N)](
+        k, u, g, tab, consts, Tp, K=K, V=V, CS=chunk_size, BT=BT, BK=BK, BV=BV, USE_DRIFT=score == "drift",
+        USE_RN=dt == torch.float32, USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, num_warps=4)
     dla_scan_kernel[(N,)](
-        k.to(dt).contiguous(), u.contiguous(), g.to(dt).contiguous(), O, W, consts, seen.contiguous(), lengths,
+        k, u, g, O, W, tab, consts, seen.contiguous(), lengths,
         slots.m.contiguous(), x0.contiguous(),
         out.pos, out.counts, out.info, out.m, out.open_norm, timing if timing is not None else out.m,
         out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,
         T, Tp, NT, T - (NT - 1) * chunk_size, M, R, capacity, block_size if policy == "fixed" else 1,
-        K=K, V=V, CS=chunk_size, BT=BT,
-        BK=max(triton.next_power_of_2(K), 16), BV=min(max(triton.next_power_of_2(V), 16), 32),
+        K=K, V=V, CS=chunk_size, BT=BT, BKT=min(BK, 64), BV=BV,
         MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
-        USE_LIBDEVICE=dt == torch.float32 and u.is_cuda and not interpret,
-        DOT="ieee" if dt == torch.float64 or interpret else dot_precision, TIMING=timing is not None,
+        USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, TIMING=timing is not None,
         num_warps=num_warps,
     )
     out.boundary = out.boundary.bool()

@@ -95,6 +95,16 @@ def test_wide_values_and_odd_dims(record):
     _check(inputs, args, record, "scan, K=20 V=70")
 
 
+@pytest.mark.parametrize("tau, opened", [(0.7, 33), (0.75, 0)])
+def test_keys_in_two_tiles(tau, opened, record):
+    """``K = 80``: the open slot's state moves and is read in ``[64, 32]`` tiles (two key tiles, the second
+    partly masked). ``tau = 0.7``: boundaries in most tokens, a slot absorbing seven; ``tau = 0.75``: the initial
+    state's open slot absorbs all 40 tokens, over three chunks (every score from the state carried across)."""
+    inputs, args = _case("dla", T=40, chunk_size=16, K=80, V=40, H=1, init=True, tau=tau)
+    ref = _check(inputs, args, record, "scan, K=80 V=40")
+    assert int(ref.boundary.sum()) == opened
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_many_merges(dtype, record):
     inputs, args = _case("dla", tau=0.05, capacity=3, dtype=dtype, init=True)
