@@ -180,36 +180,25 @@ def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_kt, o_v,
 
 
 @triton.jit
-def dla_scan_tables_kernel(
-    k, u, g, tab, consts, Tp,
+def dla_scan_gram_kernel(
+    k, u, g, tab, Tp,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr, USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
 ):
-    """Everything of one chunk that does not depend on the decisions, for an open slot starting at each chunk
-    offset ``j``; one program per (chunk, sequence). ``tab [N, NT, BT + 3, BT]`` receives:
-
-    - rows ``t < BT``: ``score[t, j]``, token ``t``'s score when the open slot started at offset ``j < t`` (entries
-      ``j >= t`` are meaningless), from ``x`` by the scan's own recursion (``x = x_carry exp(2 g_t)``, then
-      ``x_carry = x + 2 y + z``) and ``y[t, j] = sum_{j <= s < t} A[t, s]`` (Gram suffix sums);
-    - row ``BT``: ``x_carry`` after the chunk's last token for each start ``j``;
-    - row ``BT + 1``: ``z_t = ||s_t||^2``; row ``BT + 2``: ``y[t, 0]`` (the open slot's ``y`` inside the chunk when
-      it started before it, without the part against its state at the chunk start).
-
-    The sequential kernel then reads a token's score as one entry: the IEEE divisions and square roots of every
-    candidate start run here, in parallel, instead of on the token loop's critical path.
-    """
+    """First half of each chunk's table (``tab [N, NT, BT + 3, BT]``; one program per (chunk, sequence)): rows
+    ``t < BT`` receive ``y[t, j] = sum_{j <= s < t} A[t, s]``, the Gram suffix sums (``A[t, s] = exp(gl_t - gl_s)
+    (k_t . k_s)(u_t . u_s)``: the open slot's ``y`` at token ``t`` when it started at chunk offset ``j``), row
+    ``BT + 1`` receives ``z_t = ||s_t||^2``. :func:`dla_scan_scores_kernel` turns them into scores."""
     i_c = tl.program_id(0).to(tl.int64)
     i_n = tl.program_id(1).to(tl.int64)
     NC = tl.num_programs(0)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
-    m_k = o_k < K
-    n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
-    sqrt_n_c = tl.load(consts + 3)
     c = i_c * CS
     m_t = (o_t < CS) & (c + o_t < Tp)
-    b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+    b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
+                  other=0)
     b_g = tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0)
     b_gl = tl.cumsum(b_g, 0)  # chunk-local: differences of a global cumsum lose precision
     b_kk = tl.sum(b_k * b_k, 1)  # [BT]
@@ -225,11 +214,37 @@ def dla_scan_tables_kernel(
     b_d = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_gl[:, None] - b_gl[None, :], float("-inf"))
     b_A = (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)) * b_Ak * b_Au  # [BT, BT] Gram, s < t
     p_tab = tab + (i_n * NC + i_c) * (BT + 3) * BT
-    tl.store(p_tab + o_t[:, None] * BT + o_t[None, :], tl.cumsum(b_A, 1, reverse=True))  # y[t, j]
+    tl.store(p_tab + o_t[:, None] * BT + o_t[None, :], tl.cumsum(b_A, 1, reverse=True))
     tl.store(p_tab + (BT + 1) * BT + o_t, b_kk * b_uu)
-    tl.debug_barrier()  # rows are read below by other threads
-    # the recursion of x over the chunk's tokens, for every start j at once (vectors over j)
-    b_x = tl.zeros([BT], dtype=b_g.dtype)
+
+
+@triton.jit
+def dla_scan_scores_kernel(
+    g, tab, consts, Tp, CS: tl.constexpr, BT: tl.constexpr,
+    USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+):
+    """Second half of each chunk's table, after :func:`dla_scan_gram_kernel`; one program (one warp) per (chunk,
+    sequence), vectors over the start ``j``:
+
+    - rows ``t < BT`` become ``score[t, j]``, token ``t``'s score when the open slot started at chunk offset
+      ``j < t`` (entries ``j >= t`` are meaningless), with ``x`` by the scan's own recursion (``x = x_carry
+      exp(2 g_t)``, then ``x_carry = x + 2 y + z``);
+    - row ``BT`` receives ``x_carry`` after the chunk's last token for each start ``j``;
+    - row ``BT + 2`` receives ``y[t, 0]`` (the open slot's ``y`` inside the chunk when it started before it, less
+      the part against its state at the chunk start).
+
+    The sequential kernel then reads a token's score as one entry: the IEEE divisions and square roots of every
+    candidate start run here, in parallel, instead of on its token loop's critical path.
+    """
+    i_c = tl.program_id(0).to(tl.int64)
+    i_n = tl.program_id(1).to(tl.int64)
+    NC = tl.num_programs(0)
+    o_t = tl.arange(0, BT)
+    n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
+    sqrt_n_c = tl.load(consts + 3)
+    c = i_c * CS
+    p_tab = tab + (i_n * NC + i_c) * (BT + 3) * BT
+    b_x = tl.zeros([BT], dtype=tab.dtype.element_ty)
     for t in range(BT):
         b_y = tl.load(p_tab + t * BT + o_t)  # y[t, j]
         z_t = tl.load(p_tab + (BT + 1) * BT + t)
@@ -517,9 +532,10 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     USE_LIBDEVICE = dt == torch.float32 and u.is_cuda and not interpret
     # each chunk's scores for every start inside it, in parallel (N * NT * (BT + 3) * BT floats)
     tab = torch.empty(N, NT, BT + 3, BT, dtype=dt, device=dev)
-    dla_scan_tables_kernel[(NT, N)](
-        k, u, g, tab, consts, Tp, K=K, V=V, CS=chunk_size, BT=BT, BK=BK, BV=BV, USE_DRIFT=score == "drift",
-        USE_RN=dt == torch.float32, USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, num_warps=4)
+    dla_scan_gram_kernel[(NT, N)](k, u, g, tab, Tp, K=K, V=V, CS=chunk_size, BT=BT, BK=BK, BV=BV,
+                                  USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, num_warps=4)
+    dla_scan_scores_kernel[(NT, N)](g, tab, consts, Tp, CS=chunk_size, BT=BT, USE_DRIFT=score == "drift",
+                                    USE_RN=dt == torch.float32, USE_LIBDEVICE=USE_LIBDEVICE, num_warps=1)
     dla_scan_kernel[(N,)](
         k, u, g, O, W, tab, consts, seen.contiguous(), lengths,
         slots.m.contiguous(), x0.contiguous(),
