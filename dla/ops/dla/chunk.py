@@ -7,7 +7,7 @@ from typing import List, Optional
 import torch
 
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation
-from dla.ops.dla.chunk_torch import chunk_dla_torch
+from dla.ops.dla.chunk_torch import _has_triton, chunk_dla_torch
 from dla.ops.dla.custom_op import chunk_dla_op
 
 
@@ -152,11 +152,3 @@ def _check_cu_seqlens(cu_seqlens: torch.Tensor, q: torch.Tensor) -> List[int]:
     if bounds[0] != 0 or bounds[-1] != q.shape[1] or any(b <= a for a, b in zip(bounds[:-1], bounds[1:])):
         raise ValueError(f"cu_seqlens: must rise strictly from 0 to T={q.shape[1]}, got {bounds}")
     return bounds
-
-
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
