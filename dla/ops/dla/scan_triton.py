@@ -275,7 +275,8 @@ def dla_scan_kernel(
     n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
     sqrt_n_c, tau = tl.load(consts + 3), tl.load(consts + 4)
     p_slots = i_n * M
-    p_W = W + i_n * (BT + 2) * BT  # this program's scratch: rows 0..BT-1 the chunk's scores, BT: with the open slot from before it, BT+1: its y
+    # this program's scratch: rows 0..BT-1 the chunk's scores, BT: those with the open slot from before it, BT+1: its y
+    p_W = W + i_n * (BT + 2) * BT
     seen_n = tl.load(seen + i_n)
     len_n = tl.load(lengths + i_n)  # tokens past it change nothing (right padding)
     m = tl.load(m_init + i_n)
