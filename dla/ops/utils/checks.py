@@ -26,23 +26,41 @@ class Dims:
     scale: float
 
 
-def _check_tensor(name: str, x: torch.Tensor, ndim: int, layout: str, check_finite: bool) -> None:
+def _check_tensor(name: str, x: torch.Tensor, ndim: int, layout: str, values: Optional[list] = None) -> None:
+    """Type, rank and dtype of ``x``; its values are checked later (appended to ``values``, if given)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a tensor {layout}, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dims {layout}, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
-    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or inf")
+    if values is not None and x.numel():
+        values.append((name, x))
+
+
+def _check_values(values: list) -> None:
+    """No NaN or inf in the named tensors, and ``g <= 0``: one ``aminmax`` reduction per tensor and one host sync
+    for all of them (a NaN propagates through both reductions, an inf shows in one)."""
+    if not values:
+        return
+    with torch.no_grad():
+        ends = torch.stack([torch.stack(torch.aminmax(x.detach())).to(torch.float64) for _, x in values])
+        lo, hi = ends.cpu().unbind(1)
+    for (name, _), a, b in zip(values, lo.tolist(), hi.tolist()):
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise ValueError(f"{name}: contains NaN or inf")
+        if name == "g" and b > 0:
+            raise ValueError("g: log-decays must be <= 0 (a_t = exp(g_t) <= 1)")
 
 
 def check_dla_args(q, k, v, g, lam, beta, *, scale, tau, capacity, policy, block_size, score, slot_transition,
                    initial_state: Optional[DLAState], check_finite: bool = True) -> Dims:
-    """Validate the arguments of ``naive_dla`` / ``masked_dla`` / ``chunk_dla``; return their sizes."""
-    _check_tensor("q", q, 4, "[B, T, G, K]", check_finite)
-    _check_tensor("k", k, 4, "[B, T, G, K]", check_finite)
-    _check_tensor("v", v, 4, "[B, T, H, V]", check_finite)
+    """Validate the arguments of ``naive_dla`` / ``masked_dla`` / ``chunk_dla``; return their sizes.
+    ``check_finite``: also look at the values (no NaN or inf, ``g <= 0``; one host sync)."""
+    values = [] if check_finite else None
+    _check_tensor("q", q, 4, "[B, T, G, K]", values)
+    _check_tensor("k", k, 4, "[B, T, G, K]", values)
+    _check_tensor("v", v, 4, "[B, T, H, V]", values)
     B, T, G, K = q.shape
     if tuple(k.shape) != tuple(q.shape):
         raise ValueError(f"k: expected the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
@@ -52,13 +70,11 @@ def check_dla_args(q, k, v, g, lam, beta, *, scale, tau, capacity, policy, block
     if G == 0 or H % G != 0:
         raise ValueError(f"q/k heads ({G}) must divide v heads ({H})")
     devices = {t.device for t in (q, k, v, g) if isinstance(t, torch.Tensor)}
-    _check_tensor("g", g, 3, "[B, T, H]", check_finite)
+    _check_tensor("g", g, 3, "[B, T, H]", values)
     if tuple(g.shape) != (B, T, H):
         raise ValueError(f"g: expected shape {(B, T, H)} ([B, T, H]), got {tuple(g.shape)}")
-    if check_finite and g.numel() and bool((g > 0).any()):
-        raise ValueError("g: log-decays must be <= 0 (a_t = exp(g_t) <= 1)")
     if beta is not None:
-        _check_tensor("beta", beta, 3, "[B, T, H]", check_finite)
+        _check_tensor("beta", beta, 3, "[B, T, H]", values)
         if tuple(beta.shape) != (B, T, H):
             raise ValueError(f"beta: expected shape {(B, T, H)} ([B, T, H]), got {tuple(beta.shape)}")
         devices.add(beta.device)
@@ -102,7 +118,7 @@ def check_dla_args(q, k, v, g, lam, beta, *, scale, tau, capacity, policy, block
 
     R = {"single": 1, "fenwick": num_levels(seen + T)}.get(policy, capacity)
     if lam is not None:
-        _check_tensor("lam", lam, 4, "[B, T, H, R]", check_finite)
+        _check_tensor("lam", lam, 4, "[B, T, H, R]", values)
         if tuple(lam.shape[:3]) != (B, T, H):
             raise ValueError(f"lam: expected [B={B}, T={T}, H={H}, R], got {tuple(lam.shape)}")
         need = {"single": "at least 1 entry", "fenwick": f"at least {R} levels (ceil(log2 T) + 1)"}
@@ -113,4 +129,6 @@ def check_dla_args(q, k, v, g, lam, beta, *, scale, tau, capacity, policy, block
         devices.add(lam.device)
     if len(devices) > 1:
         raise ValueError(f"inputs: all tensors must be on one device, got {sorted(map(str, devices))}")
+    if values is not None:
+        _check_values(values)
     return Dims(B=B, T=T, G=G, H=H, K=K, V=V, R=R, scale=float(scale))
