@@ -21,7 +21,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from dla.ops.utils.precision import min_tile, resolve_precision
-from dla.ops.utils.saved import compact_index, save_rebuilt, saved_rebuilt
+from dla.ops.utils.saved import save_rebuilt, saved_rebuilt
 from dla.ops.utils.triton_dot import prec_dot, prec_operand
 
 
@@ -160,6 +160,55 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     return o[:, :, :T]
 
 
+@triton.jit(do_not_specialize=["T"])
+def plan_kernel(x, real, cand, jidx, off, T, sxt, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr,
+                BR: tl.constexpr):
+    """Each token's candidate index and offset per rank (:func:`dla.ops.dla.chunk_torch.boundary_candidates`' ``jidx``
+    and ``off``), one program per (query chunk, batch x head): ``jidx`` = the number of the chunk's sorted candidates
+    below the boundary's chunk (its first occurrence), -1 where not real."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    NT = tl.num_programs(0)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_r = tl.arange(0, BR)
+    m = (o_t < T)[:, None] & (o_r < R1)[None, :]
+    b_x = tl.load(x + (i_bh * T + o_t[:, None]) * sxt + o_r[None, :], mask=m, other=0)
+    b_real = tl.load(real + (i_bh * T + o_t[:, None]) * R1 + o_r[None, :], mask=m, other=0) != 0
+    b_cx = tl.where(b_real, b_x // BT, -1)  # x >= 0 where real
+    b_j = tl.zeros([BT, BR], dtype=tl.int32)
+    p_cand = cand + (i_bh * NT + i_t) * J
+    for j in range(J):
+        b_j += (tl.load(p_cand + j) < b_cx).to(tl.int32)
+    p_out = (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
+    tl.store(jidx + p_out, tl.where(b_real, b_j, -1).to(jidx.dtype.element_ty), mask=m)
+    b_off = tl.minimum(tl.maximum(b_x - b_cx * BT, 0), BT - 1)
+    tl.store(off + p_out, b_off.to(off.dtype.element_ty), mask=m)
+
+
+def boundary_plan(x: torch.Tensor, real: torch.Tensor, BT: int):
+    """:func:`dla.ops.dla.chunk_torch.boundary_candidates` for the Triton readout: ``cand`` (int32) from the tokens
+    before each query chunk in PyTorch (``[B, H, NT, R1]``, small), ``jidx`` and ``off`` in compact integer types
+    (:func:`dla.ops.utils.saved.compact_index`) by :func:`plan_kernel`, one pass over the records instead of a
+    dozen PyTorch passes over ``[B, H, T, R1]`` int64 tensors. Equal to ``boundary_candidates`` (tests)."""
+    B, H, T, R1 = x.shape
+    NT = (T + BT - 1) // BT
+    if x.stride(-1) != 1 or x.stride(-2) < R1 or x.stride(1) != T * x.stride(2) or x.stride(0) != H * x.stride(1):
+        x = x.contiguous()
+    i = torch.arange(NT, device=x.device)
+    prev_t = (i * BT - 1).clamp_min(0)
+    xp, rp = x[:, :, prev_t], real[:, :, prev_t]  # [B, H, NT, R1]: boundaries live at the token before each chunk
+    prev = torch.where(rp & (i[:, None] > 0), torch.div(xp, BT, rounding_mode="floor"), i[:, None])
+    cand = torch.cat([prev, i[None, None, :, None].expand(B, H, NT, 1)], -1).sort(-1).values.to(torch.int32)
+    J = R1 + 1
+    jidx = torch.empty(B, H, T, R1, dtype=torch.int16 if J <= torch.iinfo(torch.int16).max else torch.int32,
+                       device=x.device)
+    off = torch.empty(B, H, T, R1, dtype=torch.int16 if BT <= torch.iinfo(torch.int16).max else torch.int32,
+                      device=x.device)
+    if jidx.numel():
+        plan_kernel[(NT, B * H)](x, real.contiguous(), cand.contiguous(), jidx, off, T, x.stride(2), R1=R1, J=J,
+                                 BT=BT, BR=triton.next_power_of_2(max(R1, 1)), num_warps=4)
+    return cand, jidx, off
+
+
 class BoundaryTerms(torch.autograd.Function):
     """Triton forward and, for float32 (GPU or interpreter), Triton backward (:mod:`dla.ops.dla.readout_bwd`: per
     query chunk ``dq, dlam`` and the query side of ``dgl``; per key chunk ``dk, du, dP`` and its side of ``dgl``
@@ -178,14 +227,12 @@ class BoundaryTerms(torch.autograd.Function):
         from dla.ops.dla.readout_bwd import use_triton_bwd
 
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
-        cand, jidx, off = boundary_candidates(x, real, BT)
         ctx.triton_bwd = use_triton_bwd(q)  # decided once: what is saved depends on it
         if ctx.triton_bwd:  # the Triton backward reads compact indices and neither x nor real
-            cand = cand.to(torch.int32).contiguous()
-            jidx = compact_index(jidx, cand.shape[-1]).contiguous()  # int16 unless J > 32767
-            off = compact_index(off, BT).contiguous()
+            cand, jidx, off = boundary_plan(x, real, BT)
             save_rebuilt(ctx, rebuild, q, k, u, gl, P, dlam, None, None, cand, jidx, off)
         else:
+            cand, jidx, off = boundary_candidates(x, real, BT)
             save_rebuilt(ctx, rebuild, q, k, u, gl, P, dlam, x, real, cand, jidx, off)
         ctx.BT, ctx.dot = BT, dot
         B, H = q.shape[:2]
