@@ -89,7 +89,7 @@ def chunk_dla_torch(
     rebuild = Rebuild([(qh, q), (kh, k), (vh, v)], heads) if backend == "triton" else None
     gh = F.pad(g.to(dt).transpose(1, 2), (0, pad)).contiguous()
     bh = F.pad(beta.to(dt).transpose(1, 2), (0, pad)).contiguous() if beta is not None else None
-    lamh = (lam.to(dt) if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)).transpose(1, 2)
+    lam_all = lam if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)  # [B, T, H, R]
 
     S0 = initial_state.slots.to(dt).sum(2) if initial_state is not None else \
         torch.zeros(B, H, K, V, dtype=dt, device=v.device)
@@ -125,7 +125,7 @@ def chunk_dla_torch(
     # block sums of log-decay: seg[i, c] = sum of chunk totals c..i-1 (0 for c >= i); i, c in 0..NT
     seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
 
-    o = _readout(qh, kh, u, gl, P, o_base, lamh, starts, lam_index, seg, initial_state, BT, T, backend, dot,
+    o = _readout(qh, kh, u, gl, P, o_base, lam_all, starts, lam_index, seg, initial_state, BT, T, backend, dot,
                  rebuild)
     o = (o * dims.scale)[:, :, :T].transpose(1, 2).to(v.dtype)
     final = None
@@ -303,14 +303,16 @@ class _GatherLast(torch.autograd.Function):
 def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch", dot=None,
              rebuild=None):
     """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones);
-    ``dot``, ``rebuild``: the ``tl.dot`` mode and the saved copies of the Triton readout
-    (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
+    ``lam [B, T, H, R]`` as the caller gave it; ``dot``, ``rebuild``: the ``tl.dot`` mode and the saved copies of
+    the Triton readout (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
     B, H, Tp, _ = k.shape
     nxt_valid = lam_index[..., 1:] >= 0
-    # dlam[t, r] = lam[idx(r+1)] - lam[idx(r)] across the boundary at the start of the rank-r slot
-    lam_r = _GatherLast.apply(lam, lam_index.clamp_min(0))  # [B, H, T, R]
-    lam0 = lam_r[..., 0]  # the open slot's lam
-    dlam = torch.where(nxt_valid, lam_r[..., 1:] - lam_r[..., :-1], torch.zeros_like(lam_r[..., 1:]))  # [B,H,T,R-1]
+    if backend == "triton" and q.dtype == torch.float32:
+        from dla.ops.dla.lam_triton import LamTerms  # one pass each way, lam read in its own layout and dtype
+
+        lam0, dlam = LamTerms.apply(lam, lam_index)
+    else:
+        lam0, dlam = _lam_terms_torch(lam.to(q.dtype).transpose(1, 2), lam_index)
     x = starts[..., :-1]  # boundary positions [B, H, T, R-1]
     real = nxt_valid & (x >= 0)
     o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
@@ -323,6 +325,15 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, b
         ldec = (seg[:, :, :Tp // BT, 0, None] + gl).reshape(B, H, Tp)[:, :, :T]  # log D(-1, t)
         o = o + F.pad(_initial_terms(q[:, :, :T], ldec, x, dlam, nxt_valid & (x < 0), init), (0, 0, 0, Tp - T))
     return o
+
+
+def _lam_terms_torch(lam: torch.Tensor, lam_index: torch.Tensor):
+    """``lam0 [B, H, T]``, the open slot's ``lam``, and ``dlam [B, H, T, R - 1]``: ``lam[idx(r+1)] - lam[idx(r)]``
+    across the boundary at the start of the rank-``r`` slot (0 where rank ``r + 1`` is not live);
+    ``lam [B, H, T, R]``, ``lam_index [B, H, T, R]``."""
+    lam_r = _GatherLast.apply(lam, lam_index.clamp_min(0))  # [B, H, T, R]
+    dlam = torch.where(lam_index[..., 1:] >= 0, lam_r[..., 1:] - lam_r[..., :-1], torch.zeros_like(lam_r[..., 1:]))
+    return lam_r[..., 0], dlam
 
 
 def boundary_candidates(x: torch.Tensor, real: torch.Tensor, BT: int):
