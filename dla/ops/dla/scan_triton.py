@@ -31,7 +31,8 @@ Where things live:
 
 Limits: ``K <= 256`` (one key block in the Gram kernel), any ``V`` (tiled), any ``chunk_size >= 1`` (padded to a
 power of two ``>= 16``), any capacity (``MB`` = the next power of two). The table costs ``(BT + 3) BT`` floats per
-chunk and sequence (843 MB at 65,536 tokens x 48 heads), freed when the scan returns. float32 on GPU; float64
+chunk and sequence (843 MB at 65,536 tokens x 48 heads); the scan holds at most :data:`SCAN_TABLE_BYTES` of it,
+running the three kernels over windows of chunks (the slots, ``O`` and ``x`` carry from one window to the next). float32 on GPU; float64
 runs under the interpreter. Scores are computed and compared with ``tau`` in the input dtype, with IEEE-rounded
 division and square root and libdevice's ``exp`` on GPU, so near-threshold decisions agree with the reference.
 """
@@ -52,6 +53,9 @@ from dla.ops.common.state import POLICIES, UNUSED_START, DLAState
 from dla.ops.dla.scan import ScanResult, _Slots
 
 _UNUSED = tl.constexpr(UNUSED_START)
+SCAN_TABLE_BYTES = 1 << 29
+"""Most bytes of chunk score tables the scan holds at once (windows of chunks; 843 MB would be one window at
+65,536 tokens x 48 heads, ``chunk_size`` 64): long prefills stay within it."""
 _POLICY_ID = {name: i for i, name in enumerate(POLICIES)}  # single, fenwick, fixed, dla_unbounded, dla
 _SINGLE = tl.constexpr(_POLICY_ID["single"])
 _FENWICK = tl.constexpr(_POLICY_ID["fenwick"])
@@ -189,9 +193,9 @@ def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_kt, o_v,
             tl.store(p_O, b_O, mask=m_O)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Tp", "C0", "WIN"])
 def dla_scan_gram_kernel(
-    k, u, g, tab, Tp,
+    k, u, g, tab, Tp, C0, WIN,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
 ):
@@ -199,13 +203,12 @@ def dla_scan_gram_kernel(
     ``t < BT`` receive ``y[t, j] = sum_{j <= s < t} A[t, s]``, the Gram suffix sums (``A[t, s] = exp(gl_t - gl_s)
     (k_t . k_s)(u_t . u_s)``: the open slot's ``y`` at token ``t`` when it started at chunk offset ``j``), row
     ``BT + 1`` receives ``z_t = ||s_t||^2``. :func:`dla_scan_scores_kernel` turns them into scores."""
-    i_c = tl.program_id(0).to(tl.int64)
+    i_w = tl.program_id(0).to(tl.int64)  # chunk C0 + i_w, row i_w of the table's window of WIN chunks
     i_n = tl.program_id(1).to(tl.int64)
-    NC = tl.num_programs(0)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = tl.arange(0, BV)
-    c = i_c * CS
+    c = (C0 + i_w) * CS
     m_t = (o_t < CS) & (c + o_t < Tp)
     b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
                   other=0)
@@ -223,14 +226,14 @@ def dla_scan_gram_kernel(
         b_Au += tl.dot(b_u, tl.trans(b_u), input_precision=DOT)
     b_d = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_gl[:, None] - b_gl[None, :], float("-inf"))
     b_A = (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)) * b_Ak * b_Au  # [BT, BT] Gram, s < t
-    p_tab = tab + (i_n * NC + i_c) * (BT + 3) * BT
+    p_tab = tab + (i_n * WIN + i_w) * (BT + 3) * BT
     tl.store(p_tab + o_t[:, None] * BT + o_t[None, :], tl.cumsum(b_A, 1, reverse=True))
     tl.store(p_tab + (BT + 1) * BT + o_t, b_kk * b_uu)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Tp", "C0", "WIN"])
 def dla_scan_scores_kernel(
-    g, tab, consts, Tp, CS: tl.constexpr, BT: tl.constexpr,
+    g, tab, consts, Tp, C0, WIN, CS: tl.constexpr, BT: tl.constexpr,
     USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
 ):
     """Second half of each chunk's table, after :func:`dla_scan_gram_kernel`; one program (one warp) per (chunk,
@@ -246,14 +249,13 @@ def dla_scan_scores_kernel(
     The sequential kernel then reads a token's score as one entry: the IEEE divisions and square roots of every
     candidate start run here, in parallel, instead of on its token loop's critical path.
     """
-    i_c = tl.program_id(0).to(tl.int64)
+    i_w = tl.program_id(0).to(tl.int64)
     i_n = tl.program_id(1).to(tl.int64)
-    NC = tl.num_programs(0)
     o_t = tl.arange(0, BT)
     n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
     sqrt_n_c = tl.load(consts + 3)
-    c = i_c * CS
-    p_tab = tab + (i_n * NC + i_c) * (BT + 3) * BT
+    c = (C0 + i_w) * CS
+    p_tab = tab + (i_n * WIN + i_w) * (BT + 3) * BT
     b_x = tl.zeros([BT], dtype=tab.dtype.element_ty)
     for t in range(BT):
         b_y = tl.load(p_tab + t * BT + o_t)  # y[t, j]
@@ -266,12 +268,12 @@ def dla_scan_scores_kernel(
     tl.store(p_tab + BT * BT + o_t, b_x)
 
 
-@triton.jit(do_not_specialize=["T", "Tp", "NT", "LAST"])
+@triton.jit(do_not_specialize=["T", "Tp", "NT", "LAST", "C0", "C1", "WIN"])
 def dla_scan_kernel(
     k, u, g, O, W, tab, consts, seen, lengths, m_init, x_init,
     pos, cnt, info, m_final, x_final, timing,
     o_score, o_boundary, o_num_slots, o_merged, o_starts, o_lam,
-    T, Tp, NT, LAST, M, R, capacity, block_size,
+    T, Tp, NT, LAST, C0, C1, WIN, M, R, capacity, block_size,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
     MB: tl.constexpr, NBITS: tl.constexpr, POLICY: tl.constexpr, USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, TIMING: tl.constexpr,
@@ -301,8 +303,8 @@ def dla_scan_kernel(
 
     # while, not for: the interpreter (numpy >= 2) cannot take a runtime int as a range bound
     ns_open, ns_dense, ns_loop = m * 0, m * 0, m * 0  # TIMING (GPU only): nanoseconds in each phase
-    i_c = 0
-    while i_c < NT:
+    i_c = C0  # this launch: chunks C0 .. C1 - 1, the table's window
+    while i_c < C1:
         c = i_c * CS
         if TIMING:
             t0 = globaltimer()
@@ -316,7 +318,7 @@ def dla_scan_kernel(
             ns_open += t1 - t0
         # the slot open at the chunk start started before it: its y against O, then its x recursion and scores
         m_t = (o_t < CS) & (c + o_t < Tp)
-        p_tab = tab + (i_n * NT + i_c) * (BT + 3) * BT
+        p_tab = tab + (i_n * WIN + i_c - C0) * (BT + 3) * BT
         b_gl = tl.cumsum(tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0), 0)
         b_yo = tl.zeros([BT], dtype=b_gl.dtype)
         for i_v in range(tl.cdiv(V, BV)):
@@ -440,9 +442,9 @@ def dla_scan_kernel(
     tl.store(m_final + i_n, m)
     tl.store(x_final + i_n, x_carry)
     if TIMING:
-        tl.store(timing + i_n * 3 + 0, ns_open)
-        tl.store(timing + i_n * 3 + 1, ns_dense)
-        tl.store(timing + i_n * 3 + 2, ns_loop)
+        tl.store(timing + i_n * 3 + 0, tl.load(timing + i_n * 3 + 0) + ns_open)  # summed over the windows
+        tl.store(timing + i_n * 3 + 1, tl.load(timing + i_n * 3 + 1) + ns_dense)
+        tl.store(timing + i_n * 3 + 2, tl.load(timing + i_n * 3 + 2) + ns_loop)
 
 
 def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, chunk_size: int, policy: str,
@@ -541,22 +543,30 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     BK, BV = max(triton.next_power_of_2(K), 16), min(max(triton.next_power_of_2(V), 16), 32)
     DOT = "ieee" if dt == torch.float64 or interpret else dot_precision
     USE_LIBDEVICE = dt == torch.float32 and u.is_cuda and not interpret
-    # each chunk's scores for every start inside it, in parallel (N * NT * (BT + 3) * BT floats)
-    tab = torch.empty(N, NT, BT + 3, BT, dtype=dt, device=dev)
-    dla_scan_gram_kernel[(NT, N)](k, u, g, tab, Tp, K=K, V=V, CS=chunk_size, BT=BT, BK=BK, BV=BV,
-                                  USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, num_warps=4)
-    dla_scan_scores_kernel[(NT, N)](g, tab, consts, Tp, CS=chunk_size, BT=BT, USE_DRIFT=score == "drift",
-                                    USE_RN=dt == torch.float32, USE_LIBDEVICE=USE_LIBDEVICE, num_warps=1)
-    dla_scan_kernel[(N,)](
-        k, u, g, O, W, tab, consts, seen.contiguous(), lengths,
-        slots.m.contiguous(), x0.contiguous(),
-        out.pos, out.counts, out.info, out.m, out.open_norm, timing if timing is not None else out.m,
-        out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,
-        T, Tp, NT, T - (NT - 1) * chunk_size, M, R, capacity, block_size if policy == "fixed" else 1,
-        K=K, V=V, CS=chunk_size, BT=BT, BKT=min(BK, 64), BV=BV,
-        MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
-        USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, TIMING=timing is not None,
-        num_warps=num_warps,
-    )
+    # each chunk's scores for every start inside it, in parallel: windows of WIN chunks bound the table
+    per_chunk = N * (BT + 3) * BT * u.element_size()
+    WIN = max(1, min(NT, SCAN_TABLE_BYTES // per_chunk))
+    tab = torch.empty(N, WIN, BT + 3, BT, dtype=dt, device=dev)
+    m_in, x_in = slots.m.contiguous(), x0.contiguous()
+    for c0 in range(0, NT, WIN):
+        c1 = min(NT, c0 + WIN)
+        dla_scan_gram_kernel[(c1 - c0, N)](k, u, g, tab, Tp, c0, WIN, K=K, V=V, CS=chunk_size, BT=BT, BK=BK,
+                                           BV=BV, USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, num_warps=4)
+        dla_scan_scores_kernel[(c1 - c0, N)](g, tab, consts, Tp, c0, WIN, CS=chunk_size, BT=BT,
+                                             USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
+                                             USE_LIBDEVICE=USE_LIBDEVICE, num_warps=1)
+        # the slots, the open slot's state O and x continue from the previous window (in place)
+        dla_scan_kernel[(N,)](
+            k, u, g, O, W, tab, consts, seen.contiguous(), lengths, m_in, x_in,
+            out.pos, out.counts, out.info, out.m, out.open_norm, timing if timing is not None else out.m,
+            out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,
+            T, Tp, NT, T - (NT - 1) * chunk_size, c0, c1, WIN, M, R, capacity,
+            block_size if policy == "fixed" else 1,
+            K=K, V=V, CS=chunk_size, BT=BT, BKT=min(BK, 64), BV=BV,
+            MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
+            USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, TIMING=timing is not None,
+            num_warps=num_warps,
+        )
+        m_in, x_in = out.m, out.open_norm
     out.boundary = out.boundary.bool()
     return out

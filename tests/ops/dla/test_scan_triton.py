@@ -170,3 +170,27 @@ def test_rejects_what_it_does_not_implement():
         dla_scan_triton(k, u.half(), g, T, **args)
     with pytest.raises(ValueError, match="K <= 256"):
         dla_scan_triton(torch.zeros(2, 16, 257, dtype=u.dtype, device=u.device), u, g, T, **args)
+
+
+@pytest.mark.parametrize("window", [1, 2])
+@pytest.mark.parametrize("policy", ["dla", "fenwick", "dla_unbounded", "fixed"])
+def test_score_table_windows(policy, window, record, monkeypatch):
+    """The chunk score tables in windows of ``window`` chunks (``SCAN_TABLE_BYTES``): the slots, the open slot's
+    state and its norm continue from one window's launch to the next, and nothing else changes."""
+    import dla.ops.dla.scan_triton as scan_triton
+
+    (k, u, g, T), args = _case(policy, T=75, H=3, init=True, tau=0.4)
+    per_chunk = k.shape[0] * (16 + 3) * 16 * u.element_size()
+    monkeypatch.setattr(scan_triton, "SCAN_TABLE_BYTES", window * per_chunk)
+    lengths = torch.tensor([75, 40, 3], device=k.device)
+    live = (torch.arange(k.shape[1], device=k.device)[None] < lengths[:, None])
+    k, u, g = k * live[..., None], u * live[..., None], g * live
+    timing = torch.zeros(3, 3, dtype=torch.int64, device=k.device) if DEVICE == "cuda" else None
+    ref = dla_scan(k, u, g, T, **args, lengths=lengths)
+    out = scan_triton.dla_scan_triton(k, u, g, T, **args, lengths=lengths, timing=timing)
+    for field in EXACT:
+        assert torch.equal(getattr(out, field), getattr(ref, field)), field
+    for field in CLOSE:
+        assert record(f"scan, windows of {window}, {field}", rel_err(getattr(out, field), getattr(ref, field))) <= 1e-12
+    if timing is not None:  # phases summed over the windows' launches
+        assert bool((timing > 0).all())
