@@ -1,8 +1,8 @@
 """Where the segmentation scan's token loop spends its time, by ablation, and the current scan against an older one.
 
 Usage (CUDA machine, repo root):
-    git show 2b183ce:dla/ops/dla/scan_triton.py > /tmp/scan_old.py    # the scan before the chunk score tables
-    python scripts/gpu_scan_ablate.py OUT.json --old /tmp/scan_old.py [--T 16384] [--variants old base norec ...]
+    git show 2b183ce:dla/ops/dla/scan_triton.py > OLD.py    # the scan before the chunk score tables
+    python scripts/gpu_scan_ablate.py OUT.json --old OLD.py [--T 16384] [--variants old base norec ...]
 
 Inputs as ``dla bench ops``' ``ll_mamba2`` shape (48 heads, K = 128, V = 64, bf16-rounded, ``u = v``), 65,536 tokens
 per call, policy ``dla``, C = 30, tau = 0.6. Variants: ``base`` (this checkout's scan), ``old`` (the file given),

@@ -32,9 +32,10 @@ Where things live:
 Limits: ``K <= 256`` (one key block in the Gram kernel), any ``V`` (tiled), any ``chunk_size >= 1`` (padded to a
 power of two ``>= 16``), any capacity (``MB`` = the next power of two). The table costs ``(BT + 3) BT`` floats per
 chunk and sequence (843 MB at 65,536 tokens x 48 heads); the scan holds at most :data:`SCAN_TABLE_BYTES` of it,
-running the three kernels over windows of chunks (the slots, ``O`` and ``x`` carry from one window to the next). float32 on GPU; float64
-runs under the interpreter. Scores are computed and compared with ``tau`` in the input dtype, with IEEE-rounded
-division and square root and libdevice's ``exp`` on GPU, so near-threshold decisions agree with the reference.
+running the three kernels over windows of chunks (the slots, ``O`` and ``x`` carry from one window to the next).
+float32 on GPU; float64 runs under the interpreter. Scores are computed and compared with ``tau`` in the input
+dtype, with IEEE-rounded division and square root and libdevice's ``exp`` on GPU, so near-threshold decisions
+agree with the reference.
 """
 
 from __future__ import annotations
@@ -199,10 +200,11 @@ def dla_scan_gram_kernel(
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
 ):
-    """First half of each chunk's table (``tab [N, NT, BT + 3, BT]``; one program per (chunk, sequence)): rows
-    ``t < BT`` receive ``y[t, j] = sum_{j <= s < t} A[t, s]``, the Gram suffix sums (``A[t, s] = exp(gl_t - gl_s)
-    (k_t . k_s)(u_t . u_s)``: the open slot's ``y`` at token ``t`` when it started at chunk offset ``j``), row
-    ``BT + 1`` receives ``z_t = ||s_t||^2``. :func:`dla_scan_scores_kernel` turns them into scores."""
+    """First half of each chunk's table (``tab [N, WIN, BT + 3, BT]`` for chunks ``C0 ..``; one program per
+    (chunk, sequence)): rows ``t < BT`` receive ``y[t, j] = sum_{j <= s < t} A[t, s]``, the Gram suffix sums
+    (``A[t, s] = exp(gl_t - gl_s) (k_t . k_s)(u_t . u_s)``: the open slot's ``y`` at token ``t`` when it started at
+    chunk offset ``j``), row ``BT + 1`` receives ``z_t = ||s_t||^2``. :func:`dla_scan_scores_kernel` turns them into
+    scores."""
     i_w = tl.program_id(0).to(tl.int64)  # chunk C0 + i_w, row i_w of the table's window of WIN chunks
     i_n = tl.program_id(1).to(tl.int64)
     o_t = tl.arange(0, BT)
@@ -466,8 +468,9 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
             products, float32-accurate to about 1e-7 relative); ``None``: ``tf32x3`` for float32 on a GPU (H100,
             T = 4096, N = 256: 21 ms against 198 ms, every one of the 1M decisions the same), ``ieee`` otherwise
             (float64, the interpreter).
-        timing: ``[N, 3]`` int64 CUDA tensor or ``None``: receives each program's nanoseconds in moving the open
-            slot's state, in the chunk's Gram sums, and in the token loop (profiling; GPU only).
+        timing: ``[N, 3]`` int64 CUDA tensor or ``None``: each program's nanoseconds in moving the open slot's
+            state, in its column of scores (``y`` against that state, its ``x`` recursion), and in the token loop
+            are added to it (profiling; GPU only; pass zeros).
     Returns:
         :class:`ScanResult`, equal to ``dla_scan``'s on the same inputs (integer fields exactly, scores to
         rounding: matrix products and sums run in another order).
