@@ -126,8 +126,7 @@ def chunk_dla_torch(
     seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
 
     o = _readout(qh, kh, u, gl, P, o_base, lam_all, starts, lam_index, seg, initial_state, BT, T, backend, dot,
-                 rebuild)
-    o = (o * dims.scale)[:, :, :T].transpose(1, 2).to(v.dtype)
+                 rebuild, dims.scale, v.dtype)
     final = None
     if output_final_state:
         width = state_width(policy, capacity, R, int(scan.m.max()))
@@ -301,10 +300,11 @@ class _GatherLast(torch.autograd.Function):
 
 
 def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, backend="torch", dot=None,
-             rebuild=None):
-    """``lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state ones);
-    ``lam [B, T, H, R]`` as the caller gave it; ``dot``, ``rebuild``: the ``tl.dot`` mode and the saved copies of
-    the Triton readout (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
+             rebuild=None, scale=1.0, dtype=None):
+    """``scale * (lam_open * o_base`` plus the telescoping boundary terms (real boundaries, then initial-state
+    ones)) as the output ``[B, T, H, V]`` in ``dtype`` (default: ``q``'s); ``lam [B, T, H, R]`` as the caller gave
+    it; ``dot``, ``rebuild``: the ``tl.dot`` mode and the saved copies of the Triton readout
+    (:class:`dla.ops.dla.readout_fwd.BoundaryTerms`)."""
     B, H, Tp, _ = k.shape
     nxt_valid = lam_index[..., 1:] >= 0
     if backend == "triton" and q.dtype == torch.float32:
@@ -315,6 +315,13 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, b
         lam0, dlam = _lam_terms_torch(lam.to(q.dtype).transpose(1, 2), lam_index)
     x = starts[..., :-1]  # boundary positions [B, H, T, R-1]
     real = nxt_valid & (x >= 0)
+    dtype = q.dtype if dtype is None else dtype
+    if x.shape[-1] > 0 and backend == "triton" and q.dtype == torch.float32 and init is None:
+        from dla.ops.dla.combine_triton import ReadoutCombine  # one pass each way into the caller's layout
+        from dla.ops.dla.readout_fwd import BoundaryTerms
+
+        terms = BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT, dot, rebuild)  # [B, H, T, V]
+        return ReadoutCombine.apply(lam0, o_base, terms, float(scale), dtype)
     o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
     if x.shape[-1] > 0 and backend == "triton":
         from dla.ops.dla.readout_fwd import BoundaryTerms
@@ -324,7 +331,7 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, b
     if init is not None:
         ldec = (seg[:, :, :Tp // BT, 0, None] + gl).reshape(B, H, Tp)[:, :, :T]  # log D(-1, t)
         o = o + F.pad(_initial_terms(q[:, :, :T], ldec, x, dlam, nxt_valid & (x < 0), init), (0, 0, 0, Tp - T))
-    return o
+    return (o * scale)[:, :, :T].transpose(1, 2).to(dtype)
 
 
 def _lam_terms_torch(lam: torch.Tensor, lam_index: torch.Tensor):
