@@ -15,14 +15,19 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 
+@triton.jit
+def _rows(lam0, T, H: tl.constexpr, BTT: tl.constexpr):
+    """This program's (batch x head, batch, head), token rows, their mask and ``lam0``."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_t = i_t * BTT + tl.arange(0, BTT)
+    m_t = o_t < T
+    return i_bh, i_bh // H, i_bh % H, o_t, m_t, tl.load(lam0 + i_bh * T + o_t, mask=m_t, other=0.)
+
+
 @triton.jit(do_not_specialize=["T", "Tp"])
 def combine_fwd_kernel(lam0, ob, terms, out, scale, T, Tp, st_b, st_h, st_t, so_b, so_t, so_h,
                        H: tl.constexpr, V: tl.constexpr, BTT: tl.constexpr, BV: tl.constexpr):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = i_t * BTT + tl.arange(0, BTT)
-    m_t = o_t < T
-    b_l = tl.load(lam0 + i_bh * T + o_t, mask=m_t, other=0.)
+    i_bh, i_b, i_h, o_t, m_t, b_l = _rows(lam0, T, H, BTT)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m = m_t[:, None] & (o_v < V)[None, :]
@@ -37,11 +42,7 @@ def combine_fwd_kernel(lam0, ob, terms, out, scale, T, Tp, st_b, st_h, st_t, so_
 @triton.jit(do_not_specialize=["T", "Tp"])
 def combine_bwd_kernel(do, lam0, ob, d_lam0, d_ob, d_terms, scale, T, Tp, sd_b, sd_t, sd_h,
                        H: tl.constexpr, V: tl.constexpr, BTT: tl.constexpr, BV: tl.constexpr):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = i_t * BTT + tl.arange(0, BTT)
-    m_t = o_t < T
-    b_l = tl.load(lam0 + i_bh * T + o_t, mask=m_t, other=0.)
+    i_bh, i_b, i_h, o_t, m_t, b_l = _rows(lam0, T, H, BTT)
     b_dl = tl.zeros([BTT], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
