@@ -316,18 +316,19 @@ def _readout(q, k, u, gl, P, o_base, lam, starts, lam_index, seg, init, BT, T, b
     x = starts[..., :-1]  # boundary positions [B, H, T, R-1]
     real = nxt_valid & (x >= 0)
     dtype = q.dtype if dtype is None else dtype
-    if x.shape[-1] > 0 and backend == "triton" and q.dtype == torch.float32 and init is None:
-        from dla.ops.dla.combine_triton import ReadoutCombine  # one pass each way into the caller's layout
-        from dla.ops.dla.readout_fwd import BoundaryTerms
-
-        terms = BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT, dot, rebuild)  # [B, H, T, V]
-        return ReadoutCombine.apply(lam0, o_base, terms, float(scale), dtype)
-    o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
+    terms = None  # [B, H, T, V]
     if x.shape[-1] > 0 and backend == "triton":
         from dla.ops.dla.readout_fwd import BoundaryTerms
-        o = o + F.pad(BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT, dot, rebuild), (0, 0, 0, Tp - T))
+        terms = BoundaryTerms.apply(q, k, u, gl, P, dlam, x, real, BT, dot, rebuild)
     elif x.shape[-1] > 0:
-        o = o + F.pad(boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT), (0, 0, 0, Tp - T))
+        terms = boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT)
+    if terms is not None and backend == "triton" and q.dtype == torch.float32 and init is None:
+        from dla.ops.dla.combine_triton import ReadoutCombine  # one pass each way into the caller's layout
+
+        return ReadoutCombine.apply(lam0, o_base, terms, float(scale), dtype)
+    o = F.pad(lam0, (0, Tp - T))[..., None] * o_base
+    if terms is not None:
+        o = o + F.pad(terms, (0, 0, 0, Tp - T))
     if init is not None:
         ldec = (seg[:, :, :Tp // BT, 0, None] + gl).reshape(B, H, Tp)[:, :, :T]  # log D(-1, t)
         o = o + F.pad(_initial_terms(q[:, :, :T], ldec, x, dlam, nxt_valid & (x < 0), init), (0, 0, 0, Tp - T))
@@ -343,6 +344,18 @@ def _lam_terms_torch(lam: torch.Tensor, lam_index: torch.Tensor):
     return lam_r[..., 0], dlam
 
 
+def candidate_chunks(x: torch.Tensor, real: torch.Tensor, BT: int) -> torch.Tensor:
+    """``cand [B, H, NT, R1 + 1]``: per query chunk, the sorted chunks of the boundaries live at the token before it
+    (real ones; the chunk itself in place of the others) and the chunk itself. Reads only those ``NT`` tokens."""
+    B, H, T, R1 = x.shape
+    NT = (T + BT - 1) // BT
+    i = torch.arange(NT, device=x.device)
+    prev_t = (i * BT - 1).clamp_min(0)
+    xp, rp = x[:, :, prev_t], real[:, :, prev_t]  # [B, H, NT, R1]
+    prev = torch.where(rp & (xp >= 0) & (i[:, None] > 0), torch.div(xp, BT, rounding_mode="floor"), i[:, None])
+    return torch.cat([prev, i[None, None, :, None].expand(B, H, NT, 1)], -1).sort(-1).values
+
+
 def boundary_candidates(x: torch.Tensor, real: torch.Tensor, BT: int):
     """Per query chunk, the key chunks that can hold a live boundary, and each boundary's place among them.
 
@@ -354,13 +367,8 @@ def boundary_candidates(x: torch.Tensor, real: torch.Tensor, BT: int):
         boundary's chunk (-1 where not real), ``off [B, H, T, R1]`` its offset inside that chunk.
     """
     B, H, T, R1 = x.shape
-    NT = (T + BT - 1) // BT
     cx = torch.where(real, torch.div(x, BT, rounding_mode="floor"), -1)
-    i = torch.arange(NT, device=x.device)
-    prev_t = (i * BT - 1).clamp_min(0)
-    prev = cx[:, :, prev_t]  # [B, H, NT, R1] chunks of the boundaries live at the token before each chunk
-    prev = torch.where((prev >= 0) & (i[:, None] > 0), prev, i[:, None])
-    cand = torch.cat([prev, i[None, None, :, None].expand(B, H, NT, 1)], -1).sort(-1).values
+    cand = candidate_chunks(x, real, BT)
     tok_chunk = torch.arange(T, device=x.device) // BT
     rows = cand[:, :, tok_chunk]  # [B, H, T, R1 + 1]
     jidx = torch.searchsorted(rows.contiguous(), cx.clamp_min(0).contiguous())

@@ -185,19 +185,18 @@ def plan_kernel(x, real, cand, jidx, off, T, sxt, R1: tl.constexpr, J: tl.conste
 
 
 def boundary_plan(x: torch.Tensor, real: torch.Tensor, BT: int):
-    """:func:`dla.ops.dla.chunk_torch.boundary_candidates` for the Triton readout: ``cand`` (int32) from the tokens
-    before each query chunk in PyTorch (``[B, H, NT, R1]``, small), ``jidx`` and ``off`` in compact integer types
-    (:func:`dla.ops.utils.saved.compact_index`) by :func:`plan_kernel`, one pass over the records instead of a
-    dozen PyTorch passes over ``[B, H, T, R1]`` int64 tensors. Equal to ``boundary_candidates`` (tests)."""
+    """:func:`dla.ops.dla.chunk_torch.boundary_candidates` for the Triton readout: ``cand`` (int32) by
+    :func:`dla.ops.dla.chunk_torch.candidate_chunks` (``NT`` tokens, small), ``jidx`` and ``off`` in compact
+    integer types (:func:`dla.ops.utils.saved.compact_index`) by :func:`plan_kernel`, one pass over the records
+    instead of a dozen PyTorch passes over ``[B, H, T, R1]`` int64 tensors. Equal to ``boundary_candidates``
+    (tests)."""
+    from dla.ops.dla.chunk_torch import candidate_chunks
+
     B, H, T, R1 = x.shape
     NT = (T + BT - 1) // BT
     if x.stride(-1) != 1 or x.stride(-2) < R1 or x.stride(1) != T * x.stride(2) or x.stride(0) != H * x.stride(1):
         x = x.contiguous()
-    i = torch.arange(NT, device=x.device)
-    prev_t = (i * BT - 1).clamp_min(0)
-    xp, rp = x[:, :, prev_t], real[:, :, prev_t]  # [B, H, NT, R1]: boundaries live at the token before each chunk
-    prev = torch.where(rp & (i[:, None] > 0), torch.div(xp, BT, rounding_mode="floor"), i[:, None])
-    cand = torch.cat([prev, i[None, None, :, None].expand(B, H, NT, 1)], -1).sort(-1).values.to(torch.int32)
+    cand = candidate_chunks(x, real, BT).to(torch.int32)
     J = R1 + 1
     jidx = torch.empty(B, H, T, R1, dtype=torch.int16 if J <= torch.iinfo(torch.int16).max else torch.int32,
                        device=x.device)

@@ -158,18 +158,25 @@ def _ranks(m, o_r, MB: tl.constexpr):
 
 
 @triton.jit
-def _tiles(k, u, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K: tl.constexpr, V: tl.constexpr,
+def _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V: tl.constexpr, BV: tl.constexpr):
+    """Value tile ``i_v`` of the chunk starting at ``c``: ``u [BT, BV]``."""
+    o_vv = i_v * BV + o_v
+    return tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :], mask=m_t[:, None] & (o_vv < V)[None, :],
+                   other=0)
+
+
+@triton.jit
+def _tiles(k, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K: tl.constexpr, V: tl.constexpr,
            BKT: tl.constexpr, BV: tl.constexpr):
-    """Key tile ``i_k`` and value tile ``i_v`` of the chunk starting at ``c`` (``k [BT, BKT]``, ``u [BT, BV]``)
-    and the open slot's state tile (``O [BKT, BV]``), with ``O``'s pointers and mask for a store back."""
+    """Key tile ``i_k`` of the chunk starting at ``c`` (``k [BT, BKT]``) and the open slot's state tile
+    (``O [BKT, BV]``, value tile ``i_v``), with ``O``'s pointers and mask for a store back."""
     o_kk = i_k * BKT + o_kt
     o_vv = i_v * BV + o_v
-    m_kk, m_v = o_kk < K, o_vv < V
+    m_kk = o_kk < K
     b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_kk[None, :], mask=m_t[:, None] & m_kk[None, :], other=0)
-    b_u = tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
     p_O = O + (i_n * K + o_kk[:, None]) * V + o_vv[None, :]
-    m_O = m_kk[:, None] & m_v[None, :]
-    return b_k, b_u, tl.load(p_O, mask=m_O, other=0), p_O, m_O
+    m_O = m_kk[:, None] & (o_vv < V)[None, :]
+    return b_k, tl.load(p_O, mask=m_O, other=0), p_O, m_O
 
 
 @triton.jit
@@ -187,8 +194,9 @@ def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_kt, o_v,
     b_w = libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)
     d_last = libdevice.exp(gl_last) if USE_LIBDEVICE else tl.exp(gl_last)
     for i_v in range(tl.cdiv(V, BV)):
+        b_u = _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV)
         for i_k in range(tl.cdiv(K, BKT)):
-            b_k, b_u, b_O, p_O, m_O = _tiles(k, u, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
+            b_k, b_O, p_O, m_O = _tiles(k, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
             b_O = tl.where(loc < 0, d_last * b_O, 0.0) + \
                 tl.dot(tl.trans(b_k * b_w[:, None]), b_u, input_precision=DOT)
             tl.store(p_O, b_O, mask=m_O)
@@ -221,9 +229,7 @@ def dla_scan_gram_kernel(
     b_uu = tl.zeros([BT], dtype=b_g.dtype)
     b_Au = tl.zeros([BT, BT], dtype=b_g.dtype)
     for i_v in range(tl.cdiv(V, BV)):
-        o_vv = i_v * BV + o_v
-        b_u = tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :],
-                      mask=m_t[:, None] & (o_vv < V)[None, :], other=0)
+        b_u = _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV)
         b_uu += tl.sum(b_u * b_u, 1)
         b_Au += tl.dot(b_u, tl.trans(b_u), input_precision=DOT)
     b_d = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_gl[:, None] - b_gl[None, :], float("-inf"))
@@ -326,12 +332,9 @@ def dla_scan_kernel(
         for i_v in range(tl.cdiv(V, BV)):
             b_kO = tl.zeros([BT, BV], dtype=b_gl.dtype)
             for i_k in range(tl.cdiv(K, BKT)):
-                b_k, _, b_O, _, _ = _tiles(k, u, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
+                b_k, b_O, _, _ = _tiles(k, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
                 b_kO += tl.dot(b_k, b_O, input_precision=DOT)
-            o_vv = i_v * BV + o_v
-            b_u = tl.load(u + (i_n * Tp + c + o_t[:, None]) * V + o_vv[None, :],
-                          mask=m_t[:, None] & (o_vv < V)[None, :], other=0)
-            b_yo += tl.sum(b_kO * b_u, 1)
+            b_yo += tl.sum(b_kO * _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV), 1)
         b_yo = (libdevice.exp(b_gl) if USE_LIBDEVICE else tl.exp(b_gl)) * b_yo  # [BT] <decayed O, s_t>
         b_y = b_yo + tl.load(p_tab + (BT + 2) * BT + o_t)  # plus the chunk's own tokens s < t
         b_z = tl.load(p_tab + (BT + 1) * BT + o_t)
