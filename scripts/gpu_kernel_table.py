@@ -3,7 +3,7 @@
 Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
         [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N]
-        [--key-warps N] [--ncu]
+        [--key-warps N] [--merge-dp 0|1] [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
@@ -42,12 +42,14 @@ def main(argv=None):
                     help="warps per program of the readout backward's dq kernel (default: its own)")
     ap.add_argument("--key-warps", type=int, default=None,
                     help="warps per program of the readout backward's key-side kernels (default: its own)")
+    ap.add_argument("--merge-dp", type=int, default=None,
+                    help="1: dk, du, dP in one key-side launch; 0: dP apart (default: the backward's own)")
     args = ap.parse_args(argv)
     from dla.ops.dla import readout_bwd
     for kw, val in (("block_v_du", args.block_v_du), ("num_warps", args.bwd_warps),
-                    ("num_warps_key", args.key_warps)):
+                    ("num_warps_key", args.key_warps), ("merge_dP", args.merge_dp)):
         if val is not None:
-            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = val
+            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if kw == "merge_dP" else val
     B = max(args.tokens // args.T, 1)
     x = _inputs(args.shape, B, args.T, args.capacity, args.gdn)
     for n in ("q", "k", "v", "g", "lam", "beta"):
@@ -91,7 +93,7 @@ def main(argv=None):
             "T": args.T, "B": B, "backbone": "gdn" if args.gdn else "mamba2", "policy": args.policy,
             "tau": args.tau, "capacity": args.capacity, "precision": args.precision,
             "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps,
-            "key_warps": args.key_warps, "inputs": "dla bench ops (bf16)",
+            "key_warps": args.key_warps, "merge_dp": args.merge_dp, "inputs": "dla bench ops (bf16)",
             "kernel_ms_total": total,
             "wall_ms_unprofiled": wall_ms}
     with open(args.out, "w") as f:

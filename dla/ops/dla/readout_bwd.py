@@ -48,12 +48,13 @@ from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc, prec_operand
 
 @triton.jit
 def readout_bwd_dq_kernel(
-    q, k, u, gl, P, seg, cand, jidx, off, dl, do, dq, ddl, dgl, dseg_c, dseg_c1,
-    T, Tp, NT,
+    q, k, u, gl, P, seg, cand, jidx, off, dl, do, dq, ddl, dgl, dseg_c, dseg_c1, slot, tA, tB, tcA,
+    T, Tp, NT, BH0, base,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+    STORE: tl.constexpr,
 ):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64) + BH0
     o_i = tl.arange(0, BT)
     o_t = i_t * BT + o_i
     o_k = tl.arange(0, BK)
@@ -75,14 +76,12 @@ def readout_bwd_dq_kernel(
         if j > 0:
             fresh = c != tl.load(p_cand + j - 1)  # sorted; a repeat holds no boundary
         if fresh:
-            b_cs, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
+            # in the order that keeps the fewest [BT, *] tiles live at once (H200: 255 registers at 8 warps, one
+            # program per SM): the P side inside the value loop, straight into dq (no [BT, BK] do P^T), then W and
+            # the key chunk's products
             b_a = tl.exp(tl.load(seg + p_row + c) + b_gi)  # D(c BT - 1, t)
-            b_cA = b_cs * b_a
-            b_x = _decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)  # [BT, BT]
-            b_k = prec_operand(tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :],
-                                       other=0.), DOT)
-            b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
-            b_dqP = tl.zeros([BT, BK], dtype=tl.float32)  # do P_c^T
+            b_cA = tl.sum(tl.where(b_jt == j, b_dl, 0.), 1) * b_a  # cs of _coef, times D
+            b_dcA = tl.zeros([BT], dtype=tl.float32)  # q_t . (P_c do_t)
             b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T
             for v0 in range(0, V, BV):
                 o_v = v0 + tl.arange(0, BV)
@@ -93,14 +92,26 @@ def readout_bwd_dq_kernel(
                               other=0.)
                 b_P = tl.load(P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :],
                               mask=m_k[:, None] & m_v[None, :], other=0.)  # [BK, BV]
-                b_dqP += prec_dot(b_do, tl.trans(b_P), DOT)
+                b_dq += prec_dot(b_do * b_cA[:, None], tl.trans(b_P), DOT)
+                b_dcA += tl.sum(b_do * prec_dot(b_q, b_P, DOT), 1)
                 b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
-            b_dcA = tl.sum(b_q.to(tl.float32) * b_dqP, 1)  # [BT]
+            _, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
+            b_ga = b_dcA * b_cA
+            b_x = _decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)  # [BT, BT]
+            b_k = prec_operand(tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :],
+                                       other=0.), DOT)
+            b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
             b_dAx = b_dA * b_x
-            b_dq += b_cA[:, None] * b_dqP + prec_dot(b_dAx * b_W, b_k, DOT)
+            b_dAM = b_dAx * b_W  # dA * M
+            b_dq += prec_dot(b_dAM, b_k, DOT)
+            if STORE:  # the pair's tiles for the key side: dA * M, qk * M (row-major [t, s]: coalesced) and cA
+                p_n = (tl.load(slot + (i_bh * NT + i_t) * J + j) - base).to(tl.int64)
+                p_tile = p_n * BT * BT + o_i[:, None] * BT + o_i[None, :]
+                tl.store(tA + p_tile, b_dAM.to(tA.dtype.element_ty))
+                tl.store(tB + p_tile, (b_qk * b_W * b_x).to(tB.dtype.element_ty))
+                tl.store(tcA + p_n * BT + o_i, b_cA)
             b_dW = b_dAx * b_qk  # gradient of W
             b_dE = b_dW * b_W  # gradient of e
-            b_ga = b_dcA * b_cA
             b_dgi += b_ga + tl.sum(b_dE, 1)
             # seg[i, c] and seg[i, c+1] in separate planes: c+1 may be the next candidate's c
             tl.store(dseg_c + p_row + c, tl.sum(b_ga, 0))
@@ -115,114 +126,58 @@ def readout_bwd_dq_kernel(
 
 
 @triton.jit
-def _pair_query(q, gl, jidx, off, dl, pairs, n, i_bh, T, Tp,
-                K: tl.constexpr, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                BR: tl.constexpr):
-    """Pair ``n`` of a key chunk: its query chunk ``i_t`` and candidate ``j``, the query positions, mask and queries
-    ``[BT, BK]``, their log-decays ``[BT]`` and the per-rank tiles of :func:`dla.ops.dla.readout_fwd._tables`."""
-    e = tl.load(pairs + n)
-    i_t, j = e // J, e % J
-    o_t = i_t * BT + tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    m_t = o_t < T
-    b_q = tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
-                  other=0.)
-    b_gi = tl.load(gl + i_bh * Tp + o_t)
-    b_jt, b_off, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)
-    return i_t, j, o_t, m_t, b_q, b_gi, b_jt, b_off, b_dl
-
-
-@triton.jit
-def _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
-          K: tl.constexpr, R1: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-          BR: tl.constexpr):
-    """Query side of pair ``n`` for key chunk ``i_c``: the query chunk ``i_t``, its positions, mask and queries
-    ``[BT, BK]``, ``cA [BT]``, ``W [BT, BT]`` and ``exp(e) [BT, BT]``."""
-    i_t, j, o_t, m_t, b_q, b_gi, b_jt, b_off, b_dl = _pair_query(q, gl, jidx, off, dl, pairs, n, i_bh, T, Tp, K,
-                                                                 R1, J, BT, BK, BR)
-    b_cs, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
-    p_row = seg + (i_bh * (NT + 1) + i_t) * (NT + 1)
-    b_x = _decay(gl, p_row, i_bh, i_t, i_c, b_gi, Tp, BT)
-    return i_t, o_t, m_t, b_q, b_cs * tl.exp(tl.load(p_row + i_c) + b_gi), b_W, b_x
-
-
-@triton.jit
 def readout_bwd_key_kernel(
-    q, k, u, gl, seg, jidx, off, dl, do, ptr, pairs, order, dk, du, dgl,
-    T, Tp, NT,
-    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+    q, k, do, ptr, pairs, order, tA, tB, tcA, dk, du, dgl, dP,
+    T, Tp, NT, ROW0, base,
+    K: tl.constexpr, V: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT: tl.constexpr, KEY: tl.constexpr, HAS_DP: tl.constexpr,
 ):
-    i_n, i_v = tl.load(order + tl.program_id(0)).to(tl.int64), tl.program_id(1)
+    """Per key chunk and value tile, over the pairs reading it, from the tiles :func:`readout_bwd_dq_kernel` stored:
+    ``KEY``: ``du += (qk M)^T do``, and in the first value tile's program ``dk += (dA M)^T q`` and the key side of
+    ``dgl``; ``HAS_DP``: ``dP += (cA q)^T do``."""
+    i_n, i_v = tl.load(order + ROW0 + tl.program_id(0)).to(tl.int64), tl.program_id(1)
     i_bh, i_c = i_n // NT, i_n % NT
     o_s = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
-    key_side = i_v == 0  # dk and the key side of dgl: the first value tile's program
-    b_k = prec_operand(tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], mask=m_k[None, :],
-                               other=0.), DOT)  # kept across the pairs
+    key_side = i_v == 0  # dk and the key side of dgl (KEY): the first value tile's program
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dgc = tl.zeros([BT], dtype=tl.float32)
     b_du = tl.zeros([BT, BV], dtype=tl.float32)
-    n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
-    while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
-        i_t, o_t, m_t, b_q, b_cA, b_W, b_x = _pair(q, gl, seg, jidx, off, dl, pairs, n, i_bh, i_c, T, Tp, NT,
-                                                    K, R1, J, BT, BK, BR)
-        b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
-        b_M = b_W * b_x
-        b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                       other=0.)
-        b_du += prec_dot_tc(tl.trans(b_qk * b_M), b_do, DOT)
-        if key_side:
-            b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T over the whole value width
-            for v0 in range(0, V, BV):
-                o_w = v0 + tl.arange(0, BV)
-                m_w = o_w < V
-                b_dw = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_w[None, :],
-                               mask=m_t[:, None] & m_w[None, :], other=0.)
-                b_u = tl.load(u + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_w[None, :], mask=m_w[None, :],
-                              other=0.)
-                b_dA += prec_dot(b_dw, tl.trans(b_u), DOT)
-            b_dAM = b_dA * b_M
-            b_dk += prec_dot_tc(tl.trans(b_dAM), b_q, DOT)
-            b_dE = b_dAM * b_qk
-            # e = gl_c[BT-1] - gl_c[s] + ... for an older query chunk, gl_i[t] - gl_c[s] for the chunk itself
-            b_dgc += tl.where((o_s == BT - 1) & (i_t != i_c), tl.sum(tl.sum(b_dE, 1), 0), 0.) - tl.sum(b_dE, 0)
-        n += 1
-    tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
-    if key_side:
-        tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
-        tl.store(dgl + i_bh * Tp + i_c * BT + o_s, b_dgc)
-
-
-@triton.jit
-def readout_bwd_dP_kernel(
-    q, gl, seg, jidx, off, dl, do, ptr, pairs, order, dP,
-    T, Tp, NT,
-    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
-):
-    i_n, i_v = tl.load(order + tl.program_id(0)).to(tl.int64), tl.program_id(1)
-    i_bh, i_c = i_n // NT, i_n % NT
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
     b_dP = tl.zeros([BK, BV], dtype=tl.float32)
     n, n_end = tl.load(ptr + i_n), tl.load(ptr + i_n + 1)
-    while n < n_end:
-        i_t, j, o_t, m_t, b_q, b_gi, b_jt, _, b_dl = _pair_query(q, gl, jidx, off, dl, pairs, n, i_bh, T, Tp, K,
-                                                                 R1, J, BT, BK, BR)
-        b_cs = tl.sum(tl.where(b_jt == j, b_dl, 0.), 1)  # cs of readout_fwd._coef alone (no W)
-        b_cA = b_cs * tl.exp(tl.load(seg + (i_bh * (NT + 1) + i_t) * (NT + 1) + i_c) + b_gi)
-        b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                       other=0.)
-        b_dP += prec_dot(tl.trans(b_q * b_cA[:, None]), b_do, DOT)
+    while n < n_end:  # a while loop: the interpreter cannot range over loaded bounds
+        i_t = tl.load(pairs + n) // J
+        p_n = (n - base).to(tl.int64)
+        o_t = i_t * BT + o_s
+        m_t = o_t < T
+        b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :],
+                                   mask=m_t[:, None] & m_k[None, :], other=0.), DOT)
+        b_do = prec_operand(tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :],
+                                    mask=m_t[:, None] & m_v[None, :], other=0.), DOT)
+        p_tile = p_n * BT * BT + o_s[:, None] * BT + o_s[None, :]  # [t, s], transposed once loaded
+        if KEY:
+            b_du += prec_dot(tl.trans(tl.load(tB + p_tile)), b_do, DOT)
+            if key_side:
+                b_dk += prec_dot(tl.trans(tl.load(tA + p_tile)), b_q, DOT)
+        if HAS_DP:
+            b_cA = tl.load(tcA + p_n * BT + o_s)
+            b_dP += prec_dot(tl.trans(b_q.to(tl.float32) * b_cA[:, None]), b_do, DOT)
         n += 1
-    tl.store(dP + ((i_bh * NT + i_c) * K + o_k[:, None]) * V + o_v[None, :], b_dP, mask=m_k[:, None] & m_v[None, :])
+    if KEY:
+        tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
+        if key_side:
+            tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
+            # -sum_t dE[t, s] = -k_s . dk_s (dE = dA M qk, qk = q k^T); the end-of-chunk term is added by the caller
+            b_k = prec_operand(tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :],
+                                       mask=m_k[None, :], other=0.), DOT)
+            tl.store(dgl + i_bh * Tp + i_c * BT + o_s, -tl.sum(b_k.to(tl.float32) * b_dk, 1))
+    if HAS_DP:
+        tl.store(dP + ((i_bh * NT + i_c) * K + o_k[:, None]) * V + o_v[None, :], b_dP,
+                 mask=m_k[:, None] & m_v[None, :])
 
 
-def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reverse of the candidate lists: for each key chunk, the query chunks that read it. On the device, no sync.
 
     Args:
@@ -231,7 +186,8 @@ def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Ten
         ``ptr [B*H*NT + 1]`` and ``pairs [B*H*NT*J]`` int32 (CSR): ``pairs[ptr[n]:ptr[n+1]]`` are the entries
         ``i * J + j`` (first occurrences only, ``i`` ascending) with ``cand[b, h, i, j] = c`` for row
         ``n = (b H + h) NT + c``; ``order [B*H*NT]`` int32: the rows by descending number of pairs (the key
-        kernels' program order, so that a chunk read by every query chunk does not start last).
+        kernels' program order, so that a chunk read by every query chunk does not start last); ``slot
+        [B, H, NT, J]`` int32: each first occurrence's place in ``pairs`` (where its tiles are stored).
     """
     B, H, NT, J = cand.shape
     fresh = F.pad(cand[..., 1:] != cand[..., :-1], (1, 0), value=True)
@@ -240,7 +196,31 @@ def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Ten
     skey, order = torch.sort(key, stable=True)
     ptr = torch.searchsorted(skey, torch.arange(B * H * NT + 1, device=cand.device, dtype=skey.dtype))
     busy = torch.argsort(ptr[1:] - ptr[:-1], descending=True, stable=True)
-    return ptr.to(torch.int32), (order % (NT * J)).to(torch.int32), busy.to(torch.int32)
+    slot = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=cand.device))
+    return (ptr.to(torch.int32), (order % (NT * J)).to(torch.int32), busy.to(torch.int32),
+            slot.view(B, H, NT, J).to(torch.int32))
+
+
+PAIR_TILE_BYTES = 1 << 29
+"""Most bytes of pair tiles (:func:`readout_bwd_dq_kernel`'s ``STORE``) held at once; beyond it the backward runs
+over windows of heads, each the two kernels in turn."""
+
+
+def _windows(ptr: torch.Tensor, BH: int, NT: int, J: int, pair_bytes: int, cap: int):
+    """Windows ``(b0, b1, base)`` of whole ``batch x head`` rows ``[b0, b1)`` whose pairs (from index ``base`` on)
+    take at most ``cap`` bytes (at least one row each), and the pair count of the largest. One host sync, skipped
+    when every possible pair fits."""
+    if BH * NT * J * pair_bytes <= cap:
+        return [(0, BH, 0)], BH * NT * J
+    cum = ptr[::NT].tolist()  # pairs before each row: the one sync
+    wins, b0 = [], 0
+    while b0 < BH:
+        b1 = b0 + 1
+        while b1 < BH and (cum[b1 + 1] - cum[b0]) * pair_bytes <= cap:
+            b1 += 1
+        wins.append((b0, b1, cum[b0]))
+        b0 = b1
+    return wins, max(max(cum[b1] - cum[b0] for b0, b1, _ in wins), 1)
 
 
 def use_triton_bwd(q: torch.Tensor) -> bool:
@@ -251,7 +231,7 @@ def use_triton_bwd(q: torch.Tensor) -> bool:
 
 def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
                        dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 128,
-                       num_warps: Optional[int] = None, num_warps_key: Optional[int] = None):
+                       num_warps: Optional[int] = None, num_warps_key: Optional[int] = None, merge_dP: bool = True):
     """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the three Triton kernels of this module.
 
     Args:
@@ -294,38 +274,52 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     BK = max(lo, triton.next_power_of_2(K))
     if num_warps is None:
         num_warps = 8 if BT * BK >= 4096 else 4
-    meta = dict(K=K, R1=R1, J=J, BT=BT, BK=BK,
-                BV=max(lo, min(block_v, triton.next_power_of_2(V))), BR=max(2, triton.next_power_of_2(R1)),
-                DOT=dot_precision, num_warps=num_warps)
-    dq = dk = du = dP = ddl = dgl = None
-    if nq or ngl or ndl:
-        dq = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
-        ddl = torch.empty(B, H, T, R1, dtype=torch.float32, device=dev)
-        dgl = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
-        dseg = torch.zeros(2, B, H, NT + 1, NT + 1, dtype=torch.float32, device=dev)
-        readout_bwd_dq_kernel[(NT, B * H)](q, k, u, glf, P, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0],
-                                           dseg[1], T, Tp, NT, V=V, **meta)
-    if nk or nu or ngl or nP:
-        ptr, pairs, order = key_pairs(cand)
-        BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))  # value columns of a key-side program
-        if num_warps_key is None:
-            num_warps_key = 8 if BT * BVk >= 8192 else 4
-    if nk or nu or ngl:
-        # dk (and the key side of dgl) with du's first value tile in one program per key chunk, the other value
-        # tiles of du in programs of their own; all three whichever are needed: one compiled kernel, so that a
+    meta = dict(K=K, J=J, BT=BT, BK=BK, DOT=dot_precision)
+    BV = max(lo, min(block_v, triton.next_power_of_2(V)))
+    BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))  # value columns of a key-side program
+    if num_warps_key is None:
+        num_warps_key = 8 if merge_dP or BT * BVk >= 8192 else 4
+    key, key_side = nk or nu or ngl, nk or nu or ngl or nP
+    dq = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
+    ddl = torch.empty(B, H, T, R1, dtype=torch.float32, device=dev)
+    dgl = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
+    dseg = torch.zeros(2, B, H, NT + 1, NT + 1, dtype=torch.float32, device=dev)
+    ptr, pairs, order, slot = key_pairs(cand)
+    tile_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dot_precision, torch.float32)
+    pair_bytes = 2 * BT * BT * tile_dtype.itemsize + BT * 4
+    wins, npairs = _windows(ptr, B * H, NT, J, pair_bytes, PAIR_TILE_BYTES) if key_side else ([(0, B * H, 0)], 1)
+    if len(wins) > 1:  # each window's rows together in the program order, busiest first
+        wid = torch.repeat_interleave(torch.arange(len(wins)), torch.tensor([b1 - b0 for b0, b1, _ in wins]))
+        busy = ptr[1:] - ptr[:-1]
+        order = torch.argsort(wid.to(dev).repeat_interleave(NT) * (busy.max() + 1) - busy, stable=True)
+        order = order.to(torch.int32)
+    tA = torch.empty(npairs if key_side else 1, BT, BT, dtype=tile_dtype, device=dev)
+    tB, tcA = torch.empty_like(tA), torch.empty(tA.shape[0], BT, dtype=torch.float32, device=dev)
+    # merge_dP: one launch for all key-side gradients whenever one is needed; else dk, du, dgl and dP apart
+    launches = ([(True, True)] if key_side else []) if merge_dP else [f for f, w in (((True, False), key),
+                                                                                      ((False, True), nP)) if w]
+    empty = lambda *shape: torch.empty(*shape, dtype=torch.float32, device=dev)  # noqa: E731
+    dk, du, dgl_k = (empty(B, H, Tp, K), empty(B, H, Tp, V), empty(B, H, NT, BT)) if any(
+        f[0] for f in launches) else (empty(1),) * 3
+    dP = empty(B, H, NT, K, V) if any(f[1] for f in launches) else empty(1)
+    # the key side reads each query chunk's q and do once per pair: in the 16-bit modes, 16-bit copies
+    q16, do16 = (q, do) if tile_dtype == torch.float32 or not key_side else (q.to(tile_dtype), do.to(tile_dtype))
+    for b0, b1, base in wins:
+        # per query chunk: dq, ddlam, the query side of dgl and dseg, and (key_side) the pair tiles
+        readout_bwd_dq_kernel[(NT, b1 - b0)](
+            q, k, u, glf, P, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0], dseg[1], slot, tA, tB, tcA,
+            T, Tp, NT, b0, base, V=V, R1=R1, BV=BV, BR=max(2, triton.next_power_of_2(R1)), STORE=key_side,
+            num_warps=num_warps, **meta)
+        # per key chunk, from the tiles; a launch computes the same gradients whichever are needed, so that a
         # gradient does not depend on which others were asked for (bitwise)
-        dk = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
-        du = torch.empty(B, H, Tp, V, dtype=torch.float32, device=dev)
-        dgl_k = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
-        readout_bwd_key_kernel[(B * H * NT, triton.cdiv(V, BVk))](  # the long axis first: grid y <= 65535
-            q, k, u, glf, segf, jidx, off, dl, do, ptr, pairs, order, dk, du, dgl_k, T, Tp, NT, V=V,
-            **{**meta, "BV": BVk, "num_warps": num_warps_key})
-    if nP:
-        dP = torch.empty(B, H, NT, K, V, dtype=torch.float32, device=dev)
-        readout_bwd_dP_kernel[(B * H * NT, triton.cdiv(V, BVk))](
-            q, glf, segf, jidx, off, dl, do, ptr, pairs, order, dP, T, Tp, NT, V=V,
-            **{**meta, "BV": BVk, "num_warps": num_warps_key})
+        grid = ((b1 - b0) * NT, triton.cdiv(V, BVk))  # the long axis first: grid y <= 65535
+        for flags in launches:
+            readout_bwd_key_kernel[grid](q16, k, do16, ptr, pairs, order, tA, tB, tcA, dk, du, dgl_k, dP, T, Tp, NT,
+                                         b0 * NT, base, V=V, BV=BVk, KEY=flags[0], HAS_DP=flags[1],
+                                         num_warps=num_warps_key, **meta)
     if ngl:
+        # e holds gl_c[BT - 1] for every older query chunk i: its sum of dE is dseg[i, c + 1] (plane 1, 0 for i = c)
+        dgl_k[..., BT - 1] += dseg[1].sum(2)[..., 1:]
         dgl = dgl + dgl_k + torch.autograd.grad(seg, gl_leaf, dseg.sum(0))[0]
     return (dq if nq else None, dk if nk else None, du if nu else None, dgl if ngl else None, dP if nP else None,
             ddl if ndl else None)

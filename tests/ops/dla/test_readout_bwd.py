@@ -101,7 +101,7 @@ def test_triton_readout_backward_old_boundary_read_by_every_chunk(monkeypatch, r
     args = readout_inputs(monkeypatch, x, capacity=2, tau=1.2, chunk_size=16)
     *_, xb, real, BT = args
     NT = -(-T // BT)
-    ptr, _, order = key_pairs(boundary_candidates(xb, real, BT)[0])
+    ptr, _, order, _ = key_pairs(boundary_candidates(xb, real, BT)[0])
     readers = (ptr[1:] - ptr[:-1]).view(-1, NT)
     assert (readers[:, 0] == NT).all()  # key chunk 0 (position 5) is a candidate of every query chunk
     assert set((order[:readers.shape[0]] % NT).tolist()) == {0}  # and its programs start first
@@ -139,13 +139,38 @@ def test_triton_readout_backward_value_tiles(monkeypatch):
     assert one[2].abs().sum() > 0 and one[4].abs().sum() > 0
 
 
+@pytest.mark.parametrize("cap_pairs", [1, 5])
+def test_triton_readout_backward_windows(monkeypatch, cap_pairs):
+    """Pair tiles held for a window of heads at a time (one head a window, or a few): the same gradients, bitwise,
+    as all heads in one window."""
+    from dla.ops.dla import readout_bwd
+
+    x = inputs(70, 4, gdn=False, seed=5, B=2, H=3, K=8, V=12)
+    q, k, u, gl, P, dlam, xb, real, BT = readout_inputs(monkeypatch, x, capacity=4, tau=0.3, chunk_size=16)
+    cand, jidx, off = boundary_candidates(xb, real, BT)
+    grad = torch.randn(*dlam.shape[:3], u.shape[-1], device=u.device)
+    args = (grad, q, k, u, gl, P, dlam, xb, real, cand, jidx, off, BT, (True,) * 6)
+    one = boundary_terms_bwd(*args)
+    pair_bytes = 2 * BT * BT * 4 + BT * 4
+    seen = []
+    windows = readout_bwd._windows
+    monkeypatch.setattr(readout_bwd, "_windows", lambda *a: (seen.append(windows(*a)), seen[-1])[1])
+    monkeypatch.setattr(readout_bwd, "PAIR_TILE_BYTES", cap_pairs * pair_bytes)
+    got = boundary_terms_bwd(*args)
+    wins, most = seen[0]
+    assert len(wins) > 1 and [w[0] for w in wins[1:]] == [w[1] for w in wins[:-1]] and wins[-1][1] == 6
+    assert cap_pairs > 1 or all(b1 == b0 + 1 for b0, b1, _ in wins)
+    for n, a, b in zip(NAMES, got, one):
+        assert torch.equal(a, b), n
+
+
 def test_key_pairs_inverts_candidate_lists():
     gen = torch.Generator().manual_seed(0)
     B, H, NT, J = 2, 3, 7, 4
     i = torch.arange(NT)
     cand = torch.cat([torch.randint(0, NT, (B, H, NT, J - 1), generator=gen) % (i[:, None] + 1),
                       i[None, None, :, None].expand(B, H, NT, 1)], -1).sort(-1).values
-    ptr, pairs, order = key_pairs(cand)
+    ptr, pairs, order, slot = key_pairs(cand)
     busy = (ptr[1:] - ptr[:-1])[order.long()]
     assert sorted(order.tolist()) == list(range(B * H * NT)) and (busy[:-1] >= busy[1:]).all()
     for b in range(B):
@@ -156,6 +181,7 @@ def test_key_pairs_inverts_candidate_lists():
                 want = [ii * J + j for ii in range(NT) for j in range(J)
                         if cand[b, h, ii, j] == c and (j == 0 or cand[b, h, ii, j - 1] != c)]
                 assert got == want
+                assert [slot[b, h, e // J, e % J].item() for e in got] == list(range(ptr[n], ptr[n + 1]))
 
 
 def test_float64_backward_is_the_torch_form():
