@@ -18,13 +18,14 @@ the boundaries at offsets ``> s``. With ``dA = do u_c^T``, ``qk = q k_c^T`` and 
 Three kernels, each gradient written once by one program (deterministic, no atomics):
 
 - :func:`readout_bwd_dq_kernel`, grid ``(NT, B*H)``, per query chunk: ``dq``, ``ddlam``, the query side of
-  ``dgl`` and the query chunk's row of ``dseg`` (two planes: the ``c`` and the ``c+1`` entries, which can meet).
-- :func:`readout_bwd_key_kernel`, grid ``(B*H*NT, V / BV)``, per key chunk and value tile: ``du``; the first
-  tile's program also ``dk`` and the key side of ``dgl`` (``dA = do u^T`` over the whole value width). The pair
-  weights and ``q k^T`` are computed once for both.
-- :func:`readout_bwd_dP_kernel`, same grid: ``dP``, which needs only the per-token sums ``cA`` of the pair, not the
-  ``[BT, BT]`` weights.
+  ``dgl`` and the query chunk's row of ``dseg`` (two planes: the ``c`` and the ``c+1`` entries, which can meet);
+  with ``STORE``, each pair's ``dA * M``, ``qk * M`` (``[BT, BT]``, 16 bits in the 16-bit modes) and ``cA``.
+- :func:`readout_bwd_key_kernel`, grid ``(B*H*NT, V / BV)``, per key chunk and value tile, from those tiles: ``du``,
+  ``dP``; the first tile's program also ``dk`` and the key side of ``dgl`` (``-k . dk``; the end-of-chunk term is
+  plane 1 of ``dseg`` summed over the query chunks). No weights or ``q k^T`` are recomputed there (H200,
+  ``ll_mamba2``, T = 16384: the key side 27.3 + 5.3 ms recomputing them, 10.9 ms reading the tiles).
 
+The tiles are held for a window of heads at a time (:data:`PAIR_TILE_BYTES`).
 The key-side kernels walk the query chunks that list ``c`` among their distinct candidates: a CSR map built on the
 device by :func:`key_pairs`.
 
@@ -43,7 +44,7 @@ import triton.language as tl
 
 from dla.ops.dla.readout_fwd import _coef, _decay, _idx, _tables
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
-from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc, prec_operand
+from dla.ops.utils.triton_dot import prec_dot, prec_operand
 
 
 @triton.jit
@@ -245,13 +246,11 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
             ``tf32``, ``tf32x3``, ``bf16``, ``fp16``); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
         block_v, num_warps: value columns per tile of the ``dq`` kernel's loop over ``V`` and its warps per program
             (``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
-        num_warps_key: warps per program of the key-side kernels; ``None``: 8 for ``BT * BVk >= 8192`` (``BVk``
-            the value columns of a program), else 4. H200, bf16: at the ``ll_mamba2`` shape (V = 64), T = 16384,
-            the ``dk, du`` kernel 35.7 ms at 4 warps, 37.6 at 8, ``dP`` 5.3 and 7.3; at ``h16`` (V = 128), T = 4096,
-            ``dk, du`` 24.2 at 4 warps, 18.1 at 8.
-        block_v_du: value columns per program of the key-side kernels (``du`` and ``dk``, ``dP``), which
-            recompute ``q k^T`` and the weights once per tile (H200, bf16, T = 4096, K = V = 128: the ``dk, du``
-            kernel 41.3 ms at 64 columns, 28.7 ms at 128).
+        num_warps_key: warps per program of the key-side kernel; ``None``: 8 when ``merge_dP`` or for
+            ``BT * BVk >= 8192`` (``BVk`` the value columns of a program), else 4. H200, bf16, ``ll_mamba2``
+            (V = 64), T = 16384: merged, 10.9 ms at 8 warps, 12.5 at 4; apart (4 warps) 14.0.
+        block_v_du: value columns per program of the key-side kernel.
+        merge_dP: ``dk, du, dgl`` and ``dP`` in one launch (all computed whenever one is needed); ``False``: two.
     Returns:
         ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed. ``gl``'s gradient includes the path
         through ``seg`` (autograd of :func:`dla.ops.dla.chunk_torch._block_segsum`).
