@@ -3,7 +3,8 @@
 Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
         [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N]
-        [--key-warps N] [--merge-dp 0|1] [--ncu]
+        [--key-warps N] [--merge-dp 0|1] [--max-tile N] [--ut-tile N] [--recurrence-warps N]
+        [--copies16 0|1] [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
@@ -44,12 +45,28 @@ def main(argv=None):
                     help="warps per program of the readout backward's key-side kernels (default: its own)")
     ap.add_argument("--merge-dp", type=int, default=None,
                     help="1: dk, du, dP in one key-side launch; 0: dP apart (default: the backward's own)")
+    ap.add_argument("--copies16", type=int, default=None,
+                    help="1: 16-bit operand copies for the readout kernels in 16-bit modes; 0: float32 (default 1)")
+    ap.add_argument("--max-tile", type=int, default=None,
+                    help="widest key/value tile of the backbone kernels (default: backbone_triton.MAX_TILE)")
+    ap.add_argument("--ut-tile", type=int, default=None,
+                    help="widest key tile of the GDN UT backward (default: backbone_gdn_triton.UT_TILE)")
+    ap.add_argument("--recurrence-warps", type=int, default=None,
+                    help="warps of the GDN state recurrences (default: backbone_gdn_triton.RECURRENCE_WARPS)")
     args = ap.parse_args(argv)
-    from dla.ops.dla import readout_bwd
+    from dla.ops.dla import backbone_gdn_triton, backbone_triton, readout_bwd, readout_fwd
+    if args.max_tile is not None:
+        backbone_triton.MAX_TILE = args.max_tile
+    if args.ut_tile is not None:
+        backbone_gdn_triton.UT_TILE = args.ut_tile
+    if args.recurrence_warps is not None:
+        backbone_gdn_triton.RECURRENCE_WARPS = args.recurrence_warps
     for kw, val in (("block_v_du", args.block_v_du), ("num_warps", args.bwd_warps),
-                    ("num_warps_key", args.key_warps), ("merge_dP", args.merge_dp)):
+                    ("num_warps_key", args.key_warps), ("merge_dP", args.merge_dp), ("copies16", args.copies16)):
         if val is not None:
-            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if kw == "merge_dP" else val
+            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if kw in ("merge_dP", "copies16") else val
+    if args.copies16 is not None:
+        readout_fwd.boundary_terms_fwd.__kwdefaults__["copies16"] = bool(args.copies16)
     B = max(args.tokens // args.T, 1)
     x = _inputs(args.shape, B, args.T, args.capacity, args.gdn)
     for n in ("q", "k", "v", "g", "lam", "beta"):
@@ -93,7 +110,10 @@ def main(argv=None):
             "T": args.T, "B": B, "backbone": "gdn" if args.gdn else "mamba2", "policy": args.policy,
             "tau": args.tau, "capacity": args.capacity, "precision": args.precision,
             "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps,
-            "key_warps": args.key_warps, "merge_dp": args.merge_dp, "inputs": "dla bench ops (bf16)",
+            "key_warps": args.key_warps, "merge_dp": args.merge_dp, "copies16": args.copies16,
+            "max_tile": backbone_triton.MAX_TILE,
+            "ut_tile": backbone_gdn_triton.UT_TILE, "recurrence_warps": backbone_gdn_triton.RECURRENCE_WARPS,
+            "inputs": "dla bench ops (bf16)",
             "kernel_ms_total": total,
             "wall_ms_unprofiled": wall_ms}
     with open(args.out, "w") as f:

@@ -1,6 +1,7 @@
 """Registers, spills and shared memory of every Triton kernel chunk_dla launches, compiled for a GPU without one.
 
-Usage (any machine with the dev install; no GPU needed): python scripts/kernel_stats.py [--arch 90] [--K 128] ...
+Usage (any machine with the dev install; no GPU needed): python scripts/kernel_stats.py [--arch 90] [--K 128]
+    [--V 64] [--dot bf16] [--max-tile 32] ...
 
 1. Under ``TRITON_INTERPRET=1`` (a child process) it runs ``chunk_dla`` forward and backward at the given head
    sizes on a short input, for both backbones, and records each kernel launch: the arguments' types, the
@@ -56,6 +57,9 @@ def record(args) -> list:
         return run(self, *a, grid=grid, warmup=warmup, **kw)
 
     InterpretedFunction.run = spy
+    if args.max_tile:
+        from dla.ops.dla import backbone_triton
+        backbone_triton.MAX_TILE = args.max_tile
     torch.manual_seed(0)
     B, T, H, K, V, C = 1, args.T, 1, args.K, args.V, args.C
     for gdn in (False, True):
@@ -133,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, default=130, help="tokens of the recorded run (any; shapes set the kernels)")
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--dot", default="tf32x3", choices=["tf32x3", "ieee", "tf32", "bf16", "fp16"], help="products as on the GPU")
+    ap.add_argument("--max-tile", type=int, default=None, help="the backbone kernels' MAX_TILE (default: its own)")
     ap.add_argument("--record-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the table as JSON here")
     args = ap.parse_args(argv)

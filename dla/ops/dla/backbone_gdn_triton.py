@@ -316,6 +316,19 @@ def gdn_bwd_ut_kernel(
     tl.store(dg + p_t, b_dg)
 
 
+UT_TILE = 32
+"""Widest key tile of the UT transform's backward (``gdn_bwd_ut_kernel``; a tuning knob, ``scripts/gpu_kernel_table.py
+--ut-tile``): its three-pass float32-accurate products at 64 spilled 3.6 KB per thread (ptxas, sm_90, K = 128,
+chunk 64, 4 warps), at 32 0.3 KB."""
+
+
+RECURRENCE_WARPS = 8
+"""Warps per program of the state recurrences over the whole key dimension (``gdn_fwd_h_kernel``,
+``gdn_bwd_dh_kernel``; a tuning knob, ``scripts/gpu_kernel_table.py --recurrence-warps``, ``None``: the other
+kernels' ``num_warps``): at 4 their ``[128, 32]`` float32 states spilled about 0.9 KB per thread (ptxas, sm_90),
+at 8 0.4 KB and none."""
+
+
 def _exact(dot: str) -> str:
     """The mode of the kernels that take float32-accurate products whatever the mode asked (module docstring):
     ``dot`` itself if it is ``ieee`` or ``tf32x3``, else ``tf32x3``."""
@@ -345,7 +358,7 @@ def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
     exact = dict(meta, DOT=_exact(dot))  # u feeds the scan
     gdn_fwd_prepare_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, u, NT, BK=BK, BV=BV, **exact)
     gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K, _exact(dot)), BV=BVh,
-                                                   **exact)
+                                                   **dict(exact, num_warps=RECURRENCE_WARPS or num_warps))
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, u, gl, P, o, NT, BK=BK, BV=BV, **meta)
     return u, P, o, S, Ai, W
 
@@ -369,13 +382,14 @@ def gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, du, dP, do, dS, dot: str, n
                                                         BV=BV, USE_DU=du is not None, **meta)
     gdn_bwd_dh_kernel[(triton.cdiv(V, BVh), B * H)](q, k, W, gl, do, dP if dP is not None else q,
                                                     dS if dS is not None else q, dU, G, dS0, NT, BK=_full(K, dot),
-                                                    BV=BVh, USE_DP=dP is not None, USE_DS=dS is not None, **meta)
+                                                    BV=BVh, USE_DP=dP is not None, USE_DS=dS is not None,
+                                                    **dict(meta, num_warps=RECURRENCE_WARPS or num_warps))
     gdn_bwd_dqkw_kernel[(NK, NT, B * H)](q, k, u, gl, P, do, dU, G, dq, dk, dW, dg, NT, B * H, BK=BK, BV=BV,
                                          **meta)
     # float32-accurate products in the UT backward whatever the mode: with bf16 operands Triton 3.6 on an H200
     # gave a wrong dk and illegal memory accesses here (chunk 64, 4 warps), the fault fla met in its WY backward
-    gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT, BK=BK, BV=BV,
-                                   **dict(meta, DOT=_exact(dot)))
+    gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT,
+                                   BK=_tiles(K, _exact(dot), UT_TILE), BV=BV, **dict(meta, DOT=_exact(dot)))
     return dq, dk, dv, db, dg.sum(0), dS0
 
 

@@ -197,10 +197,17 @@ def chunk_bwd_dv_kernel(
     tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dv, mask=m_v[None, :])
 
 
-def _tiles(D: int, dot: str) -> int:
-    """Tile width for a key or value dimension: a power of two in [``min_tile(dot)``, 64] (``tl.dot`` needs >= 16;
-    16-bit operands 32: :func:`dla.ops.utils.precision.min_tile`)."""
-    return max(min_tile(dot), min(64, triton.next_power_of_2(D)))
+MAX_TILE = 32
+"""Widest key or value tile of the chunked backbone kernels (a tuning knob: ``scripts/gpu_kernel_table.py
+--max-tile``). At 64 the kernels spilled 244-1244 bytes per thread (ptxas for sm_90, K = 128, V = 64, bf16
+products), at 32 none; narrower tiles also give the state recurrences more programs, at the cost of smaller
+tensor-core products."""
+
+
+def _tiles(D: int, dot: str, cap: Optional[int] = None) -> int:
+    """Tile width for a key or value dimension: a power of two in [``min_tile(dot)``, ``cap`` or
+    :data:`MAX_TILE`] (``tl.dot`` needs >= 16; 16-bit operands 32: :func:`dla.ops.utils.precision.min_tile`)."""
+    return max(min_tile(dot), min(cap or MAX_TILE, triton.next_power_of_2(D)))
 
 
 def backbone_fwd(q, k, v, gl, S0, dot: str, num_warps: int = 4):

@@ -232,7 +232,8 @@ def use_triton_bwd(q: torch.Tensor) -> bool:
 
 def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
                        dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 128,
-                       num_warps: Optional[int] = None, num_warps_key: Optional[int] = None, merge_dP: bool = True):
+                       num_warps: Optional[int] = None, num_warps_key: Optional[int] = None, merge_dP: bool = True,
+                       copies16: bool = True):
     """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the three Triton kernels of this module.
 
     Args:
@@ -251,6 +252,9 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
             (V = 64), T = 16384: merged, 10.9 ms at 8 warps, 12.5 at 4; apart (4 warps) 14.0.
         block_v_du: value columns per program of the key-side kernel.
         merge_dP: ``dk, du, dgl`` and ``dP`` in one launch (all computed whenever one is needed); ``False``: two.
+        copies16: in the 16-bit modes, the kernels read 16-bit copies of ``k``, ``u``, ``P`` (and the key side of
+            ``q``, ``do``): the products round them so anyway, and each pair reads these tiles again. ``do`` stays
+            float32 in the ``dq`` kernel, where it also enters ``dcA`` outside a product.
     Returns:
         ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed. ``gl``'s gradient includes the path
         through ``seg`` (autograd of :func:`dla.ops.dla.chunk_torch._block_segsum`).
@@ -301,19 +305,21 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     dk, du, dgl_k = (empty(B, H, Tp, K), empty(B, H, Tp, V), empty(B, H, NT, BT)) if any(
         f[0] for f in launches) else (empty(1),) * 3
     dP = empty(B, H, NT, K, V) if any(f[1] for f in launches) else empty(1)
-    # the key side reads each query chunk's q and do once per pair: in the 16-bit modes, 16-bit copies
-    q16, do16 = (q, do) if tile_dtype == torch.float32 or not key_side else (q.to(tile_dtype), do.to(tile_dtype))
+    # operands each pair reads again, as 16-bit copies in the 16-bit modes (the products round them so anyway)
+    lo16 = tile_dtype != torch.float32 and copies16
+    k16, u16, P16 = (t.to(tile_dtype) for t in (k, u, P)) if lo16 else (k, u, P)
+    q16, do16 = (q.to(tile_dtype), do.to(tile_dtype)) if lo16 and key_side else (q, do)
     for b0, b1, base in wins:
         # per query chunk: dq, ddlam, the query side of dgl and dseg, and (key_side) the pair tiles
         readout_bwd_dq_kernel[(NT, b1 - b0)](
-            q, k, u, glf, P, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0], dseg[1], slot, tA, tB, tcA,
+            q, k16, u16, glf, P16, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0], dseg[1], slot, tA, tB, tcA,
             T, Tp, NT, b0, base, V=V, R1=R1, BV=BV, BR=max(2, triton.next_power_of_2(R1)), STORE=key_side,
             num_warps=num_warps, **meta)
         # per key chunk, from the tiles; a launch computes the same gradients whichever are needed, so that a
         # gradient does not depend on which others were asked for (bitwise)
         grid = ((b1 - b0) * NT, triton.cdiv(V, BVk))  # the long axis first: grid y <= 65535
         for flags in launches:
-            readout_bwd_key_kernel[grid](q16, k, do16, ptr, pairs, order, tA, tB, tcA, dk, du, dgl_k, dP, T, Tp, NT,
+            readout_bwd_key_kernel[grid](q16, k16, do16, ptr, pairs, order, tA, tB, tcA, dk, du, dgl_k, dP, T, Tp, NT,
                                          b0 * NT, base, V=V, BV=BVk, KEY=flags[0], HAS_DP=flags[1],
                                          num_warps=num_warps_key, **meta)
     if ngl:

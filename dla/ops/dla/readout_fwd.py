@@ -128,7 +128,7 @@ def readout_fwd_kernel(
 
 
 def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, dot_precision: Optional[str] = None,
-                       block_v: int = 64, num_warps: int = 4) -> torch.Tensor:
+                       block_v: int = 64, num_warps: int = 4, copies16: bool = True) -> torch.Tensor:
     """Launch :func:`readout_fwd_kernel`.
 
     Args:
@@ -140,6 +140,8 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
             ``fp16`` (16-bit operands, float32 accumulation; :mod:`dla.ops.utils.precision`); ``None``: ``tf32x3``
             on a GPU, ``ieee`` under the interpreter.
         block_v, num_warps: value columns per program and warps per program (tuning knobs).
+        copies16: in the 16-bit modes, the kernel reads 16-bit copies of ``k``, ``u`` and ``P``, which every
+            pair reads again (the products round them so anyway): half the bytes.
     Returns:
         ``[B, H, T, V]`` float32 boundary terms (unscaled).
     """
@@ -147,12 +149,15 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
     dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda x: x.float().contiguous()  # noqa: E731
+    # the operands each pair reads again: 16-bit copies in the 16-bit modes
+    lo = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dot_precision) if copies16 else None
+    op = (lambda x: x.to(lo).contiguous()) if lo is not None else f32  # noqa: E731
     o = torch.empty(B, H, Tp, V, dtype=torch.float32, device=k.device)
     BK = max(min_tile(dot_precision), triton.next_power_of_2(K))
     BV = max(min_tile(dot_precision), min(block_v, triton.next_power_of_2(V)))
     grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
     readout_fwd_kernel[grid](
-        f32(q), f32(k), f32(u), f32(gl), f32(P), f32(seg), cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off),
+        f32(q), op(k), op(u), f32(gl), op(P), f32(seg), cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off),
         f32(dlam), o,
         T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
         DOT=dot_precision, num_warps=num_warps,

@@ -456,7 +456,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
                     tau: float, capacity: int, block_size: int, score: str, R: int,
                     initial_state: Optional[DLAState], lengths: Optional[torch.Tensor] = None,
                     num_warps: int = 4, dot_precision: Optional[str] = None,
-                    timing: Optional[torch.Tensor] = None) -> ScanResult:
+                    timing: Optional[torch.Tensor] = None, block_k: Optional[int] = None,
+                    block_v: Optional[int] = None) -> ScanResult:
     """Decide boundaries and merges for ``N`` sequences; arguments and returns as :func:`dla.ops.dla.scan.dla_scan`.
 
     Args:
@@ -467,6 +468,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         lengths: ``[N]`` per-sequence lengths ``<= T`` (right padding with ``k = u = 0``, ``g = 0``: tokens past
             them change nothing), or ``None``.
         num_warps: warps per program (a tuning knob; decisions do not depend on it).
+        block_k, block_v: the sequential kernel's tile of the open slot's state ``O [block_k, block_v]`` (powers of
+            two >= 16; tuning knobs, ``None``: the default below; scores change only by rounding).
         dot_precision: ``ieee`` (float32 products on the CUDA cores) or ``tf32x3`` (three TF32 tensor-core
             products, float32-accurate to about 1e-7 relative); ``None``: ``tf32x3`` for float32 on a GPU (H100,
             T = 4096, N = 256: 21 ms against 198 ms, every one of the 1M decisions the same), ``ieee`` otherwise
@@ -549,6 +552,10 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     BK, BV = max(triton.next_power_of_2(K), 16), min(max(triton.next_power_of_2(V), 16), 32)
     DOT = "ieee" if dt == torch.float64 or interpret else dot_precision
     USE_LIBDEVICE = dt == torch.float32 and u.is_cuda and not interpret
+    BKT, BVT = block_k or min(BK, 64), block_v or BV
+    for name, b in (("block_k", BKT), ("block_v", BVT)):
+        if b < 16 or b & (b - 1):
+            raise ValueError(f"{name}: expected a power of two >= 16, got {b}")
     # each chunk's scores for every start inside it, in parallel: windows of WIN chunks bound the table
     per_chunk = N * (BT + 3) * BT * u.element_size()
     WIN = max(1, min(NT, SCAN_TABLE_BYTES // per_chunk))
@@ -568,7 +575,7 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
             out.score, out.boundary, out.num_slots, out.merged, out.starts, out.lam_index,
             T, Tp, NT, T - (NT - 1) * chunk_size, c0, c1, WIN, M, R, capacity,
             block_size if policy == "fixed" else 1,
-            K=K, V=V, CS=chunk_size, BT=BT, BKT=min(BK, 64), BV=BV,
+            K=K, V=V, CS=chunk_size, BT=BT, BKT=BKT, BV=BVT,
             MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
             USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, TIMING=timing is not None,
             num_warps=num_warps,

@@ -75,6 +75,18 @@ def test_backbone_gdn_triton_matches_torch(B, H, NT, BT, K, V, decay, beta_max, 
         _check(record, n, a, b, c)
 
 
+@pytest.mark.parametrize("max_tile, ut_tile", [(16, 16), (32, 64)])
+def test_backbone_gdn_triton_tiles(max_tile, ut_tile, monkeypatch, nan_empty, record):
+    """``MAX_TILE`` and the UT backward's ``UT_TILE`` narrower or wider than the defaults at ``K = 80``,
+    ``V = 70`` (up to five key tiles, the last partly masked); outputs and gradients as with the defaults."""
+    import dla.ops.dla.backbone_gdn_triton as gdn
+    import dla.ops.dla.backbone_triton as backbone
+
+    monkeypatch.setattr(backbone, "MAX_TILE", max_tile)
+    monkeypatch.setattr(gdn, "UT_TILE", ut_tile)
+    test_backbone_gdn_triton_matches_torch(1, 1, 2, 64, 80, 70, 0.1, 1.0, (0, 1, 2, 3, 4), nan_empty, record)
+
+
 def test_backbone_gdn_triton_needs_beta():
     from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
 

@@ -53,7 +53,7 @@ def _case(policy, *, T=70, chunk_size=16, dtype=torch.float64, init=False, tau=0
 
 
 def _check(inputs, args, record, name):
-    ref = dla_scan(*inputs, **args)
+    ref = dla_scan(*inputs, **{n: a for n, a in args.items() if n not in ("block_k", "block_v")})
     out = dla_scan_triton(*inputs, **args)
     for field in EXACT:
         a, b = getattr(out, field), getattr(ref, field)
@@ -103,6 +103,18 @@ def test_keys_in_two_tiles(tau, opened, record):
     inputs, args = _case("dla", T=40, chunk_size=16, K=80, V=40, H=1, init=True, tau=tau)
     ref = _check(inputs, args, record, "scan, K=80 V=40")
     assert int(ref.boundary.sum()) == opened
+
+
+@pytest.mark.parametrize("block_k, block_v", [(16, 16), (32, 64)])
+def test_state_tiles(block_k, block_v, record):
+    """The open slot's state in other tiles (``block_k x block_v``: five key tiles and three value tiles, the last
+    of each partly masked; or one value tile wider than ``V``): the same decisions, scores to rounding."""
+    inputs, args = _case("dla", T=40, chunk_size=16, K=80, V=40, H=2, init=True, tau=0.7)
+    ref = _check(inputs, {**args, "block_k": block_k, "block_v": block_v}, record,
+                 f"scan, state tiles {block_k}x{block_v}")
+    assert 0 < int(ref.boundary.sum()) < ref.boundary.numel()
+    with pytest.raises(ValueError, match="block_v"):
+        dla_scan_triton(*inputs, **{**args, "block_v": 24})
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
