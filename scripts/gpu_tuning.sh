@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The tuning knobs of the backbone, readout and scan kernels, A/B on one GPU, after checking the kernels there.
+# Usage (CUDA machine, repo root): bash scripts/gpu_tuning.sh OUT
+#   OUT/kernels_*.json   every CUDA kernel of one fwd+bwd (scripts/gpu_kernel_table.py), ll_mamba2 T=16K, C=30,
+#                        tau=0.6, bf16: the defaults, then each knob at its former value
+#   OUT/scan.json        the scan's phases by state tile and warps (scripts/gpu_scan_phases.py), ll_mamba2 T=16K
+#   OUT/tests_*.log      the backbone kernels (every tile knob), the 16-bit-mode readout and backbones against
+#                        float64, and chunk_dla's 16-bit-operand cases, one process per backbone
+set -uo pipefail
+out=${1:?output directory}
+mkdir -p "$out"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; date -u; } \
+  > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+t() { timeout "$1" python3 -m pytest -q -p no:cacheprovider --tb=short "${@:3}" > "$out/tests_$2.log" 2>&1
+      echo "tests $2: $(grep -E '^(FAILED|ERROR)|passed|failed' "$out/tests_$2.log" | tail -4 | tr '\n' ' ')"; }
+k() { local name=$1; shift
+      timeout 90 python3 scripts/gpu_kernel_table.py "$out/kernels_$name.json" "$@" > /dev/null 2>&1
+      python3 -c "import json, sys; d = json.load(open(sys.argv[1])); m = d['meta']; top = d['rows'][:6]
+print(sys.argv[2], round(m['kernel_ms_total'], 1), round(m['wall_ms_unprofiled'], 1),
+      ', '.join(f\"{r['kernel'][:18]} {r['ms']:.1f}\" for r in top))" "$out/kernels_$name.json" "$name" \
+      2>/dev/null || echo "$name: no table"; }
+k mamba2
+k mamba2_tile64 --max-tile 64
+k gdn --gdn
+k gdn_old --gdn --max-tile 64 --ut-tile 64 --recurrence-warps 4
+k mamba2_copies32 --copies16 0
+timeout 120 python3 scripts/gpu_scan_phases.py "$out/scan.json" --shape ll_mamba2 --lengths 16384 \
+  --precisions tf32x3 --warps 4 8 --tiles default 32x32 32x16 2>&1 | grep -v Warning | cut -c1-240
+t 120 backbones tests/ops/dla/test_backbone_triton.py tests/ops/dla/test_backbone_gdn_triton.py
+t 70 precision tests/ops/dla/test_precision.py
+for gdn in False True; do  # one process per backbone (a fault would spoil the rest)
+  CUDA_LAUNCH_BLOCKING=1 t 100 "bf16ops_$gdn" tests/ops/dla/test_cuda.py -k "bf16ops and $gdn"
+done
+exit 0
