@@ -317,16 +317,16 @@ def gdn_bwd_ut_kernel(
 
 
 UT_TILE = 32
-"""Widest key tile of the UT transform's backward (``gdn_bwd_ut_kernel``; a tuning knob, ``scripts/gpu_kernel_table.py
---ut-tile``): its three-pass float32-accurate products at 64 spilled 3.6 KB per thread (ptxas, sm_90, K = 128,
-chunk 64, 4 warps), at 32 0.3 KB."""
+"""Widest key tile of the UT transform's backward (``gdn_bwd_ut_kernel``; a tuning knob,
+``scripts/gpu_kernel_table.py --ut-tile``): its three-pass float32-accurate products spilled 3.6 KB per thread at
+64 (ptxas, sm_90, K = 128, chunk 64, 4 warps), 0.4 KB at 32; H200, ``ll_mamba2``, T = 16384: 15.7 -> 9.6 ms."""
 
 
-RECURRENCE_WARPS = 8
+RECURRENCE_WARPS = None
 """Warps per program of the state recurrences over the whole key dimension (``gdn_fwd_h_kernel``,
-``gdn_bwd_dh_kernel``; a tuning knob, ``scripts/gpu_kernel_table.py --recurrence-warps``, ``None``: the other
-kernels' ``num_warps``): at 4 their ``[128, 32]`` float32 states spilled about 0.9 KB per thread (ptxas, sm_90),
-at 8 0.4 KB and none."""
+``gdn_bwd_dh_kernel``; a tuning knob, ``scripts/gpu_kernel_table.py --recurrence-warps``; ``None``: the other
+kernels' ``num_warps``). At 8 ptxas reports fewer spills (0.9 KB per thread at 4 -> 0.4 KB and none), yet on an
+H200 (``ll_mamba2``, T = 16384) they took 6.4 and 5.9 ms against 5.5 and 4.6 at 4."""
 
 
 def _exact(dot: str) -> str:

@@ -197,17 +197,22 @@ def chunk_bwd_dv_kernel(
     tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dv, mask=m_v[None, :])
 
 
-MAX_TILE = 32
+MAX_TILE = 64
 """Widest key or value tile of the chunked backbone kernels (a tuning knob: ``scripts/gpu_kernel_table.py
---max-tile``). At 64 the kernels spilled 244-1244 bytes per thread (ptxas for sm_90, K = 128, V = 64, bf16
-products), at 32 none; narrower tiles also give the state recurrences more programs, at the cost of smaller
-tensor-core products."""
+--max-tile``; a power of two >= 32). At 32 ptxas (sm_90, K = 128, V = 64, bf16 products) reports no spills where
+64 spills 244-1244 bytes per thread, yet 64 is faster: H200, ``ll_mamba2``, T = 16384, the Mamba-2 backbone's
+kernels 8.7 ms at 64 against 11.5 at 32, Gated DeltaNet's likewise (``docs/benchmarks.md``, tenth session).
+Narrower than 32 is refused: on that H200, 16-wide float32 tiles gave Gated DeltaNet's backward a wrong ``dk``
+(relative error 0.15) that the interpreter does not show."""
 
 
 def _tiles(D: int, dot: str, cap: Optional[int] = None) -> int:
     """Tile width for a key or value dimension: a power of two in [``min_tile(dot)``, ``cap`` or
     :data:`MAX_TILE`] (``tl.dot`` needs >= 16; 16-bit operands 32: :func:`dla.ops.utils.precision.min_tile`)."""
-    return max(min_tile(dot), min(cap or MAX_TILE, triton.next_power_of_2(D)))
+    cap = cap or MAX_TILE
+    if cap < 32 or cap & (cap - 1):
+        raise ValueError(f"tile cap (MAX_TILE, UT_TILE): expected a power of two >= 32, got {cap}")
+    return max(min_tile(dot), min(cap, triton.next_power_of_2(D)))
 
 
 def backbone_fwd(q, k, v, gl, S0, dot: str, num_warps: int = 4):

@@ -19,8 +19,9 @@ parallel, before the sequential part.
    before the split (H200, ``ll_mamba2``, T = 16384: all 3.1M decisions equal, 57.5 -> 31.0 ms).
 
 Where things live:
-- ``O`` lives in a global scratch buffer ``[N, K, V]`` (read and written once per chunk in ``[64, 32]`` tiles: 64 KB
-  of shared memory, two programs per SM); the chunk's scores in a per-program scratch ``[N, (BT + 2) * BT]``.
+- ``O`` lives in a global scratch buffer ``[N, K, V]`` (read and written once per chunk in ``[32, 32]`` tiles: 36 KB
+  of shared memory, 0.4 KB of spills at 4 warps where ``[64, 32]`` spilled 1.8 KB; two programs per SM); the
+  chunk's scores in a per-program scratch ``[N, (BT + 2) * BT]``.
 - The slot bookkeeping (start, count, information sum) is three register vectors of length ``MB`` in
   chronological order: an append writes entry ``m``, an absorb updates entry ``m - 1`` (no data movement), a
   merge of the pair ``(i, i+1)`` moves the entries above ``i`` down by one (``tl.gather``); the per-token record
@@ -469,7 +470,9 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
             them change nothing), or ``None``.
         num_warps: warps per program (a tuning knob; decisions do not depend on it).
         block_k, block_v: the sequential kernel's tile of the open slot's state ``O [block_k, block_v]`` (powers of
-            two >= 16; tuning knobs, ``None``: the default below; scores change only by rounding).
+            two >= 16; tuning knobs; scores change only by rounding). ``None``: ``[32, 32]`` (H200, ``ll_mamba2``,
+            T = 16384, N = 192: the scan 28.0 ms at ``[64, 32]``, 23.7 at ``[32, 32]``, 27.4 at ``[32, 16]``;
+            ``scripts/gpu_scan_phases.py --tiles``).
         dot_precision: ``ieee`` (float32 products on the CUDA cores) or ``tf32x3`` (three TF32 tensor-core
             products, float32-accurate to about 1e-7 relative); ``None``: ``tf32x3`` for float32 on a GPU (H100,
             T = 4096, N = 256: 21 ms against 198 ms, every one of the 1M decisions the same), ``ieee`` otherwise
@@ -552,7 +555,7 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     BK, BV = max(triton.next_power_of_2(K), 16), min(max(triton.next_power_of_2(V), 16), 32)
     DOT = "ieee" if dt == torch.float64 or interpret else dot_precision
     USE_LIBDEVICE = dt == torch.float32 and u.is_cuda and not interpret
-    BKT, BVT = block_k or min(BK, 64), block_v or BV
+    BKT, BVT = block_k or min(BK, 32), block_v or BV
     for name, b in (("block_k", BKT), ("block_v", BVT)):
         if b < 16 or b & (b - 1):
             raise ValueError(f"{name}: expected a power of two >= 16, got {b}")

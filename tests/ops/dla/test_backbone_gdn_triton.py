@@ -75,10 +75,11 @@ def test_backbone_gdn_triton_matches_torch(B, H, NT, BT, K, V, decay, beta_max, 
         _check(record, n, a, b, c)
 
 
-@pytest.mark.parametrize("max_tile, ut_tile", [(16, 16), (32, 64)])
+@pytest.mark.parametrize("max_tile, ut_tile", [(32, 64)])
 def test_backbone_gdn_triton_tiles(max_tile, ut_tile, monkeypatch, nan_empty, record):
-    """``MAX_TILE`` and the UT backward's ``UT_TILE`` narrower or wider than the defaults at ``K = 80``,
-    ``V = 70`` (up to five key tiles, the last partly masked); outputs and gradients as with the defaults."""
+    """``MAX_TILE`` and the UT backward's ``UT_TILE`` other than their defaults (64, 32) at ``K = 80``,
+    ``V = 70`` (two or three key tiles, the last partly masked); outputs and gradients as with the defaults.
+    (16-wide tiles, which the knobs refuse, passed here under the interpreter but gave a wrong ``dk`` on an H200.)"""
     import dla.ops.dla.backbone_gdn_triton as gdn
     import dla.ops.dla.backbone_triton as backbone
 

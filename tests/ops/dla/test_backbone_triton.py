@@ -58,15 +58,18 @@ def test_backbone_triton_matches_torch(B, H, NT, BT, K, V, decay, used, nan_empt
     assert record("triton backbone vs torch, dS0", rel_err(grad_tri[4], grad_ref[4])) < 1e-5
 
 
-@pytest.mark.parametrize("max_tile", [16, 64])
-def test_backbone_triton_narrow_tiles(max_tile, monkeypatch, nan_empty, record):
-    """``MAX_TILE`` other than the default at ``K = 80``, ``V = 70``: two to five key and value tiles, the last of
-    each partly masked; outputs and gradients as with the default tiles."""
+def test_backbone_triton_narrow_tiles(monkeypatch, nan_empty, record):
+    """``MAX_TILE = 32`` (the default is 64) at ``K = 80``, ``V = 70``: three key and value tiles, the last of each
+    partly masked; outputs and gradients as with the default tiles. Caps below 32 are refused."""
     import dla.ops.dla.backbone_triton as backbone
 
-    monkeypatch.setattr(backbone, "MAX_TILE", max_tile)
-    assert backbone._tiles(80, "ieee") == max_tile and backbone._tiles(80, "ieee", 32) == 32
+    assert backbone._tiles(80, "ieee") == 64
+    monkeypatch.setattr(backbone, "MAX_TILE", 32)
+    assert backbone._tiles(80, "ieee") == 32 and backbone._tiles(80, "ieee", 64) == 64
     test_backbone_triton_matches_torch(1, 1, 2, 16, 80, 70, 0.1, (0, 1, 2, 3, 4), nan_empty, record)
+    for bad in (16, 48):
+        with pytest.raises(ValueError, match="tile cap"):
+            backbone._tiles(80, "ieee", bad)
 
 
 def test_backbone_triton_rejects_beta():

@@ -97,7 +97,7 @@ def test_wide_values_and_odd_dims(record):
 
 @pytest.mark.parametrize("tau, opened", [(0.7, 33), (0.75, 0)])
 def test_keys_in_two_tiles(tau, opened, record):
-    """``K = 80``: the open slot's state moves and is read in ``[64, 32]`` tiles (two key tiles, the second
+    """``K = 80``: the open slot's state moves and is read in ``[32, 32]`` tiles (three key tiles, the last
     partly masked). ``tau = 0.7``: boundaries in most tokens, a slot absorbing seven; ``tau = 0.75``: the initial
     state's open slot absorbs all 40 tokens, over three chunks (every score from the state carried across)."""
     inputs, args = _case("dla", T=40, chunk_size=16, K=80, V=40, H=1, init=True, tau=tau)
