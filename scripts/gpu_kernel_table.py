@@ -4,7 +4,7 @@ Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
         [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N]
         [--key-warps N] [--merge-dp 0|1] [--max-tile N] [--ut-tile N] [--recurrence-warps N]
-        [--copies16 0|1] [--ncu]
+        [--copies16 0|1] [--fwd-warps N] [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
@@ -47,6 +47,8 @@ def main(argv=None):
                     help="1: dk, du, dP in one key-side launch; 0: dP apart (default: the backward's own)")
     ap.add_argument("--copies16", type=int, default=None,
                     help="1: 16-bit operand copies for the readout kernels in 16-bit modes; 0: float32 (default 1)")
+    ap.add_argument("--fwd-warps", type=int, default=None,
+                    help="warps per program of the readout forward kernel (default: its own)")
     ap.add_argument("--max-tile", type=int, default=None,
                     help="widest key/value tile of the backbone kernels (default: backbone_triton.MAX_TILE)")
     ap.add_argument("--ut-tile", type=int, default=None,
@@ -67,6 +69,8 @@ def main(argv=None):
             readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if kw in ("merge_dP", "copies16") else val
     if args.copies16 is not None:
         readout_fwd.boundary_terms_fwd.__kwdefaults__["copies16"] = bool(args.copies16)
+    if args.fwd_warps is not None:
+        readout_fwd.boundary_terms_fwd.__kwdefaults__["num_warps"] = args.fwd_warps
     B = max(args.tokens // args.T, 1)
     x = _inputs(args.shape, B, args.T, args.capacity, args.gdn)
     for n in ("q", "k", "v", "g", "lam", "beta"):
@@ -111,7 +115,7 @@ def main(argv=None):
             "tau": args.tau, "capacity": args.capacity, "precision": args.precision,
             "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps,
             "key_warps": args.key_warps, "merge_dp": args.merge_dp, "copies16": args.copies16,
-            "max_tile": backbone_triton.MAX_TILE,
+            "fwd_warps": args.fwd_warps, "max_tile": backbone_triton.MAX_TILE,
             "ut_tile": backbone_gdn_triton.UT_TILE, "recurrence_warps": backbone_gdn_triton.RECURRENCE_WARPS,
             "inputs": "dla bench ops (bf16)",
             "kernel_ms_total": total,

@@ -2,7 +2,8 @@
 # The tuning knobs of the backbone, readout and scan kernels, A/B on one GPU, after checking the kernels there.
 # Usage (CUDA machine, repo root): bash scripts/gpu_tuning.sh OUT
 #   OUT/kernels_*.json   every CUDA kernel of one fwd+bwd (scripts/gpu_kernel_table.py), ll_mamba2 T=16K, C=30,
-#                        tau=0.6, bf16: the defaults, then each knob at its former value
+#                        tau=0.6, bf16: the defaults, then other values of the knobs (the tenth session's run, at
+#                        commit 0c7e42f, compared the former defaults: MAX_TILE 32/64, UT_TILE 32/64, 8/4 warps)
 #   OUT/scan.json        the scan's phases by state tile and warps (scripts/gpu_scan_phases.py), ll_mamba2 T=16K
 #   OUT/tests_*.log      the backbone kernels (every tile knob), the 16-bit-mode readout and backbones against
 #                        float64, and chunk_dla's 16-bit-operand cases, one process per backbone
@@ -23,9 +24,10 @@ print(sys.argv[2], round(m['kernel_ms_total'], 1), round(m['wall_ms_unprofiled']
       ', '.join(f\"{r['kernel'][:18]} {r['ms']:.1f}\" for r in top))" "$out/kernels_$name.json" "$name" \
       2>/dev/null || echo "$name: no table"; }
 k mamba2
-k mamba2_tile64 --max-tile 64
+k mamba2_tile32 --max-tile 32
+k mamba2_fwd8w --fwd-warps 8
 k gdn --gdn
-k gdn_old --gdn --max-tile 64 --ut-tile 64 --recurrence-warps 4
+k gdn_ut64_rw8 --gdn --ut-tile 64 --recurrence-warps 8
 k mamba2_copies32 --copies16 0
 timeout 120 python3 scripts/gpu_scan_phases.py "$out/scan.json" --shape ll_mamba2 --lengths 16384 \
   --precisions tf32x3 --warps 4 8 --tiles default 32x32 32x16 2>&1 | grep -v Warning | cut -c1-240
