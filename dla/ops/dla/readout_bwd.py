@@ -15,7 +15,7 @@ the boundaries at offsets ``> s``. With ``dA = do u_c^T``, ``qk = q k_c^T`` and 
     dgl_i[t] += dcA[t] cA[t] + sum_s dE[t, s];  dgl_c[s] -= sum_t dE[t, s];  dgl_c[BT-1] += sum dE  (c < i)
     dseg[i, c] += sum_t dcA cA;  dseg[i, c+1] += sum dE  (c < i)
 
-Three kernels, each gradient written once by one program (deterministic, no atomics):
+Two kernels, each gradient written once by one program (deterministic, no atomics):
 
 - :func:`readout_bwd_dq_kernel`, grid ``(NT, B*H)``, per query chunk: ``dq``, ``ddlam``, the query side of
   ``dgl`` and the query chunk's row of ``dseg`` (two planes: the ``c`` and the ``c+1`` entries, which can meet);
@@ -234,7 +234,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
                        dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 128,
                        num_warps: Optional[int] = None, num_warps_key: Optional[int] = None, merge_dP: bool = True,
                        copies16: bool = True):
-    """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the three Triton kernels of this module.
+    """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the two Triton kernels of this module.
 
     Args:
         grad: ``[B, H, T, V]`` gradient of the boundary terms; q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``;
