@@ -4,7 +4,7 @@ Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
         [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N]
         [--key-warps N] [--merge-dp 0|1] [--max-tile N] [--ut-tile N] [--recurrence-warps N]
-        [--copies16 0|1] [--fwd-warps N] [--ncu]
+        [--copies16 0|1] [--fwd-warps N] [--grouped-qk 0|1] [--dq-do16 0|1] [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
@@ -55,6 +55,11 @@ def main(argv=None):
                     help="widest key tile of the GDN UT backward (default: backbone_gdn_triton.UT_TILE)")
     ap.add_argument("--recurrence-warps", type=int, default=None,
                     help="warps of the GDN state recurrences (default: backbone_gdn_triton.RECURRENCE_WARPS)")
+    ap.add_argument("--grouped-qk", type=int, default=None,
+                    help="1: the readout kernels read the caller's grouped q, k; 0: the per-head copies "
+                         "(default: readout_fwd.GROUPED_QK)")
+    ap.add_argument("--dq-do16", type=int, default=None,
+                    help="1: the readout dq kernel reads a 16-bit copy of do in 16-bit modes (default: its own)")
     args = ap.parse_args(argv)
     from dla.ops.dla import backbone_gdn_triton, backbone_triton, readout_bwd, readout_fwd
     if args.max_tile is not None:
@@ -64,9 +69,13 @@ def main(argv=None):
     if args.recurrence_warps is not None:
         backbone_gdn_triton.RECURRENCE_WARPS = args.recurrence_warps
     for kw, val in (("block_v_du", args.block_v_du), ("num_warps", args.bwd_warps),
-                    ("num_warps_key", args.key_warps), ("merge_dP", args.merge_dp), ("copies16", args.copies16)):
+                    ("num_warps_key", args.key_warps), ("merge_dP", args.merge_dp), ("copies16", args.copies16),
+                    ("dq_do16", args.dq_do16)):
         if val is not None:
-            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if kw in ("merge_dP", "copies16") else val
+            flag = kw in ("merge_dP", "copies16", "dq_do16")
+            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if flag else val
+    if args.grouped_qk is not None:
+        readout_fwd.GROUPED_QK = bool(args.grouped_qk)
     if args.copies16 is not None:
         readout_fwd.boundary_terms_fwd.__kwdefaults__["copies16"] = bool(args.copies16)
     if args.fwd_warps is not None:
@@ -116,6 +125,7 @@ def main(argv=None):
             "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps,
             "key_warps": args.key_warps, "merge_dp": args.merge_dp, "copies16": args.copies16,
             "fwd_warps": args.fwd_warps, "max_tile": backbone_triton.MAX_TILE,
+            "grouped_qk": readout_fwd.GROUPED_QK, "dq_do16": args.dq_do16,
             "ut_tile": backbone_gdn_triton.UT_TILE, "recurrence_warps": backbone_gdn_triton.RECURRENCE_WARPS,
             "inputs": "dla bench ops (bf16)",
             "kernel_ms_total": total,

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _decay, _idx, _tables
+from dla.ops.dla.readout_fwd import _coef, _decay, _groups, _idx, _qk_row, _tables
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot, prec_operand
 
@@ -50,18 +50,19 @@ from dla.ops.utils.triton_dot import prec_dot, prec_operand
 @triton.jit
 def readout_bwd_dq_kernel(
     q, k, u, gl, P, seg, cand, jidx, off, dl, do, dq, ddl, dgl, dseg_c, dseg_c1, slot, tA, tB, tcA,
-    T, Tp, NT, BH0, base,
+    T, Tp, NT, NH, BH0, base,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
-    STORE: tl.constexpr,
+    STORE: tl.constexpr, HG: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64) + BH0
+    i_g = _qk_row(i_bh, NH, HG)  # q and k: one row per group of HG heads
     o_i = tl.arange(0, BT)
     o_t = i_t * BT + o_i
     o_k = tl.arange(0, BK)
     m_t, m_k = o_t < T, o_k < K
 
-    b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+    b_q = prec_operand(tl.load(q + (i_g * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                                other=0.), DOT)  # kept across the candidates: 16 bits in the 16-bit modes
     b_gi = tl.load(gl + i_bh * Tp + o_t)  # [BT]; padding has g = 0, so D(s, t) <= 1 there too
     b_jt, b_off, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)  # [BT, BR] each
@@ -99,7 +100,7 @@ def readout_bwd_dq_kernel(
             _, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
             b_ga = b_dcA * b_cA
             b_x = _decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)  # [BT, BT]
-            b_k = prec_operand(tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :],
+            b_k = prec_operand(tl.load(k + (i_g * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :],
                                        other=0.), DOT)
             b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
             b_dAx = b_dA * b_x
@@ -127,142 +128,18 @@ def readout_bwd_dq_kernel(
 
 
 @triton.jit
-def readout_bwd_dqp_kernel(
-    q, gl, P, seg, cand, jidx, off, dl, do, dq, ddl, dgl, dseg_c, slot, tcA,
-    T, Tp, NT, BH0, base,
-    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
-    STORE: tl.constexpr,
-):
-    """``split_dq``, first of two: the state side of :func:`readout_bwd_dq_kernel` (the terms through ``P``):
-    ``dq += cA (do P^T)``, ``dcA``, its parts of ``ddlam``, ``dgl`` and ``dseg[i, c]``; ``STORE``: ``cA``.
-    Writes ``dq``, ``ddl``, ``dgl``, which :func:`readout_bwd_dqk_kernel` then completes."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64) + BH0
-    o_i = tl.arange(0, BT)
-    o_t = i_t * BT + o_i
-    o_k = tl.arange(0, BK)
-    m_t, m_k = o_t < T, o_k < K
-    b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                               other=0.), DOT)
-    b_gi = tl.load(gl + i_bh * Tp + o_t)
-    b_jt, _, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)
-    o_r = tl.arange(0, BR)
-    b_ddl = tl.zeros([BT, BR], dtype=tl.float32)
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dgi = tl.zeros([BT], dtype=tl.float32)
-    p_row = (i_bh * (NT + 1) + i_t) * (NT + 1)
-    p_cand = cand + (i_bh * NT + i_t) * J
-    for j in range(J):
-        c = tl.load(p_cand + j)
-        fresh = j == 0
-        if j > 0:
-            fresh = c != tl.load(p_cand + j - 1)
-        if fresh:
-            b_a = tl.exp(tl.load(seg + p_row + c) + b_gi)
-            b_cA = tl.sum(tl.where(b_jt == j, b_dl, 0.), 1) * b_a
-            b_dcA = tl.zeros([BT], dtype=tl.float32)
-            for v0 in range(0, V, BV):
-                o_v = v0 + tl.arange(0, BV)
-                m_v = o_v < V
-                b_do = tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                               other=0.)
-                b_P = tl.load(P + ((i_bh * NT + c) * K + o_k[:, None]) * V + o_v[None, :],
-                              mask=m_k[:, None] & m_v[None, :], other=0.)
-                b_dq += prec_dot(b_do * b_cA[:, None], tl.trans(b_P), DOT)
-                b_dcA += tl.sum(b_do * prec_dot(b_q, b_P, DOT), 1)
-            if STORE:
-                p_n = (tl.load(slot + (i_bh * NT + i_t) * J + j) - base).to(tl.int64)
-                tl.store(tcA + p_n * BT + o_i, b_cA)
-            b_ga = b_dcA * b_cA
-            b_dgi += b_ga
-            tl.store(dseg_c + p_row + c, tl.sum(b_ga, 0))
-            b_ddl += tl.where(b_jt == j, b_dcA[:, None] * b_a[:, None], 0.)
-    tl.store(dq + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], b_dq, mask=m_k[None, :])
-    tl.store(dgl + i_bh * Tp + o_t, b_dgi)
-    tl.store(ddl + (i_bh * T + o_t[:, None]) * R1 + o_r[None, :], b_ddl, mask=m_t[:, None] & (o_r[None, :] < R1))
-
-
-@triton.jit
-def readout_bwd_dqk_kernel(
-    q, k, u, gl, seg, cand, jidx, off, dl, do, dq, ddl, dgl, dseg_c1, slot, tA, tB,
-    T, Tp, NT, BH0, base,
-    K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
-    STORE: tl.constexpr,
-):
-    """``split_dq``, second of two: the key side of :func:`readout_bwd_dq_kernel` (the terms through ``k, u``):
-    ``dq += (dA M) k``, its parts of ``ddlam``, ``dgl`` and ``dseg[i, c+1]``; ``STORE``: the pair tiles. Adds
-    to what :func:`readout_bwd_dqp_kernel` wrote in ``dq``, ``ddl``, ``dgl``."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64) + BH0
-    o_i = tl.arange(0, BT)
-    o_t = i_t * BT + o_i
-    o_k = tl.arange(0, BK)
-    m_t, m_k = o_t < T, o_k < K
-    b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                               other=0.), DOT)
-    b_gi = tl.load(gl + i_bh * Tp + o_t)
-    b_jt, b_off, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)
-    o_r = tl.arange(0, BR)
-    b_ddl = tl.zeros([BT, BR], dtype=tl.float32)
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dgi = tl.zeros([BT], dtype=tl.float32)
-    p_row = (i_bh * (NT + 1) + i_t) * (NT + 1)
-    p_cand = cand + (i_bh * NT + i_t) * J
-    for j in range(J):
-        c = tl.load(p_cand + j)
-        fresh = j == 0
-        if j > 0:
-            fresh = c != tl.load(p_cand + j - 1)
-        if fresh:
-            b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do u_c^T
-            for v0 in range(0, V, BV):
-                o_v = v0 + tl.arange(0, BV)
-                m_v = o_v < V
-                b_do = prec_operand(tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :],
-                                            mask=m_t[:, None] & m_v[None, :], other=0.), DOT)
-                b_u = tl.load(u + (i_bh * Tp + c * BT + o_i[:, None]) * V + o_v[None, :], mask=m_v[None, :],
-                              other=0.)
-                b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
-            _, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
-            b_x = _decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)
-            b_k = prec_operand(tl.load(k + (i_bh * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :],
-                                       other=0.), DOT)
-            b_qk = prec_dot(b_q, tl.trans(b_k), DOT)
-            b_dAx = b_dA * b_x
-            b_dAM = b_dAx * b_W
-            b_dq += prec_dot(b_dAM, b_k, DOT)
-            if STORE:
-                p_n = (tl.load(slot + (i_bh * NT + i_t) * J + j) - base).to(tl.int64)
-                p_tile = p_n * BT * BT + o_i[:, None] * BT + o_i[None, :]
-                tl.store(tA + p_tile, b_dAM.to(tA.dtype.element_ty))
-                tl.store(tB + p_tile, (b_qk * b_W * b_x).to(tB.dtype.element_ty))
-            b_dW = b_dAx * b_qk
-            b_dE = b_dW * b_W
-            b_dgi += tl.sum(b_dE, 1)
-            tl.store(dseg_c1 + p_row + c + 1, tl.where(c == i_t, 0., tl.sum(tl.sum(b_dE, 1), 0)))
-            b_pre = tl.cumsum(b_dW, 1) - b_dW
-            b_ddl += tl.where(b_jt == j, tl.gather(b_pre, b_off, 1), 0.)
-    p_dq = dq + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :]
-    tl.store(p_dq, tl.load(p_dq, mask=m_k[None, :], other=0.) + b_dq, mask=m_k[None, :])
-    p_dgl = dgl + i_bh * Tp + o_t
-    tl.store(p_dgl, tl.load(p_dgl) + b_dgi)
-    p_ddl = ddl + (i_bh * T + o_t[:, None]) * R1 + o_r[None, :]
-    m_tr = m_t[:, None] & (o_r[None, :] < R1)
-    tl.store(p_ddl, tl.load(p_ddl, mask=m_tr, other=0.) + b_ddl, mask=m_tr)
-
-
-@triton.jit
 def readout_bwd_key_kernel(
     q, k, do, ptr, pairs, order, tA, tB, tcA, dk, du, dgl, dP,
-    T, Tp, NT, ROW0, base,
+    T, Tp, NT, NH, ROW0, base,
     K: tl.constexpr, V: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT: tl.constexpr, KEY: tl.constexpr, HAS_DP: tl.constexpr,
+    DOT: tl.constexpr, KEY: tl.constexpr, HAS_DP: tl.constexpr, HG: tl.constexpr,
 ):
     """Per key chunk and value tile, over the pairs reading it, from the tiles :func:`readout_bwd_dq_kernel` stored:
     ``KEY``: ``du += (qk M)^T do``, and in the first value tile's program ``dk += (dA M)^T q`` and the key side of
     ``dgl``; ``HAS_DP``: ``dP += (cA q)^T do``."""
     i_n, i_v = tl.load(order + ROW0 + tl.program_id(0)).to(tl.int64), tl.program_id(1)
     i_bh, i_c = i_n // NT, i_n % NT
+    i_g = _qk_row(i_bh, NH, HG)  # q and k: one row per group of HG heads
     o_s = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -277,7 +154,7 @@ def readout_bwd_key_kernel(
         p_n = (n - base).to(tl.int64)
         o_t = i_t * BT + o_s
         m_t = o_t < T
-        b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :],
+        b_q = prec_operand(tl.load(q + (i_g * Tp + o_t[:, None]) * K + o_k[None, :],
                                    mask=m_t[:, None] & m_k[None, :], other=0.), DOT)
         b_do = prec_operand(tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :],
                                     mask=m_t[:, None] & m_v[None, :], other=0.), DOT)
@@ -295,7 +172,7 @@ def readout_bwd_key_kernel(
         if key_side:
             tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
             # -sum_t dE[t, s] = -k_s . dk_s (dE = dA M qk, qk = q k^T); the end-of-chunk term is added by the caller
-            b_k = prec_operand(tl.load(k + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :],
+            b_k = prec_operand(tl.load(k + (i_g * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :],
                                        mask=m_k[None, :], other=0.), DOT)
             tl.store(dgl + i_bh * Tp + i_c * BT + o_s, -tl.sum(b_k.to(tl.float32) * b_dk, 1))
     if HAS_DP:
@@ -358,11 +235,12 @@ def use_triton_bwd(q: torch.Tensor) -> bool:
 def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
                        dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 128,
                        num_warps: Optional[int] = None, num_warps_key: Optional[int] = None, merge_dP: bool = True,
-                       copies16: bool = True, split_dq: bool = False, maxnreg: Optional[int] = None):
+                       copies16: bool = True, dq_do16: bool = True):
     """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the two Triton kernels of this module.
 
     Args:
-        grad: ``[B, H, T, V]`` gradient of the boundary terms; q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``;
+        grad: ``[B, H, T, V]`` gradient of the boundary terms; q, k: ``[B, H, Tp, K]``, or ``[B, G, Tp, K]`` read
+            by groups of ``H / G`` heads (:func:`dla.ops.dla.readout_fwd.grouped_copy`); u: ``[B, H, Tp, V]``;
             gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``; dlam, x, real: ``[B, H, T, R1]``;
             cand, jidx, off: :func:`dla.ops.dla.chunk_torch.boundary_candidates` of ``x, real``. Float32.
             ``x`` and ``real`` are not read (``jidx`` is -1 where there is no real boundary); they keep the
@@ -378,21 +256,21 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         block_v_du: value columns per program of the key-side kernel.
         merge_dP: ``dk, du, dgl`` and ``dP`` in one launch (all computed whenever one is needed); ``False``: two.
         copies16: in the 16-bit modes, the kernels read 16-bit copies of ``k``, ``u``, ``P`` (and the key side of
-            ``q``, ``do``): the products round them so anyway, and each pair reads these tiles again. ``do`` stays
-            float32 in the ``dq`` kernel, where it also enters ``dcA`` outside a product.
-        split_dq: the ``dq`` kernel as two (:func:`readout_bwd_dqp_kernel`, the terms through ``P``, then
-            :func:`readout_bwd_dqk_kernel`, those through ``k, u``), each holding fewer tiles at once.
-        maxnreg: registers per thread the ``dq`` kernel(s) may use (Triton's ``maxnreg``; ``None``: ptxas' choice,
-            255 at 8 warps, one program per SM); 128 lets two 8-warp programs share an SM, at the cost of spills.
+            ``q``, ``do``): the products round them so anyway, and each pair reads these tiles again.
+        dq_do16: with ``copies16``, the ``dq`` kernel reads the 16-bit copy of ``do`` too, where it also enters
+            ``dcA`` outside a product (``False``: float32 there). H200, bf16, ``ll_mamba2``, T = 16384: the ``dq``
+            kernel 28.7 -> 26.2 ms; the gradients stay within the 16-bit modes' tolerances against float64.
     Returns:
-        ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed. ``gl``'s gradient includes the path
-        through ``seg`` (autograd of :func:`dla.ops.dla.chunk_torch._block_segsum`).
+        ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed; ``dq, dk`` per head (``[B, H, Tp,
+        K]``) for grouped ``q, k`` too. ``gl``'s gradient includes the path through ``seg`` (autograd of
+        :func:`dla.ops.dla.chunk_torch._block_segsum`).
     """
     from dla.ops.dla.chunk_torch import _block_segsum
 
     nq, nk, nu, ngl, nP, ndl = needs
-    B, H, Tp, K = k.shape
-    V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
+    B, H, Tp, V = u.shape
+    K, HG = k.shape[-1], _groups(q, k, u)
+    NT, T, R1, J = P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
     dev = k.device
     dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
@@ -438,27 +316,23 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     lo16 = tile_dtype != torch.float32 and copies16
     k16, u16, P16 = (t.to(tile_dtype) for t in (k, u, P)) if lo16 else (k, u, P)
     q16, do16 = (q.to(tile_dtype), do.to(tile_dtype)) if lo16 and key_side else (q, do)
-    if lo16 and split_dq and not key_side:
-        do16 = do.to(tile_dtype)  # the key part of the split dq kernel reads do only inside a product
-    qmeta = dict(V=V, R1=R1, BV=BV, BR=max(2, triton.next_power_of_2(R1)), STORE=key_side, num_warps=num_warps,
-                 **meta, **({"maxnreg": maxnreg} if maxnreg else {}))
+    if lo16 and dq_do16 and not key_side:
+        do16 = do.to(tile_dtype)
+    if lo16 and HG > 1 and not key_side:
+        q16 = q.to(tile_dtype)  # one row per group: a small copy
+    q_dq, do_dq = q16 if HG > 1 else q, do16 if dq_do16 else do
     for b0, b1, base in wins:
         # per query chunk: dq, ddlam, the query side of dgl and dseg, and (key_side) the pair tiles
-        if split_dq:
-            readout_bwd_dqp_kernel[(NT, b1 - b0)](q, glf, P16, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0],
-                                                   slot, tcA, T, Tp, NT, b0, base, **qmeta)
-            readout_bwd_dqk_kernel[(NT, b1 - b0)](q, k16, u16, glf, segf, cand, jidx, off, dl, do16, dq, ddl, dgl,
-                                                   dseg[1], slot, tA, tB, T, Tp, NT, b0, base, **qmeta)
-        else:
-            readout_bwd_dq_kernel[(NT, b1 - b0)](
-                q, k16, u16, glf, P16, segf, cand, jidx, off, dl, do, dq, ddl, dgl, dseg[0], dseg[1], slot, tA, tB,
-                tcA, T, Tp, NT, b0, base, **qmeta)
+        readout_bwd_dq_kernel[(NT, b1 - b0)](
+            q_dq, k16, u16, glf, P16, segf, cand, jidx, off, dl, do_dq, dq, ddl, dgl, dseg[0], dseg[1], slot, tA, tB,
+            tcA, T, Tp, NT, H, b0, base, V=V, R1=R1, BV=BV, BR=max(2, triton.next_power_of_2(R1)), STORE=key_side,
+            HG=HG, num_warps=num_warps, **meta)
         # per key chunk, from the tiles; a launch computes the same gradients whichever are needed, so that a
         # gradient does not depend on which others were asked for (bitwise)
         grid = ((b1 - b0) * NT, triton.cdiv(V, BVk))  # the long axis first: grid y <= 65535
         for flags in launches:
             readout_bwd_key_kernel[grid](q16, k16, do16, ptr, pairs, order, tA, tB, tcA, dk, du, dgl_k, dP, T, Tp, NT,
-                                         b0 * NT, base, V=V, BV=BVk, KEY=flags[0], HAS_DP=flags[1],
+                                         H, b0 * NT, base, V=V, BV=BVk, KEY=flags[0], HAS_DP=flags[1], HG=HG,
                                          num_warps=num_warps_key, **meta)
     if ngl:
         # e holds gl_c[BT - 1] for every older query chunk i: its sum of dE is dseg[i, c + 1] (plane 1, 0 for i = c)

@@ -68,6 +68,16 @@ def _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr
 
 
 @triton.jit
+def _qk_row(i_bh, NH, HG: tl.constexpr):
+    """The row of ``q, k`` (``[B, G, Tp, K]``, ``G = NH / HG``) that the row ``i_bh = b NH + h`` of the per-head
+    tensors reads: group ``h // HG`` of sequence ``b``."""
+    i_g = i_bh
+    if HG > 1:
+        i_g = (i_bh // NH) * (NH // HG) + (i_bh % NH) // HG
+    return i_g
+
+
+@triton.jit
 def _decay(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT: tl.constexpr):
     """``[BT, BT]`` decay ``exp(e[t, s])`` from key ``s`` of chunk ``c`` to query ``t`` of chunk ``i_t``: masked for
     the chunk itself, an outer product of two ``[BT]`` exponentials for an older chunk (both exponents <= 0)."""
@@ -84,18 +94,19 @@ def _decay(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT: tl.constexpr):
 @triton.jit
 def readout_fwd_kernel(
     q, k, u, gl, P, seg, cand, jidx, off, dl, o,
-    T, Tp, NT,
+    T, Tp, NT, NH,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr, HG: tl.constexpr,
 ):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_g = _qk_row(i_bh, NH, HG)  # q and k: one row per group of HG heads
     o_t = i_t * BT + tl.arange(0, BT)  # query positions
     o_s = tl.arange(0, BT)  # key offsets inside a key chunk
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_t, m_k, m_v = o_t < T, o_k < K, o_v < V
 
-    b_q = prec_operand(tl.load(q + (i_bh * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+    b_q = prec_operand(tl.load(q + (i_g * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                                other=0.), DOT)  # kept across the candidates: 16 bits in the 16-bit modes
     b_gi = tl.load(gl + i_bh * Tp + o_t, mask=m_t, other=0.)  # [BT] chunk-local log-decay of the queries
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
@@ -119,7 +130,7 @@ def readout_fwd_kernel(
             b_o += b_cA[:, None] * b_qP
             # part B: masked intra-chunk products against chunk c's keys and values
             o_c = c * BT + o_s
-            b_k = tl.load(k + (i_bh * Tp + o_c[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+            b_k = tl.load(k + (i_g * Tp + o_c[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
             b_u = tl.load(u + (i_bh * Tp + o_c[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
             b_qk = prec_dot(b_q, tl.trans(b_k), DOT)
             b_A = b_qk * b_W * _decay(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT)
@@ -127,12 +138,28 @@ def readout_fwd_kernel(
     tl.store(o + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :], b_o, mask=m_t[:, None] & m_v[None, :])
 
 
+def _groups(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor) -> int:
+    """Heads per group of ``q, k`` (``[B, G, Tp, K]``) for ``u`` (``[B, H, Tp, V]``): ``H / G``."""
+    B, H, Tp = u.shape[:3]
+    if q.shape != k.shape or q.dim() != 4 or q.shape[0] != B or q.shape[2] != Tp or H % q.shape[1]:
+        raise ValueError(f"q, k: expected [B, G, Tp, K] with G dividing the {H} heads of u {tuple(u.shape)}, got "
+                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+    return H // q.shape[1]
+
+
+def grouped_copy(x: torch.Tensor, Tp: int) -> torch.Tensor:
+    """The caller's ``[B, T, G, K]`` keys or queries as ``[B, G, Tp, K]`` (zero rows past ``T``), in their dtype:
+    what the readout kernels read for a group of heads (the per-head copies repeat it ``H / G`` times)."""
+    return torch.nn.functional.pad(x.transpose(1, 2), (0, 0, 0, Tp - x.shape[1])).contiguous()
+
+
 def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, dot_precision: Optional[str] = None,
                        block_v: int = 64, num_warps: int = 4, copies16: bool = True) -> torch.Tensor:
     """Launch :func:`readout_fwd_kernel`.
 
     Args:
-        q, k: ``[B, H, Tp, K]``; u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``;
+        q, k: ``[B, H, Tp, K]``, or ``[B, G, Tp, K]`` read by groups of ``H / G`` heads (:func:`grouped_copy`);
+        u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``;
         seg: ``[B, H, NT + 1, NT + 1]``; cand: ``[B, H, NT, J]``; jidx, off: ``[B, H, T, R1]`` int;
         dlam: ``[B, H, T, R1]``. All float tensors float32 (computed in float32).
         dot_precision: the operands of every ``tl.dot``: ``ieee`` (float32 on the CUDA cores), ``tf32``,
@@ -145,8 +172,9 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     Returns:
         ``[B, H, T, V]`` float32 boundary terms (unscaled).
     """
-    B, H, Tp, K = k.shape
-    V, NT, T, R1, J = u.shape[-1], P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
+    B, H, Tp, V = u.shape
+    K, HG = k.shape[-1], _groups(q, k, u)
+    NT, T, R1, J = P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
     dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda x: x.float().contiguous()  # noqa: E731
     # the operands each pair reads again: 16-bit copies in the 16-bit modes
@@ -157,10 +185,10 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     BV = max(min_tile(dot_precision), min(block_v, triton.next_power_of_2(V)))
     grid = (triton.cdiv(V, BV), triton.cdiv(T, BT), B * H)
     readout_fwd_kernel[grid](
-        f32(q), op(k), op(u), f32(gl), op(P), f32(seg), cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off),
-        f32(dlam), o,
-        T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
-        DOT=dot_precision, num_warps=num_warps,
+        op(q) if HG > 1 else f32(q), op(k), op(u), f32(gl), op(P), f32(seg), cand.to(torch.int32).contiguous(),
+        _idx(jidx), _idx(off), f32(dlam), o,
+        T, Tp, NT, H, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
+        DOT=dot_precision, HG=HG, num_warps=num_warps,
     )
     return o[:, :, :T]
 
@@ -213,6 +241,12 @@ def boundary_plan(x: torch.Tensor, real: torch.Tensor, BT: int):
     return cand, jidx, off
 
 
+GROUPED_QK = True
+"""Whether :class:`BoundaryTerms` hands its kernels the caller's grouped ``q, k`` (:func:`grouped_copy`) when the
+``Rebuild`` knows them, instead of the per-head copies (a tuning knob; the results are the same, bitwise in the
+float32 modes)."""
+
+
 class BoundaryTerms(torch.autograd.Function):
     """Triton forward and, for float32 (GPU or interpreter), Triton backward (:mod:`dla.ops.dla.readout_bwd`: per
     query chunk ``dq, dlam`` and the query side of ``dgl``; per key chunk ``dk, du, dP`` and its side of ``dgl``
@@ -231,17 +265,22 @@ class BoundaryTerms(torch.autograd.Function):
         from dla.ops.dla.readout_bwd import use_triton_bwd
 
         seg = torch.nn.functional.pad(_block_segsum(gl[..., -1]), (0, 1))
+        dtype, (B, H) = q.dtype, q.shape[:2]
         ctx.triton_bwd = use_triton_bwd(q)  # decided once: what is saved depends on it
         if ctx.triton_bwd:  # the Triton backward reads compact indices and neither x nor real
             cand, jidx, off = boundary_plan(x, real, BT)
+            src = (rebuild.source(q), rebuild.source(k)) if rebuild is not None else (None, None)
+            if GROUPED_QK and src[0] is not None and src[1] is not None:
+                # the per-head copies of grouped q, k come from the caller's tensors: the kernels read those
+                # (H / G times fewer bytes, shared by a group's heads in the cache), and the backward keeps them
+                q, k = (grouped_copy(t, q.shape[2]) for t in src)
             save_rebuilt(ctx, rebuild, q, k, u, gl, P, dlam, None, None, cand, jidx, off)
         else:
             cand, jidx, off = boundary_candidates(x, real, BT)
             save_rebuilt(ctx, rebuild, q, k, u, gl, P, dlam, x, real, cand, jidx, off)
         ctx.BT, ctx.dot = BT, dot
-        B, H = q.shape[:2]
         out = boundary_terms_fwd(q, k, u, gl.reshape(B, H, -1), P, seg, cand, jidx, off, dlam, BT, dot_precision=dot)
-        return out.to(q.dtype)
+        return out.to(dtype)
 
     @staticmethod
     @once_differentiable

@@ -94,16 +94,18 @@ def test_backbone_low_precision(gdn, prec, record):
 
 
 @needs_triton
-@pytest.mark.parametrize("copies16", [True, False], ids=["copies16", "float32"])
+@pytest.mark.parametrize("copies16,dq_do16", [(True, False), (False, False), (True, True)],
+                         ids=["copies16", "float32", "dq_do16"])
 @pytest.mark.parametrize("prec", LOW)
 @pytest.mark.parametrize("gdn", [False, True])
-def test_readout_low_precision(gdn, prec, copies16, monkeypatch, record):
+def test_readout_low_precision(gdn, prec, copies16, dq_do16, monkeypatch, record):
     """The readout in a 16-bit mode against float64 (and ``ieee``), its kernels reading 16-bit copies of their
-    operands (the default) or float32 ones."""
+    operands (the default) or float32 ones; the ``dq`` kernel reading ``do`` in float32 or 16 bits."""
     from dla.ops.dla import readout_bwd, readout_fwd
     from dla.ops.dla.readout_fwd import BoundaryTerms
 
     monkeypatch.setitem(readout_bwd.boundary_terms_bwd.__kwdefaults__, "copies16", copies16)
+    monkeypatch.setitem(readout_bwd.boundary_terms_bwd.__kwdefaults__, "dq_do16", dq_do16)
     monkeypatch.setitem(readout_fwd.boundary_terms_fwd.__kwdefaults__, "copies16", copies16)
 
     seen = []
@@ -125,7 +127,8 @@ def test_readout_low_precision(gdn, prec, copies16, monkeypatch, record):
 
     (ieee, ieee_grad), (low, low_grad) = run("ieee"), run(prec)
     out_tol, grad_tol = TOL[prec]
-    tag = f"{'gdn' if gdn else 'mamba2'} readout {prec}{'' if copies16 else ' (float32 operands)'} vs float64"
+    tag = (f"{'gdn' if gdn else 'mamba2'} readout {prec}{'' if copies16 else ' (float32 operands)'}"
+           f"{' (dq reads do in 16 bits)' if dq_do16 else ''} vs float64")
     check("o", low, ieee, ref, out_tol, record, tag)
     for n, lo, ie, rf in zip(("q", "k", "u", "gl", "P", "dlam"), low_grad, ieee_grad, ref_grad):
         check("d" + n, lo, ie, rf, grad_tol, record, tag)

@@ -186,3 +186,33 @@ def test_key_pairs_inverts_candidate_lists():
 
 def test_float64_backward_is_the_torch_form():
     assert not use_triton_bwd(torch.zeros(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("G", [1, 2, 4])
+@pytest.mark.parametrize("dot", ["ieee", "fp16"])
+def test_triton_readout_grouped_qk(monkeypatch, record, G, dot):
+    """With the caller's grouped ``q, k`` at hand (``chunk_dla``'s ``Rebuild``), the readout kernels read one row
+    per group of heads instead of the per-head copies: the same output and gradients (``dq``, ``dk`` per head)."""
+    x = make_inputs(B=2, T=70, H=4, G=G, K=8, V=12, R=4, dtype=torch.float32, seed=G)
+    x = {n: (t.to(DEVICE) if t is not None else None) for n, t in x.items()}
+    seen = []
+    apply = BoundaryTerms.apply
+    monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
+    chunk_dla(**x, capacity=4, tau=0.3, chunk_size=16, backend="triton")
+    monkeypatch.setattr(BoundaryTerms, "apply", apply)
+    *tensors, xb, real, BT, _, rebuild = seen[0]
+    assert rebuild.source(tensors[0]) is not None and rebuild.source(tensors[0]).shape[2] == G
+
+    def run(rb):  # leaves that keep the copies' storage, so that the Rebuild recognises q and k
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        out = BoundaryTerms.apply(*leaves, xb, real, BT, dot, rb)
+        return out, torch.autograd.grad(out, leaves, do)
+
+    do = torch.randn(*tensors[2].shape[:2], xb.shape[2], tensors[2].shape[-1], device=DEVICE)
+    (o_g, g_g), (o_h, g_h) = run(rebuild), run(None)
+    # the same values in the same order (fp16: q rounded on the host instead of inside the kernels, also RTNE)
+    same = torch.equal if dot == "ieee" else (lambda a, b: rel_err(a, b) < 1e-6)
+    assert same(o_g, o_h)
+    for n, a, b in zip(NAMES, g_g, g_h):
+        record(f"readout grouped q, k (G={G}, {dot}) vs per head, d{n}", rel_err(a, b))
+        assert a.shape == b.shape and not a.isnan().any() and same(a, b), n
