@@ -4,7 +4,7 @@ Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
         [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N]
         [--key-warps N] [--merge-dp 0|1] [--max-tile N] [--ut-tile N] [--recurrence-warps N]
-        [--copies16 0|1] [--fwd-warps N] [--grouped-qk 0|1] [--dq-do16 0|1] [--ncu]
+        [--copies16 0|1] [--fwd-warps N] [--grouped-qk 0|1] [--dq-do16 0|1] [--reps N] [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -37,6 +38,7 @@ def main(argv=None):
     ap.add_argument("--capacity", type=int, default=30)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--ncu", action="store_true")
+    ap.add_argument("--reps", type=int, default=1, help="unprofiled steps timed (the median is reported)")
     ap.add_argument("--block-v-du", type=int, default=None,
                     help="value columns per program of the readout backward's key-side kernels (default: its own)")
     ap.add_argument("--bwd-warps", type=int, default=None,
@@ -56,12 +58,12 @@ def main(argv=None):
     ap.add_argument("--recurrence-warps", type=int, default=None,
                     help="warps of the GDN state recurrences (default: backbone_gdn_triton.RECURRENCE_WARPS)")
     ap.add_argument("--grouped-qk", type=int, default=None,
-                    help="1: the readout kernels read the caller's grouped q, k; 0: the per-head copies "
-                         "(default: readout_fwd.GROUPED_QK)")
+                    help="1: the readout and scan kernels read the caller's grouped q, k; 0: the per-head copies "
+                         "(default: readout_fwd.GROUPED_QK, scan_triton.GROUPED_KEYS)")
     ap.add_argument("--dq-do16", type=int, default=None,
                     help="1: the readout dq kernel reads a 16-bit copy of do in 16-bit modes (default: its own)")
     args = ap.parse_args(argv)
-    from dla.ops.dla import backbone_gdn_triton, backbone_triton, readout_bwd, readout_fwd
+    from dla.ops.dla import backbone_gdn_triton, backbone_triton, readout_bwd, readout_fwd, scan_triton
     if args.max_tile is not None:
         backbone_triton.MAX_TILE = args.max_tile
     if args.ut_tile is not None:
@@ -75,7 +77,7 @@ def main(argv=None):
             flag = kw in ("merge_dP", "copies16", "dq_do16")
             readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if flag else val
     if args.grouped_qk is not None:
-        readout_fwd.GROUPED_QK = bool(args.grouped_qk)
+        readout_fwd.GROUPED_QK = scan_triton.GROUPED_KEYS = bool(args.grouped_qk)
     if args.copies16 is not None:
         readout_fwd.boundary_terms_fwd.__kwdefaults__["copies16"] = bool(args.copies16)
     if args.fwd_warps is not None:
@@ -101,10 +103,13 @@ def main(argv=None):
         torch.cuda.synchronize()
         torch.cuda.cudart().cudaProfilerStop()
         return
-    t0 = time.perf_counter()
-    step()
-    torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - t0) * 1e3
+    walls = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        walls.append((time.perf_counter() - t0) * 1e3)
+    wall_ms = statistics.median(walls)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
         step()
@@ -125,11 +130,12 @@ def main(argv=None):
             "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps,
             "key_warps": args.key_warps, "merge_dp": args.merge_dp, "copies16": args.copies16,
             "fwd_warps": args.fwd_warps, "max_tile": backbone_triton.MAX_TILE,
-            "grouped_qk": readout_fwd.GROUPED_QK, "dq_do16": args.dq_do16,
+            "grouped_qk": readout_fwd.GROUPED_QK, "scan_grouped_keys": scan_triton.GROUPED_KEYS,
+            "dq_do16": args.dq_do16,
             "ut_tile": backbone_gdn_triton.UT_TILE, "recurrence_warps": backbone_gdn_triton.RECURRENCE_WARPS,
             "inputs": "dla bench ops (bf16)",
             "kernel_ms_total": total,
-            "wall_ms_unprofiled": wall_ms}
+            "wall_ms_unprofiled": wall_ms, "wall_ms_unprofiled_all": walls}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(json.dumps(meta))

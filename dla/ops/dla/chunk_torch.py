@@ -17,6 +17,7 @@ backbone's chunk states are in closed form (:func:`_decayed_states`), plain auto
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -109,13 +110,19 @@ def chunk_dla_torch(
         # boundaries that do not depend on the data, and nobody asked for scores or a state: no scan
         starts, lam_index = (x.expand(B, H, T, R) for x in fixed_schedule(policy, T, R, v.device))
     else:
-        scan_fn = dla_scan
+        scan_fn, keys = dla_scan, kh.detach().reshape(B * H, -1, K)
         if backend == "triton" and dt == torch.float32:
-            from dla.ops.dla.scan_triton import dla_scan_triton  # lazy: CPU installs may lack Triton
-            scan_fn = dla_scan_triton
+            from dla.ops.dla import scan_triton  # lazy: CPU installs may lack Triton
+            from dla.ops.dla.readout_fwd import grouped_copy
+
+            scan_fn = scan_triton.dla_scan_triton
+            if scan_triton.GROUPED_KEYS:  # the keys once per group of heads (its programs share them in the cache)
+                G = k.shape[2]
+                scan_fn = functools.partial(scan_fn, heads_per_group=H // G)
+                keys = grouped_copy(k.detach(), kh.shape[2]).reshape(B * G, -1, K)
         with torch.no_grad():
             N = B * H
-            scan = scan_fn(kh.detach().reshape(N, -1, K), u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
+            scan = scan_fn(keys, u.detach().reshape(N, -1, V), gh.reshape(N, -1), T,
                            chunk_size=BT, policy=policy, tau=tau, capacity=capacity, block_size=block_size,
                            score=score, R=R, initial_state=initial_state,
                            lengths=None if lengths is None else lengths.to(v.device).repeat_interleave(H))

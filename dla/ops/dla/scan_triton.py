@@ -58,6 +58,9 @@ _UNUSED = tl.constexpr(UNUSED_START)
 SCAN_TABLE_BYTES = 1 << 29
 """Most bytes of chunk score tables the scan holds at once (windows of chunks; 843 MB would be one window at
 65,536 tokens x 48 heads, ``chunk_size`` 64): long prefills stay within it."""
+GROUPED_KEYS = True
+"""Whether ``chunk_dla`` hands the Triton scan the caller's keys once per group of heads (``heads_per_group``)
+rather than the per-head copies (a tuning knob; the results are the same, bitwise)."""
 _POLICY_ID = {name: i for i, name in enumerate(POLICIES)}  # single, fenwick, fixed, dla_unbounded, dla
 _SINGLE = tl.constexpr(_POLICY_ID["single"])
 _FENWICK = tl.constexpr(_POLICY_ID["fenwick"])
@@ -167,21 +170,22 @@ def _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V: tl.constexpr, BV: tl.constexpr
 
 
 @triton.jit
-def _tiles(k, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K: tl.constexpr, V: tl.constexpr,
+def _tiles(k, O, i_n, i_kn, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K: tl.constexpr, V: tl.constexpr,
            BKT: tl.constexpr, BV: tl.constexpr):
-    """Key tile ``i_k`` of the chunk starting at ``c`` (``k [BT, BKT]``) and the open slot's state tile
-    (``O [BKT, BV]``, value tile ``i_v``), with ``O``'s pointers and mask for a store back."""
+    """Key tile ``i_k`` of the chunk starting at ``c`` (``k [BT, BKT]``, row ``i_kn`` of ``k``) and the open slot's
+    state tile (``O [BKT, BV]``, value tile ``i_v``), with ``O``'s pointers and mask for a store back."""
     o_kk = i_k * BKT + o_kt
     o_vv = i_v * BV + o_v
     m_kk = o_kk < K
-    b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_kk[None, :], mask=m_t[:, None] & m_kk[None, :], other=0)
+    b_k = tl.load(k + (i_kn * Tp + c + o_t[:, None]) * K + o_kk[None, :], mask=m_t[:, None] & m_kk[None, :],
+                  other=0)
     p_O = O + (i_n * K + o_kk[:, None]) * V + o_vv[None, :]
     m_O = m_kk[:, None] & (o_vv < V)[None, :]
     return b_k, tl.load(p_O, mask=m_O, other=0), p_O, m_O
 
 
 @triton.jit
-def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_kt, o_v,
+def _advance_open(k, u, g, O, i_n, i_kn, c, Tp, open_start, o_t, o_kt, o_v,
                   K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
                   USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr):
     """``O <-`` the open slot's state at the end of the chunk starting at ``c`` (decayed ``O`` if the slot
@@ -197,7 +201,7 @@ def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_kt, o_v,
     for i_v in range(tl.cdiv(V, BV)):
         b_u = _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV)
         for i_k in range(tl.cdiv(K, BKT)):
-            b_k, b_O, p_O, m_O = _tiles(k, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
+            b_k, b_O, p_O, m_O = _tiles(k, O, i_n, i_kn, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
             b_O = tl.where(loc < 0, d_last * b_O, 0.0) + \
                 tl.dot(tl.trans(b_k * b_w[:, None]), b_u, input_precision=DOT)
             tl.store(p_O, b_O, mask=m_O)
@@ -207,7 +211,7 @@ def _advance_open(k, u, g, O, i_n, c, Tp, open_start, o_t, o_kt, o_v,
 def dla_scan_gram_kernel(
     k, u, g, tab, Tp, C0, WIN,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, HG: tl.constexpr,
 ):
     """First half of each chunk's table (``tab [N, WIN, BT + 3, BT]`` for chunks ``C0 ..``; one program per
     (chunk, sequence)): rows ``t < BT`` receive ``y[t, j] = sum_{j <= s < t} A[t, s]``, the Gram suffix sums
@@ -221,8 +225,8 @@ def dla_scan_gram_kernel(
     o_v = tl.arange(0, BV)
     c = (C0 + i_w) * CS
     m_t = (o_t < CS) & (c + o_t < Tp)
-    b_k = tl.load(k + (i_n * Tp + c + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
-                  other=0)
+    b_k = tl.load(k + ((i_n // HG) * Tp + c + o_t[:, None]) * K + o_k[None, :],
+                  mask=m_t[:, None] & (o_k < K)[None, :], other=0)  # one row of k per group of HG sequences
     b_g = tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0)
     b_gl = tl.cumsum(b_g, 0)  # chunk-local: differences of a global cumsum lose precision
     b_kk = tl.sum(b_k * b_k, 1)  # [BT]
@@ -285,9 +289,10 @@ def dla_scan_kernel(
     T, Tp, NT, LAST, C0, C1, WIN, M, R, capacity, block_size,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
     MB: tl.constexpr, NBITS: tl.constexpr, POLICY: tl.constexpr, USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, TIMING: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, TIMING: tl.constexpr, HG: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
+    i_kn = i_n // HG  # the row of k: one per group of HG sequences
     o_t = tl.arange(0, BT)
     o_kt = tl.arange(0, BKT)
     o_v = tl.arange(0, BV)
@@ -319,7 +324,7 @@ def dla_scan_kernel(
             t0 = globaltimer()
         if i_c > 0:
             # the open slot's state moves over the previous chunk here, where no scalar loop state is live
-            _advance_open(k, u, g, O, i_n, c - CS, Tp, open_start, o_t, o_kt, o_v, K, V, CS, BKT, BV,
+            _advance_open(k, u, g, O, i_n, i_kn, c - CS, Tp, open_start, o_t, o_kt, o_v, K, V, CS, BKT, BV,
                           USE_LIBDEVICE, DOT)
             tl.debug_barrier()  # O is read below by other threads
         if TIMING:
@@ -333,7 +338,7 @@ def dla_scan_kernel(
         for i_v in range(tl.cdiv(V, BV)):
             b_kO = tl.zeros([BT, BV], dtype=b_gl.dtype)
             for i_k in range(tl.cdiv(K, BKT)):
-                b_k, b_O, _, _ = _tiles(k, O, i_n, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
+                b_k, b_O, _, _ = _tiles(k, O, i_n, i_kn, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
                 b_kO += tl.dot(b_k, b_O, input_precision=DOT)
             b_yo += tl.sum(b_kO * _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV), 1)
         b_yo = (libdevice.exp(b_gl) if USE_LIBDEVICE else tl.exp(b_gl)) * b_yo  # [BT] <decayed O, s_t>
@@ -458,11 +463,13 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
                     initial_state: Optional[DLAState], lengths: Optional[torch.Tensor] = None,
                     num_warps: int = 4, dot_precision: Optional[str] = None,
                     timing: Optional[torch.Tensor] = None, block_k: Optional[int] = None,
-                    block_v: Optional[int] = None) -> ScanResult:
+                    block_v: Optional[int] = None, heads_per_group: int = 1) -> ScanResult:
     """Decide boundaries and merges for ``N`` sequences; arguments and returns as :func:`dla.ops.dla.scan.dla_scan`.
 
     Args:
-        k: ``[N, Tp, K]`` keys (heads expanded), ``Tp`` a multiple of ``chunk_size``, ``K <= 256``.
+        k: ``[N, Tp, K]`` keys (heads expanded), ``Tp`` a multiple of ``chunk_size``, ``K <= 256``; or
+            ``[N / heads_per_group, Tp, K]``: one row for each group of ``heads_per_group`` consecutive sequences
+            (heads sharing their keys; read from the cache by the group's programs instead of ``N`` copies).
         u: ``[N, Tp, V]`` values or pseudo-values, float32 or float64 (``k`` and ``g`` are cast to its dtype).
         g: ``[N, Tp]`` log-decays.
         T: real length; R: entries per token in the live-slot record.
@@ -489,17 +496,21 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         res = dla_scan_triton(k, u, g, T, chunk_size=64, policy="dla", tau=0.6, capacity=30, block_size=64,
                               score="drift", R=30, initial_state=None)
     """
-    N, Tp, K = k.shape
-    V = u.shape[-1]
+    N, Tp, V = u.shape
+    K = k.shape[-1]
     dt, dev = u.dtype, u.device
+    if isinstance(heads_per_group, bool) or not isinstance(heads_per_group, int) or heads_per_group < 1 or \
+            k.dim() != 3 or k.shape[0] * heads_per_group != N or k.shape[1] != Tp:
+        raise ValueError(f"k: expected [N / heads_per_group, Tp, K] = [{N} / {heads_per_group!r}, {Tp}, K] for u "
+                         f"{tuple(u.shape)}, got {tuple(k.shape)}")
     if dot_precision is None:
         dot_precision = "tf32x3" if dt == torch.float32 and u.is_cuda else "ieee"
     if dot_precision not in ("ieee", "tf32x3"):
         raise ValueError(f"dot_precision: expected 'ieee' or 'tf32x3', got {dot_precision!r}")
     if dt not in (torch.float32, torch.float64):
         raise ValueError(f"u: expected float32 or float64, got {dt}")
-    if tuple(u.shape[:2]) != (N, Tp) or tuple(g.shape) != (N, Tp):
-        raise ValueError(f"u, g: expected [N={N}, Tp={Tp}, V] and [N, Tp], got {tuple(u.shape)}, {tuple(g.shape)}")
+    if tuple(g.shape) != (N, Tp):
+        raise ValueError(f"g: expected [N={N}, Tp={Tp}], got {tuple(g.shape)}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or Tp % chunk_size:
         raise ValueError(f"chunk_size: expected an int >= 1 dividing Tp={Tp}, got {chunk_size!r}")
     if K > 256:
@@ -567,7 +578,8 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
     for c0 in range(0, NT, WIN):
         c1 = min(NT, c0 + WIN)
         dla_scan_gram_kernel[(c1 - c0, N)](k, u, g, tab, Tp, c0, WIN, K=K, V=V, CS=chunk_size, BT=BT, BK=BK,
-                                           BV=BV, USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, num_warps=4)
+                                           BV=BV, USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, HG=heads_per_group,
+                                           num_warps=4)
         dla_scan_scores_kernel[(c1 - c0, N)](g, tab, consts, Tp, c0, WIN, CS=chunk_size, BT=BT,
                                              USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
                                              USE_LIBDEVICE=USE_LIBDEVICE, num_warps=1)
@@ -580,7 +592,7 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
             block_size if policy == "fixed" else 1,
             K=K, V=V, CS=chunk_size, BT=BT, BKT=BKT, BV=BVT,
             MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
-            USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, TIMING=timing is not None,
+            USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, TIMING=timing is not None, HG=heads_per_group,
             num_warps=num_warps,
         )
         m_in, x_in = out.m, out.open_norm

@@ -206,3 +206,22 @@ def test_score_table_windows(policy, window, record, monkeypatch):
         assert record(f"scan, windows of {window}, {field}", rel_err(getattr(out, field), getattr(ref, field))) <= 1e-12
     if timing is not None:  # phases summed over the windows' launches
         assert bool((timing > 0).all())
+
+
+@pytest.mark.parametrize("policy", ["dla", "fenwick"])
+def test_grouped_keys(policy, record):
+    """Keys once per group of heads (``heads_per_group``, as ``chunk_dla`` passes grouped ``k``): the decisions,
+    scores and slots of the per-head keys, exactly, and those of the PyTorch scan."""
+    (k, u, g, T), args = _case(policy, H=4, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(5)
+    kg = F.normalize(torch.randn(2, k.shape[1], k.shape[2], generator=gen), dim=-1).to(DEVICE)
+    kg[:, T:] = 0  # padding, as chunk_dla's copies have it
+    k_heads = kg.repeat_interleave(2, 0)  # heads 0, 1 read group 0; heads 2, 3 group 1
+    _check((k_heads, u, g, T), args, record, f"triton scan, per-head keys of two groups ({policy})")
+    per_head = dla_scan_triton(k_heads, u, g, T, **args)
+    grouped = dla_scan_triton(kg, u, g, T, heads_per_group=2, **args)
+    assert per_head.boundary.any() and not torch.equal(per_head.score[0], per_head.score[2])
+    for field in EXACT + CLOSE:
+        assert torch.equal(getattr(grouped, field), getattr(per_head, field)), field
+    with pytest.raises(ValueError, match="heads_per_group"):
+        dla_scan_triton(kg, u, g, T, heads_per_group=4, **args)
