@@ -116,8 +116,8 @@ def chunk_dla_torch(
             from dla.ops.dla.readout_fwd import grouped_copy
 
             scan_fn = scan_triton.dla_scan_triton
-            if scan_triton.GROUPED_KEYS:  # the keys once per group of heads (its programs share them in the cache)
-                G = k.shape[2]
+            G = k.shape[2]
+            if scan_triton.GROUPED_KEYS and G < H:  # the keys once per group of heads (shared in the cache)
                 scan_fn = functools.partial(scan_fn, heads_per_group=H // G)
                 keys = grouped_copy(k.detach(), kh.shape[2]).reshape(B * G, -1, K)
         with torch.no_grad():

@@ -243,7 +243,7 @@ def boundary_plan(x: torch.Tensor, real: torch.Tensor, BT: int):
 
 GROUPED_QK = True
 """Whether :class:`BoundaryTerms` hands its kernels the caller's grouped ``q, k`` (:func:`grouped_copy`) when the
-``Rebuild`` knows them, instead of the per-head copies (a tuning knob; the results are the same, bitwise in the
+``Rebuild`` knows them and there are fewer groups than heads, instead of the per-head copies (a tuning knob; the results are the same, bitwise in the
 float32 modes)."""
 
 
@@ -270,9 +270,10 @@ class BoundaryTerms(torch.autograd.Function):
         if ctx.triton_bwd:  # the Triton backward reads compact indices and neither x nor real
             cand, jidx, off = boundary_plan(x, real, BT)
             src = (rebuild.source(q), rebuild.source(k)) if rebuild is not None else (None, None)
-            if GROUPED_QK and src[0] is not None and src[1] is not None:
+            if GROUPED_QK and src[0] is not None and src[1] is not None and src[1].shape[2] < H:
                 # the per-head copies of grouped q, k come from the caller's tensors: the kernels read those
                 # (H / G times fewer bytes, shared by a group's heads in the cache), and the backward keeps them
+                # (G = H: the per-head copies are those tensors; the backward rebuilds them, nothing more is kept)
                 q, k = (grouped_copy(t, q.shape[2]) for t in src)
             save_rebuilt(ctx, rebuild, q, k, u, gl, P, dlam, None, None, cand, jidx, off)
         else:

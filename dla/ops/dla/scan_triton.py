@@ -59,8 +59,8 @@ SCAN_TABLE_BYTES = 1 << 29
 """Most bytes of chunk score tables the scan holds at once (windows of chunks; 843 MB would be one window at
 65,536 tokens x 48 heads, ``chunk_size`` 64): long prefills stay within it."""
 GROUPED_KEYS = True
-"""Whether ``chunk_dla`` hands the Triton scan the caller's keys once per group of heads (``heads_per_group``)
-rather than the per-head copies (a tuning knob; the results are the same, bitwise)."""
+"""Whether ``chunk_dla`` hands the Triton scan the caller's keys once per group of heads (``heads_per_group``),
+when there are fewer groups than heads, rather than the per-head copies (a tuning knob; the results are the same, bitwise)."""
 _POLICY_ID = {name: i for i, name in enumerate(POLICIES)}  # single, fenwick, fixed, dla_unbounded, dla
 _SINGLE = tl.constexpr(_POLICY_ID["single"])
 _FENWICK = tl.constexpr(_POLICY_ID["fenwick"])

@@ -192,7 +192,8 @@ def test_float64_backward_is_the_torch_form():
 @pytest.mark.parametrize("dot", ["ieee", "fp16"])
 def test_triton_readout_grouped_qk(monkeypatch, record, G, dot):
     """With the caller's grouped ``q, k`` at hand (``chunk_dla``'s ``Rebuild``), the readout kernels read one row
-    per group of heads instead of the per-head copies: the same output and gradients (``dq``, ``dk`` per head)."""
+    per group of heads instead of the per-head copies: the same output and gradients (``dq``, ``dk`` per head).
+    G = H: the per-head path either way."""
     x = make_inputs(B=2, T=70, H=4, G=G, K=8, V=12, R=4, dtype=torch.float32, seed=G)
     x = {n: (t.to(DEVICE) if t is not None else None) for n, t in x.items()}
     seen = []
