@@ -6,7 +6,8 @@ Usage (CUDA machine, repo root):
         [--capacity 30] [--gdn] [--reps 5] [--variant NAME=JSON ...]
 
 A variant is keyword arguments of :func:`dla.ops.dla.readout_bwd.boundary_terms_bwd` as JSON, e.g.
-``split=\'{"split_dq": true}\'``; ``default={}`` is always first. For each: the median of ``--reps`` timed calls
+``warps4='{"num_warps": 4}'`` (commit 141c9dc also had ``split_dq`` and ``maxnreg``); ``default={}`` is always
+first. For each: the median of ``--reps`` timed calls
 (CUDA events, after one warm-up), the CUDA time of each kernel in one profiled call, the peak memory above the
 inputs, and the relative error (``|a - b| / |b|``, norms) of each gradient against the default's. The JSON holds
 the GPU, the versions, the shape and the date.
