@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _decay, _groups, _idx, _qk_row, _tables
+from dla.ops.dla.readout_fwd import _coef, _decay, _groups, _idx, _tables
 from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
 from dla.ops.utils.triton_dot import prec_dot, prec_operand
 
@@ -50,13 +50,13 @@ from dla.ops.utils.triton_dot import prec_dot, prec_operand
 @triton.jit
 def readout_bwd_dq_kernel(
     q, k, u, gl, P, seg, cand, jidx, off, dl, do, dq, ddl, dgl, dseg_c, dseg_c1, slot, tA, tB, tcA,
-    T, Tp, NT, NH, BH0, base,
+    T, Tp, NT, BH0, base,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr,
     STORE: tl.constexpr, HG: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64) + BH0
-    i_g = _qk_row(i_bh, NH, HG)  # q and k: one row per group of HG heads
+    i_g = i_bh // HG  # the row of q and k: b G + h // HG, one per group of HG heads
     o_i = tl.arange(0, BT)
     o_t = i_t * BT + o_i
     o_k = tl.arange(0, BK)
@@ -130,7 +130,7 @@ def readout_bwd_dq_kernel(
 @triton.jit
 def readout_bwd_key_kernel(
     q, k, do, ptr, pairs, order, tA, tB, tcA, dk, du, dgl, dP,
-    T, Tp, NT, NH, ROW0, base,
+    T, Tp, NT, ROW0, base,
     K: tl.constexpr, V: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT: tl.constexpr, KEY: tl.constexpr, HAS_DP: tl.constexpr, HG: tl.constexpr,
 ):
@@ -139,7 +139,7 @@ def readout_bwd_key_kernel(
     ``dgl``; ``HAS_DP``: ``dP += (cA q)^T do``."""
     i_n, i_v = tl.load(order + ROW0 + tl.program_id(0)).to(tl.int64), tl.program_id(1)
     i_bh, i_c = i_n // NT, i_n % NT
-    i_g = _qk_row(i_bh, NH, HG)  # q and k: one row per group of HG heads
+    i_g = i_bh // HG  # the row of q and k: b G + h // HG, one per group of HG heads
     o_s = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -315,24 +315,22 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
     # operands each pair reads again, as 16-bit copies in the 16-bit modes (the products round them so anyway)
     lo16 = tile_dtype != torch.float32 and copies16
     k16, u16, P16 = (t.to(tile_dtype) for t in (k, u, P)) if lo16 else (k, u, P)
-    q16, do16 = (q.to(tile_dtype), do.to(tile_dtype)) if lo16 and key_side else (q, do)
-    if lo16 and dq_do16 and not key_side:
-        do16 = do.to(tile_dtype)
-    if lo16 and HG > 1 and not key_side:
-        q16 = q.to(tile_dtype)  # one row per group: a small copy
+    # the key side reads q and do in 16 bits; the dq kernel q when grouped (a small copy) and do with dq_do16
+    q16 = q.to(tile_dtype) if lo16 and (key_side or HG > 1) else q
+    do16 = do.to(tile_dtype) if lo16 and (key_side or dq_do16) else do
     q_dq, do_dq = q16 if HG > 1 else q, do16 if dq_do16 else do
     for b0, b1, base in wins:
         # per query chunk: dq, ddlam, the query side of dgl and dseg, and (key_side) the pair tiles
         readout_bwd_dq_kernel[(NT, b1 - b0)](
             q_dq, k16, u16, glf, P16, segf, cand, jidx, off, dl, do_dq, dq, ddl, dgl, dseg[0], dseg[1], slot, tA, tB,
-            tcA, T, Tp, NT, H, b0, base, V=V, R1=R1, BV=BV, BR=max(2, triton.next_power_of_2(R1)), STORE=key_side,
+            tcA, T, Tp, NT, b0, base, V=V, R1=R1, BV=BV, BR=max(2, triton.next_power_of_2(R1)), STORE=key_side,
             HG=HG, num_warps=num_warps, **meta)
         # per key chunk, from the tiles; a launch computes the same gradients whichever are needed, so that a
         # gradient does not depend on which others were asked for (bitwise)
         grid = ((b1 - b0) * NT, triton.cdiv(V, BVk))  # the long axis first: grid y <= 65535
         for flags in launches:
             readout_bwd_key_kernel[grid](q16, k16, do16, ptr, pairs, order, tA, tB, tcA, dk, du, dgl_k, dP, T, Tp, NT,
-                                         H, b0 * NT, base, V=V, BV=BVk, KEY=flags[0], HAS_DP=flags[1], HG=HG,
+                                         b0 * NT, base, V=V, BV=BVk, KEY=flags[0], HAS_DP=flags[1], HG=HG,
                                          num_warps=num_warps_key, **meta)
     if ngl:
         # e holds gl_c[BT - 1] for every older query chunk i: its sum of dE is dseg[i, c + 1] (plane 1, 0 for i = c)

@@ -68,16 +68,6 @@ def _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1: tl.constexpr, BR: tl.constexpr
 
 
 @triton.jit
-def _qk_row(i_bh, NH, HG: tl.constexpr):
-    """The row of ``q, k`` (``[B, G, Tp, K]``, ``G = NH / HG``) that the row ``i_bh = b NH + h`` of the per-head
-    tensors reads: group ``h // HG`` of sequence ``b``."""
-    i_g = i_bh
-    if HG > 1:
-        i_g = (i_bh // NH) * (NH // HG) + (i_bh % NH) // HG
-    return i_g
-
-
-@triton.jit
 def _decay(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT: tl.constexpr):
     """``[BT, BT]`` decay ``exp(e[t, s])`` from key ``s`` of chunk ``c`` to query ``t`` of chunk ``i_t``: masked for
     the chunk itself, an outer product of two ``[BT]`` exponentials for an older chunk (both exponents <= 0)."""
@@ -94,12 +84,12 @@ def _decay(gl, p_seg, i_bh, i_t, c, b_gi, Tp, BT: tl.constexpr):
 @triton.jit
 def readout_fwd_kernel(
     q, k, u, gl, P, seg, cand, jidx, off, dl, o,
-    T, Tp, NT, NH,
+    T, Tp, NT,
     K: tl.constexpr, V: tl.constexpr, R1: tl.constexpr, J: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, DOT: tl.constexpr, HG: tl.constexpr,
 ):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_g = _qk_row(i_bh, NH, HG)  # q and k: one row per group of HG heads
+    i_g = i_bh // HG  # the row of q and k: b G + h // HG, one per group of HG heads
     o_t = i_t * BT + tl.arange(0, BT)  # query positions
     o_s = tl.arange(0, BT)  # key offsets inside a key chunk
     o_k = tl.arange(0, BK)
@@ -187,7 +177,7 @@ def boundary_terms_fwd(q, k, u, gl, P, seg, cand, jidx, off, dlam, BT: int, *, d
     readout_fwd_kernel[grid](
         op(q) if HG > 1 else f32(q), op(k), op(u), f32(gl), op(P), f32(seg), cand.to(torch.int32).contiguous(),
         _idx(jidx), _idx(off), f32(dlam), o,
-        T, Tp, NT, H, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
+        T, Tp, NT, K=K, V=V, R1=R1, J=J, BT=BT, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R1)),
         DOT=dot_precision, HG=HG, num_warps=num_warps,
     )
     return o[:, :, :T]
@@ -243,8 +233,8 @@ def boundary_plan(x: torch.Tensor, real: torch.Tensor, BT: int):
 
 GROUPED_QK = True
 """Whether :class:`BoundaryTerms` hands its kernels the caller's grouped ``q, k`` (:func:`grouped_copy`) when the
-``Rebuild`` knows them and there are fewer groups than heads, instead of the per-head copies (a tuning knob; the results are the same, bitwise in the
-float32 modes)."""
+``Rebuild`` knows them and there are fewer groups than heads, instead of the per-head copies (a tuning knob; the
+results are the same, bitwise in the float32 modes)."""
 
 
 class BoundaryTerms(torch.autograd.Function):

@@ -60,7 +60,8 @@ SCAN_TABLE_BYTES = 1 << 29
 65,536 tokens x 48 heads, ``chunk_size`` 64): long prefills stay within it."""
 GROUPED_KEYS = True
 """Whether ``chunk_dla`` hands the Triton scan the caller's keys once per group of heads (``heads_per_group``),
-when there are fewer groups than heads, rather than the per-head copies (a tuning knob; the results are the same, bitwise)."""
+when there are fewer groups than heads, rather than the per-head copies (a tuning knob; the results are the same,
+bitwise)."""
 _POLICY_ID = {name: i for i, name in enumerate(POLICIES)}  # single, fenwick, fixed, dla_unbounded, dla
 _SINGLE = tl.constexpr(_POLICY_ID["single"])
 _FENWICK = tl.constexpr(_POLICY_ID["fenwick"])

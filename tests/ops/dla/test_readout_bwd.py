@@ -23,16 +23,16 @@ def _poisoned(nan_empty):
     """Every test here runs with NaN-filled empties (``nan_empty`` in tests/conftest.py)."""
 
 
-def readout_inputs(monkeypatch, x, **kw):
+def readout_inputs(monkeypatch, x, whole=False, **kw):
     """The arguments ``chunk_dla(backend="triton")`` passes to :class:`BoundaryTerms` but the trailing two, the
-    ``tl.dot`` mode and the saved copies' ``Rebuild`` (``None``: not called)."""
+    ``tl.dot`` mode and the saved copies' ``Rebuild`` (``whole``: all of them; ``None``: not called)."""
     seen = []
     apply = BoundaryTerms.apply
     monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
     chunk_dla(**x, **kw, backend="triton")
     monkeypatch.setattr(BoundaryTerms, "apply", apply)
     assert len(seen) <= 1
-    return seen[0][:-2] if seen else None
+    return (seen[0] if whole else seen[0][:-2]) if seen else None
 
 
 def check_grads(args, record=None, tag=""):
@@ -196,12 +196,7 @@ def test_triton_readout_grouped_qk(monkeypatch, record, G, dot):
     G = H: the per-head path either way."""
     x = make_inputs(B=2, T=70, H=4, G=G, K=8, V=12, R=4, dtype=torch.float32, seed=G)
     x = {n: (t.to(DEVICE) if t is not None else None) for n, t in x.items()}
-    seen = []
-    apply = BoundaryTerms.apply
-    monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
-    chunk_dla(**x, capacity=4, tau=0.3, chunk_size=16, backend="triton")
-    monkeypatch.setattr(BoundaryTerms, "apply", apply)
-    *tensors, xb, real, BT, _, rebuild = seen[0]
+    *tensors, xb, real, BT, _, rebuild = readout_inputs(monkeypatch, x, whole=True, capacity=4, tau=0.3, chunk_size=16)
     assert rebuild.source(tensors[0]) is not None and rebuild.source(tensors[0]).shape[2] == G
 
     def run(rb):  # leaves that keep the copies' storage, so that the Rebuild recognises q and k
