@@ -7,21 +7,21 @@ Usage (CUDA machine, repo root):
 
 A variant is keyword arguments of :func:`dla.ops.dla.readout_bwd.boundary_terms_bwd` as JSON, e.g.
 ``warps4='{"num_warps": 4}'`` (commit 141c9dc also had ``split_dq`` and ``maxnreg``); ``default={}`` is always
-first. For each: the median of ``--reps`` timed calls
-(CUDA events, after one warm-up), the CUDA time of each kernel in one profiled call, the peak memory above the
-inputs, and the relative error (``|a - b| / |b|``, norms) of each gradient against the default's. The JSON holds
-the GPU, the versions, the shape and the date.
+first. For each: the median of ``--reps`` timed calls (CUDA events, after one more warm-up;
+``dla.bench.decode._time``), the CUDA time of each kernel in one profiled call, the peak memory above the inputs,
+and the relative error (``|a - b| / |b|``, norms) of each gradient against the default's. The JSON holds the GPU,
+the versions, the shape and the date.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 
+from dla.bench.decode import _time
 from dla.bench.ops import _inputs
 from dla.ops import chunk_dla
 from dla.ops.dla import readout_bwd
@@ -86,14 +86,7 @@ def main(argv=None):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            times = []
-            for _ in range(args.reps):
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                call()
-                e1.record()
-                torch.cuda.synchronize()
-                times.append(e0.elapsed_time(e1))
+            ms = _time(call, torch.device("cuda"), reps=args.reps)
             peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 call()
@@ -105,7 +98,7 @@ def main(argv=None):
             if ref is None:
                 ref = got
             errs = {n: rel(g, r) for n, g, r in zip(NAMES, got, ref)}
-            row = {"variant": name, "kwargs": extra, "ms": statistics.median(times), "ms_all": times,
+            row = {"variant": name, "kwargs": extra, "ms": ms,
                    "peak_gib_above_inputs": peak, "rel_err_vs_default": errs,
                    "kernels_ms": dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:6])}
         except Exception as exc:  # a configuration that does not compile or run: reported, the others go on

@@ -9,26 +9,15 @@
 #                        the scan with grouped keys, chunk_dla's 16-bit-operand cases (one process per backbone)
 set -uo pipefail
 out=${1:?output directory}
-mkdir -p "$out"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; date -u; } \
-  > "$out/env.txt" 2>&1
-cat "$out/env.txt"
-k() { local name=$1; shift
-      timeout 120 python3 scripts/gpu_kernel_table.py "$out/kernels_$name.json" "$@" > /dev/null 2>&1
-      python3 -c "import json, sys; d = json.load(open(sys.argv[1])); m = d['meta']; top = d['rows'][:6]
-print(sys.argv[2], round(m['kernel_ms_total'], 1), round(m['wall_ms_unprofiled'], 1),
-      ', '.join(f\"{r['kernel'][:18]} {r['ms']:.1f}\" for r in top))" "$out/kernels_$name.json" "$name" \
-      2>/dev/null || echo "$name: no table"; }
+. "$(dirname "$0")/gpu_common.sh"
+gpu_env "$out"
+k() { kernel_table "$out" 120 "$@"; }
 k mamba2
 k mamba2_perhead --grouped-qk 0
 k gdn --gdn
 k gdn_perhead --gdn --grouped-qk 0
 timeout 150 python3 scripts/gpu_dq_variants.py "$out/dq_variants.json" 2>&1 | grep -v -i warn
-t() { timeout "$2" python3 -m pytest -q -p no:cacheprovider --tb=short "${@:3}" > "$out/t.log" 2>&1
-      echo "tests $1: $(grep -E '^(FAILED|ERROR)|passed|failed' "$out/t.log" | tail -3 | tr '\n' ' ')"
-      { echo "== $1: ${*:3}"; cat "$out/t.log"; } >> "$out/tests.log"; rm -f "$out/t.log"; }
+t() { echo "== $1: ${*:3}" >> "$out/tests.log"; run_tests "$out/tests.log" "$2" "$1" "${@:3}"; }
 t readout_bwd 300 tests/ops/dla/test_readout_bwd.py  # about 4 min on a fresh machine (compiles)
 t precision 80 tests/ops/dla/test_precision.py -k readout_low
 t scan 120 tests/ops/dla/test_scan_triton.py -k "grouped or float32"

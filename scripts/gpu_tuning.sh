@@ -9,20 +9,10 @@
 #                        float64, and chunk_dla's 16-bit-operand cases, one process per backbone
 set -uo pipefail
 out=${1:?output directory}
-mkdir -p "$out"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; date -u; } \
-  > "$out/env.txt" 2>&1
-cat "$out/env.txt"
-t() { timeout "$1" python3 -m pytest -q -p no:cacheprovider --tb=short "${@:3}" > "$out/tests_$2.log" 2>&1
-      echo "tests $2: $(grep -E '^(FAILED|ERROR)|passed|failed' "$out/tests_$2.log" | tail -4 | tr '\n' ' ')"; }
-k() { local name=$1; shift
-      timeout 90 python3 scripts/gpu_kernel_table.py "$out/kernels_$name.json" "$@" > /dev/null 2>&1
-      python3 -c "import json, sys; d = json.load(open(sys.argv[1])); m = d['meta']; top = d['rows'][:6]
-print(sys.argv[2], round(m['kernel_ms_total'], 1), round(m['wall_ms_unprofiled'], 1),
-      ', '.join(f\"{r['kernel'][:18]} {r['ms']:.1f}\" for r in top))" "$out/kernels_$name.json" "$name" \
-      2>/dev/null || echo "$name: no table"; }
+. "$(dirname "$0")/gpu_common.sh"
+gpu_env "$out"
+t() { run_tests "$out/tests_$2.log" "$1" "$2" "${@:3}"; }
+k() { kernel_table "$out" 90 "$@"; }
 k mamba2
 k mamba2_tile32 --max-tile 32
 k mamba2_fwd8w --fwd-warps 8
