@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 from typing import List, Optional
 
@@ -67,7 +68,8 @@ def _bench_ops(args: argparse.Namespace) -> int:
     out = Path(args.out)
     run_ops_bench(args.lengths, tokens_per_call=args.tokens, shapes=args.shapes, capacities=args.capacities,
                   taus=args.taus, budget_s=args.budget, max_call_s=args.max_call_s, out=out, only=args.ops,
-                  precision=None if args.precision == "auto" else args.precision)
+                  precision=None if args.precision == "auto" else args.precision,
+                  command=shlex.join(["dla", *getattr(args, "argv", [])]))
     write_report(out, out.with_suffix(".md"), out.with_suffix(".png"))
     print(out.with_suffix(".md").read_text())
     return 0
@@ -76,11 +78,20 @@ def _bench_ops(args: argparse.Namespace) -> int:
 def _bench_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dla.bench.report import write_report
+    from dla.bench.report import merge_results, write_report
 
-    src = Path(args.json)
-    write_report(src, src.with_suffix(".md"), src.with_suffix(".png"))
-    print(src.with_suffix(".md").read_text())
+    srcs = [Path(x) for x in args.json]
+    if len(srcs) > 1 or args.out:
+        if not args.out:
+            raise ValueError("--out: needed to merge several JSONs (the merged JSON is written there)")
+        out = Path(args.out)
+        merged = merge_results([json.loads(src.read_text()) for src in srcs], [src.as_posix() for src in srcs])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(merged, indent=1))
+    else:
+        out = srcs[0]
+    write_report(out, out.with_suffix(".md"), out.with_suffix(".png"))
+    print(out.with_suffix(".md").read_text())
     return 0
 
 
@@ -116,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chunk_dla's precision= for the DLA rows (products of the backbone and readout kernels)")
     p.add_argument("--out", default="docs/bench/ops.json")
     p.set_defaults(fn=_bench_ops)
-    p = bench.add_parser("report", help="markdown table and PNG from a benchmark JSON")
-    p.add_argument("json")
+    p = bench.add_parser("report", help="markdown tables and PNG plots from `dla bench ops` JSONs (several: merged)")
+    p.add_argument("json", nargs="+", help="one JSON, or several pieces of a sweep (a later file's rows replace an "
+                   "earlier file's rows of the same shape, length and op)")
+    p.add_argument("--out", default=None, help="the merged JSON (needed for several); .md and .png beside it")
     p.set_defaults(fn=_bench_report)
     from dla.bench.decode import add_decode_bench_parser
     from dla.bench.generate import add_generate_bench_parser
@@ -137,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])  # recorded by the benchmarks
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0

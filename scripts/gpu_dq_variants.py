@@ -8,7 +8,7 @@ Usage (CUDA machine, repo root):
 A variant is keyword arguments of :func:`dla.ops.dla.readout_bwd.boundary_terms_bwd` as JSON, e.g.
 ``warps4='{"num_warps": 4}'`` (commit 141c9dc also had ``split_dq`` and ``maxnreg``); ``default={}`` is always
 first. For each: the median of ``--reps`` timed calls (CUDA events, after one more warm-up;
-``dla.bench.decode._time``), the CUDA time of each kernel in one profiled call, the peak memory above the inputs,
+``dla.bench.timing.median_ms``), the CUDA time of each kernel in one profiled call, the peak memory above the inputs,
 and the relative error (``|a - b| / |b|``, norms) of each gradient against the default's. The JSON holds the GPU,
 the versions, the shape and the date.
 """
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from dla.bench.decode import _time
+from dla.bench.timing import median_ms
 from dla.bench.ops import _inputs
 from dla.ops import chunk_dla
 from dla.ops.dla import readout_bwd
@@ -86,7 +86,7 @@ def main(argv=None):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            ms = _time(call, torch.device("cuda"), reps=args.reps)
+            ms = median_ms(call, "cuda", reps=args.reps)
             peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 call()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dla.bench.ops import SHAPES, _inputs, _meta, _time
+from dla.bench.ops import _inputs, _meta, _time
 from dla.ops import chunk_dla
 from dla.ops.dla.chunk_torch import _backbone, _block_segsum, _readout, boundary_candidates
 from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton

@@ -22,10 +22,12 @@ import argparse
 import datetime
 import json
 import platform
-import time
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
+
+from dla.bench.timing import median_ms
 
 OPS = ("dla_mamba2", "dla_gdn", "fenwick", "single", "fla_fused_recurrent_gdn", "sdpa_kv_cache")
 CONTEXTS = (1024, 4096, 16384, 65536, 131072)
@@ -117,27 +119,6 @@ def _sdpa_case(T: int, B: int, H: int, D: int, device, dtype):
     return step, 2 * cache_k.numel() * cache_k.element_size()
 
 
-def _time(fn: Callable[[], object], device, reps: int = 20) -> float:
-    """Median ms of ``fn`` after a warm-up (CUDA events on a GPU, the wall clock on CPU)."""
-    import torch
-
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
 def _graph_time(fn: Callable[[], object], reps: int = 20) -> float:
     """Median ms of one replay of ``fn`` captured in a CUDA graph."""
     import torch
@@ -150,15 +131,19 @@ def _graph_time(fn: Callable[[], object], reps: int = 20) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return _time(graph.replay, torch.device("cuda"), reps)
+    return median_ms(graph.replay, "cuda", reps=reps)
 
 
 def run_decode_bench(contexts: Sequence[int] = CONTEXTS, batches: Sequence[int] = BATCHES,
                      ops: Sequence[str] = OPS, capacity: int = 30, device: str = "cuda", tiny: bool = False,
-                     cuda_graph: bool = True, out: Optional[Path] = None, progress: bool = True) -> dict:
-    """Time one decode token of every op at every (context, batch); rows that run out of memory say so."""
+                     cuda_graph: bool = True, out: Optional[Path] = None, progress: bool = True,
+                     command: str = "") -> dict:
+    """Time one decode token of every op at every (context, batch); rows that run out of memory say so.
+    ``command``: the command line that ran it, recorded in the JSON's ``meta``."""
     import torch
     from tqdm import tqdm
+
+    from dla.bench.ops import versions
 
     unknown = [op for op in ops if op not in OPS]
     if unknown:
@@ -171,9 +156,11 @@ def run_decode_bench(contexts: Sequence[int] = CONTEXTS, batches: Sequence[int] 
     H, K, V = (2, 8, 8) if tiny else (16, 128, 128)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, **versions(), "python": platform.python_version(),
             "date": datetime.date.today().isoformat(), "heads": H, "K": K, "V": V, "capacity": capacity,
             "dtype": str(dtype).replace("torch.", "") + " inputs, float32 caches (SDPA: bf16 KV cache)"}
+    if command:
+        meta["command"] = command
     rows: List[Row] = []
     cases = [(op, T, B) for op in ops for B in batches for T in contexts]
     for op, T, B in tqdm(cases, desc="bench decode", disable=not progress):
@@ -188,7 +175,7 @@ def run_decode_bench(contexts: Sequence[int] = CONTEXTS, batches: Sequence[int] 
             else:
                 fn, nbytes = _step_case(op, T, B, H, K, V, capacity, dev, dtype)
             row.cache_mib = nbytes / 2 ** 20
-            row.eager_ms = _time(fn, dev)
+            row.eager_ms = median_ms(fn, dev, reps=20)
             if cuda_graph and dev.type == "cuda":
                 row.graph_ms = _graph_time(fn)
         except _Skip as e:
@@ -275,7 +262,8 @@ def add_decode_bench_parser(bench_subparsers) -> argparse.ArgumentParser:
 def _cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = run_decode_bench(args.contexts, args.batches, args.ops, capacity=args.capacity, device=args.device,
-                              tiny=args.tiny, cuda_graph=args.cuda_graph, out=out)
+                              tiny=args.tiny, cuda_graph=args.cuda_graph, out=out,
+                              command=shlex.join(["dla", *getattr(args, "argv", [])]))
     table = decode_markdown(result)
     out.with_suffix(".md").write_text(table + "\n")
     decode_plot(result, out.with_suffix(".png"))

@@ -12,12 +12,13 @@ import fnmatch
 import json
 import math
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
+
+from dla.bench.timing import median_ms
 
 SHAPES = {
     # name: (heads H, q/k groups G, key dim K, value dim V)
@@ -40,24 +41,9 @@ class Row:
 
 
 def _time(fn: Callable[[], None], budget_s: float, reps: int = 10) -> float:
-    """Median milliseconds of ``fn`` (CUDA events), after one warm-up; fewer repetitions for slow ops."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    once = time.perf_counter() - start
-    n = max(1, min(reps, int(budget_s / max(once, 1e-6))))
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
+    """Median milliseconds of ``fn`` on the GPU, fewer repetitions for slow ops (:func:`dla.bench.timing.median_ms`
+    with a time budget)."""
+    return median_ms(fn, "cuda", reps=reps, budget_s=budget_s)
 
 
 def _inputs(shape: str, B: int, T: int, R: int, gdn: bool, seed: int = 0):
@@ -109,11 +95,12 @@ def _dla_stats(seg, T: int, chunk: int = 64) -> Dict[str, float]:
 def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List[str] = ("h16", "ll_mamba2"),
                   capacities: List[int] = (8, 16, 30), taus: List[float] = (0.6, 0.0), budget_s: float = 3.0,
                   max_call_s: float = 20.0, out: Optional[Path] = None, progress: bool = True,
-                  only: Optional[List[str]] = None, precision: Optional[str] = None) -> dict:
+                  only: Optional[List[str]] = None, precision: Optional[str] = None, command: str = "") -> dict:
     """Time every op at every length; skip an op at longer lengths once one call takes ``max_call_s``.
 
     ``only``: shell patterns (:mod:`fnmatch`) of op names to time (``None``: all); a pattern matching no op is an
     error naming it. ``precision``: ``chunk_dla``'s ``precision=`` for our rows (``None``: its auto rule).
+    ``command``: the command line that ran it, recorded in the JSON's ``meta``.
     """
     ops = select_ops(op_table(capacities, taus), only)
     if not torch.cuda.is_available():
@@ -126,6 +113,8 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
     too_slow = set()
     meta = _meta(tokens_per_call)
     meta["dla_precision"] = precision if precision not in (None, "auto") else "auto (bf16: bfloat16 inputs)"
+    if command:
+        meta["command"] = command
     cases = [(s, T, name) for s in shapes for T in lengths for name in ops]
     for shape, T, name in tqdm(cases, disable=not progress, desc="bench ops"):
         if (shape, name) in too_slow:
@@ -188,19 +177,21 @@ def select_ops(ops: Dict[str, object], only: Optional[List[str]]) -> Dict[str, o
     return {name: spec for name, spec in ops.items() if any(fnmatch.fnmatchcase(name, p) for p in only)}
 
 
-def _meta(tokens_per_call: int) -> dict:
-    import triton
+def versions() -> Dict[str, str]:
+    """Triton's and fla's versions (``not installed`` where missing): every benchmark JSON records them."""
+    out = {}
+    for name in ("triton", "fla"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "not installed"
+    return out
 
-    meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
+
+def _meta(tokens_per_call: int) -> dict:
+    return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, **versions(),
             "python": platform.python_version(), "date": datetime.date.today().isoformat(),
             "dtype": "bfloat16 inputs, float32 log-decays", "tokens_per_call": tokens_per_call}
-    try:
-        import fla
-
-        meta["fla"] = fla.__version__
-    except ImportError:
-        meta["fla"] = "not installed"
-    return meta
 
 
 def _peer_ops() -> Dict[str, Callable]:

@@ -11,12 +11,59 @@ def _fmt(x: Optional[float], digits: int = 1) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+_SAME_ENV = ("gpu", "torch", "triton", "fla", "dtype", "tokens_per_call", "dla_precision")
+"""What every run merged into one table must share."""
+BASELINE = "fla_chunk_log_linear_attn"
+"""The op the ratio table divides by (the multi-state peer issue #4's targets are set against)."""
+
+
+def merge_results(results: Sequence[dict], names: Sequence[str]) -> dict:
+    """Several ``dla bench ops`` results (a sweep run in pieces) as one: a later run's row replaces an earlier run's
+    row of the same (shape, T, op); each row records its run (``run``, an index into ``meta["runs"]``, which
+    names each file, its date and command). Runs on another GPU or other versions are refused, naming the key."""
+    if not results or len(results) != len(names):
+        raise ValueError(f"results: expected one or more, with a name each; got {len(results)} and {len(names)}")
+    first = results[0]["meta"]
+    for name, res in zip(names[1:], results[1:]):
+        for key in _SAME_ENV:
+            if res["meta"].get(key) != first.get(key):
+                raise ValueError(f"{name}: its {key} {res['meta'].get(key)!r} differs from {names[0]}'s "
+                                 f"{first.get(key)!r}; only runs on the same GPU and versions merge into one table")
+    rows: Dict[tuple, dict] = {}
+    for i, res in enumerate(results):
+        for row in res["rows"]:
+            key = (row["shape"], row["T"], row["op"])
+            rows.pop(key, None)  # re-inserted: the newest measurement, in its run's order
+            rows[key] = {**row, "run": i}
+    shapes = list(dict.fromkeys(k[0] for k in rows))
+    order = sorted(rows, key=lambda k: (shapes.index(k[0]), k[1]))  # stable: each length keeps its ops' order
+    meta = {key: first.get(key) for key in _SAME_ENV}
+    meta["python"] = first.get("python")
+    meta["date"] = " .. ".join(sorted({r["meta"]["date"] for r in results}))
+    meta["runs"] = [{"file": str(name), "date": res["meta"]["date"], "command": res["meta"].get("command", "")}
+                    for name, res in zip(names, results)]
+    return {"meta": meta, "rows": [rows[k] for k in order]}
+
+
+def _runs_line(sub: List[dict], lengths: List[int]) -> str:
+    """Which run measured each length's rows (merged results only)."""
+    parts = []
+    for T in lengths:
+        runs = sorted({r["run"] + 1 for r in sub if r["T"] == T})
+        parts.append(f"T={T // 1024}K: run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}")
+    return "Rows by run (`meta.runs`): " + "; ".join(parts)
+
+
 def ops_markdown(result: dict) -> str:
-    """One table per shape: rows = ops, columns = lengths, cells = fwd+bwd ms (fwd ms)."""
+    """One table per shape: rows = ops, columns = lengths, cells = fwd+bwd ms (fwd ms); then each op's fwd+bwd time
+    over :data:`BASELINE`'s at the same length, and the segmentation statistics of the DLA rows."""
     meta, rows = result["meta"], result["rows"]
     lines = [f"GPU: {meta['gpu']} · torch {meta['torch']} · Triton {meta['triton']} · fla {meta.get('fla')} · "
              f"{meta['dtype']} · DLA products {meta.get('dla_precision', 'auto')} · "
              f"{meta['tokens_per_call']:,} tokens per call · {meta['date']}", ""]
+    if meta.get("runs"):
+        lines += [f"Merged from {len(meta['runs'])} runs: " + "; ".join(
+            f"{i + 1}. `{run['file']}` ({run['date']})" for i, run in enumerate(meta["runs"])), ""]
     for shape in sorted({r["shape"] for r in rows}):
         sub = [r for r in rows if r["shape"] == shape]
         lengths = sorted({r["T"] for r in sub})
@@ -33,6 +80,22 @@ def ops_markdown(result: dict) -> str:
                 else:
                     cells.append(f"{_fmt(r['fwdbwd_ms'])} ({_fmt(r['fwd_ms'])})")
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
+        if "run" in sub[0]:
+            lines += ["", _runs_line(sub, lengths)]
+        base = {r["T"]: r["fwdbwd_ms"] for r in sub if r["op"] == BASELINE and r["fwdbwd_ms"]}
+        if base:
+            lines += ["", f"fwd+bwd time over `{BASELINE}`'s at the same length (below 1: faster)", "",
+                      "| op | " + " | ".join(f"T={T // 1024}K" for T in lengths) + " |",
+                      "|---|" + "---|" * len(lengths)]
+            for op in ops:
+                if op == BASELINE:
+                    continue
+                cells = []
+                for T in lengths:
+                    r = next((x for x in sub if x["op"] == op and x["T"] == T), None)
+                    ok = r is not None and r["fwdbwd_ms"] is not None and T in base
+                    cells.append(f"{r['fwdbwd_ms'] / base[T]:.2f}" if ok else "—")
+                lines.append(f"| {op} | " + " | ".join(cells) + " |")
         stats = [r for r in sub if r["stats"]]
         if stats:
             lines += ["", f"DLA segmentation on the benchmark's inputs ({shape}): per head, slots opened / merges / "
@@ -105,8 +168,22 @@ def ops_plot(result: dict, path: Path, shape: str = "h16", ops: Optional[List[st
                        f"{result['meta']['gpu']}, {shape}", dashed=peers)
 
 
-def write_report(json_path: Path, md_path: Path, png_path: Path) -> None:
+def plot_paths(result: dict, png_path: Path) -> Dict[str, Path]:
+    """Where :func:`write_report` puts each shape's plot: ``png_path`` for a single shape, else
+    ``<stem>_<shape>.png`` beside it."""
+    shapes = list(dict.fromkeys(r["shape"] for r in result["rows"]))
+    if len(shapes) == 1:
+        return {shapes[0]: Path(png_path)}
+    return {s: Path(png_path).with_name(f"{Path(png_path).stem}_{s}.png") for s in shapes}
+
+
+def write_report(json_path: Path, md_path: Path, png_path: Path) -> Dict[str, Path]:
+    """The markdown tables of a ``dla bench ops`` JSON at ``md_path`` and one plot per shape
+    (:func:`plot_paths`); returns the plots by shape."""
     result = json.loads(Path(json_path).read_text())
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(ops_markdown(result))
-    ops_plot(result, png_path)
+    paths = plot_paths(result, png_path)
+    for shape, path in paths.items():
+        ops_plot(result, path, shape=shape)
+    return paths

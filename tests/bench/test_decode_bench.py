@@ -23,7 +23,10 @@ def test_runs_on_cpu_and_writes_table(tmp_path):
     out = tmp_path / "decode.json"
     assert main(["bench", "decode", "--device", "cpu", "--tiny", "--contexts", "64", "4096", "--batches", "1", "3",
                  "--capacity", "8", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    assert result["meta"]["command"].startswith("dla bench decode --device cpu --tiny --contexts 64 4096")
+    assert {"triton", "fla"} <= set(result["meta"])
+    rows = result["rows"]
     by = {(r["op"], r["context"], r["batch"]): r for r in rows}
     for op in ("dla_mamba2", "dla_gdn", "fenwick", "single", "sdpa_kv_cache"):
         for T in (64, 4096):
