@@ -18,10 +18,16 @@ parallel, before the sequential part.
    start. Every arithmetic step is the one the single-kernel scan took, so scores are bit for bit the same as
    before the split (H200, ``ll_mamba2``, T = 16384: all 3.1M decisions equal, 57.5 -> 31.0 ms).
 
+A slot that started in the previous chunk needs no state (:data:`LAZY_OPEN`): its ``y`` against the chunk is a
+cross-chunk Gram suffix sum the first kernel also tabulates, so ``O`` is built only for slots that outlive a chunk
+(over two chunks at once when the slot started two chunks back). Where most tokens open slots that is most chunks
+(H200, ``scripts/gpu_scan_phases.py --lazy 1 0``, every decision the same: ``h16``, T = 65536, 16 sequences, the
+scan 98.3 -> 69.1 ms, moving ``O`` 38.5 -> 4.1 ms per program; ``ll_mamba2``, T = 16384, 23.6 -> 22.7 ms).
+
 Where things live:
-- ``O`` lives in a global scratch buffer ``[N, K, V]`` (read and written once per chunk in ``[32, 32]`` tiles: 36 KB
-  of shared memory, 0.4 KB of spills at 4 warps where ``[64, 32]`` spilled 1.8 KB; two programs per SM); the
-  chunk's scores in a per-program scratch ``[N, (BT + 2) * BT]``.
+- ``O`` lives in a global scratch buffer ``[N, K, V]`` (read and written once in each chunk that needs it, in
+  ``[32, 32]`` tiles: 36 KB of shared memory, 0.4 KB of spills at 4 warps where ``[64, 32]`` spilled 1.8 KB; two
+  programs per SM); the chunk's scores in a per-program scratch ``[N, (BT + 2) * BT]``.
 - The slot bookkeeping (start, count, information sum) is three register vectors of length ``MB`` in
   chronological order: an append writes entry ``m``, an absorb updates entry ``m - 1`` (no data movement), a
   merge of the pair ``(i, i+1)`` moves the entries above ``i`` down by one (``tl.gather``); the per-token record
@@ -32,7 +38,8 @@ Where things live:
 
 Limits: ``K <= 256`` (one key block in the Gram kernel), any ``V`` (tiled), any ``chunk_size >= 1`` (padded to a
 power of two ``>= 16``), any capacity (``MB`` = the next power of two). The table costs ``(BT + 3) BT`` floats per
-chunk and sequence (843 MB at 65,536 tokens x 48 heads); the scan holds at most :data:`SCAN_TABLE_BYTES` of it,
+chunk and sequence, ``(2 BT + 3) BT`` with :data:`LAZY_OPEN` (843 MB and 1.65 GB at 65,536 tokens x 48 heads,
+``chunk_size`` 64); the scan holds at most :data:`SCAN_TABLE_BYTES` of it,
 running the three kernels over windows of chunks (the slots, ``O`` and ``x`` carry from one window to the next).
 float32 on GPU; float64 runs under the interpreter. Scores are computed and compared with ``tau`` in the input
 dtype, with IEEE-rounded division and square root and libdevice's ``exp`` on GPU, so near-threshold decisions
@@ -56,18 +63,29 @@ from dla.ops.dla.scan import ScanResult, _Slots
 
 _UNUSED = tl.constexpr(UNUSED_START)
 SCAN_TABLE_BYTES = 1 << 29
-"""Most bytes of chunk score tables the scan holds at once (windows of chunks; 843 MB would be one window at
+"""Most bytes of chunk score tables the scan holds at once (windows of chunks; 1.65 GB would be one window at
 65,536 tokens x 48 heads, ``chunk_size`` 64): long prefills stay within it."""
 GROUPED_KEYS = True
 """Whether ``chunk_dla`` hands the Triton scan the caller's keys once per group of heads (``heads_per_group``),
 when there are fewer groups than heads, rather than the per-head copies (a tuning knob; the results are the same,
 bitwise)."""
+LAZY_OPEN = True
+"""Whether the sequential kernel leaves the open slot's state unmaterialised while the slot started in the previous
+chunk: its ``y`` against the chunk comes from a cross-chunk Gram table the parallel kernel fills (rows ``BT + 3 ..
+2 BT + 2`` of each chunk's table), and the state is built only for a slot that outlives a chunk (a tuning knob;
+decisions agree with the reference either way, scores move by rounding)."""
 _POLICY_ID = {name: i for i, name in enumerate(POLICIES)}  # single, fenwick, fixed, dla_unbounded, dla
 _SINGLE = tl.constexpr(_POLICY_ID["single"])
 _FENWICK = tl.constexpr(_POLICY_ID["fenwick"])
 _FIXED = tl.constexpr(_POLICY_ID["fixed"])
 _UNBOUNDED = tl.constexpr(_POLICY_ID["dla_unbounded"])
 _DLA = tl.constexpr(_POLICY_ID["dla"])
+
+
+def table_rows(BT: int, lazy: bool) -> int:
+    """Rows of ``BT`` floats in each chunk's table: the in-chunk Gram sums and scores (``BT``), ``x_carry``,
+    ``z``, the open slot's in-chunk ``y``, and with ``lazy`` the cross-chunk Gram sums (``BT`` more)."""
+    return 2 * BT + 3 if lazy else BT + 3
 
 
 @triton.jit
@@ -212,13 +230,17 @@ def _advance_open(k, u, g, O, i_n, i_kn, c, Tp, open_start, o_t, o_kt, o_v,
 def dla_scan_gram_kernel(
     k, u, g, tab, Tp, C0, WIN,
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, HG: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, HG: tl.constexpr, ROWS: tl.constexpr, LAZY: tl.constexpr,
 ):
-    """First half of each chunk's table (``tab [N, WIN, BT + 3, BT]`` for chunks ``C0 ..``; one program per
+    """First half of each chunk's table (``tab [N, WIN, ROWS, BT]`` for chunks ``C0 ..``; one program per
     (chunk, sequence)): rows ``t < BT`` receive ``y[t, j] = sum_{j <= s < t} A[t, s]``, the Gram suffix sums
     (``A[t, s] = exp(gl_t - gl_s) (k_t . k_s)(u_t . u_s)``: the open slot's ``y`` at token ``t`` when it started at
     chunk offset ``j``), row ``BT + 1`` receives ``z_t = ||s_t||^2``. :func:`dla_scan_scores_kernel` turns them into
-    scores."""
+    scores.
+
+    With ``LAZY``, row ``BT + 3 + j`` receives ``yx[t, j] = sum_{j <= s < CS} exp(gl_t + gl'[CS-1] - gl'[s])
+    (k_t . k'_s)(u_t . u'_s)`` over the previous chunk's tokens ``s`` (primed): the ``y`` of token ``t`` against an
+    open slot that started at offset ``j`` of the previous chunk, decay included (zeros for chunk 0)."""
     i_w = tl.program_id(0).to(tl.int64)  # chunk C0 + i_w, row i_w of the table's window of WIN chunks
     i_n = tl.program_id(1).to(tl.int64)
     o_t = tl.arange(0, BT)
@@ -226,6 +248,7 @@ def dla_scan_gram_kernel(
     o_v = tl.arange(0, BV)
     c = (C0 + i_w) * CS
     m_t = (o_t < CS) & (c + o_t < Tp)
+    m_p = (o_t < CS) & (c > 0)  # the previous chunk's tokens (LAZY): all real where it exists
     b_k = tl.load(k + ((i_n // HG) * Tp + c + o_t[:, None]) * K + o_k[None, :],
                   mask=m_t[:, None] & (o_k < K)[None, :], other=0)  # one row of k per group of HG sequences
     b_g = tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0)
@@ -234,21 +257,35 @@ def dla_scan_gram_kernel(
     b_Ak = tl.dot(b_k, tl.trans(b_k), input_precision=DOT)  # [BT, BT]
     b_uu = tl.zeros([BT], dtype=b_g.dtype)
     b_Au = tl.zeros([BT, BT], dtype=b_g.dtype)
+    b_Aux = tl.zeros([BT, BT], dtype=b_g.dtype)
     for i_v in range(tl.cdiv(V, BV)):
         b_u = _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV)
         b_uu += tl.sum(b_u * b_u, 1)
         b_Au += tl.dot(b_u, tl.trans(b_u), input_precision=DOT)
+        if LAZY:
+            b_Aux += tl.dot(b_u, tl.trans(_u_tile(u, i_n, c - CS, Tp, i_v, o_t, o_v, m_p, V, BV)),
+                            input_precision=DOT)
     b_d = tl.where((o_t[:, None] > o_t[None, :]) & m_t[:, None], b_gl[:, None] - b_gl[None, :], float("-inf"))
     b_A = (libdevice.exp(b_d) if USE_LIBDEVICE else tl.exp(b_d)) * b_Ak * b_Au  # [BT, BT] Gram, s < t
-    p_tab = tab + (i_n * WIN + i_w) * (BT + 3) * BT
+    p_tab = tab + (i_n * WIN + i_w) * ROWS * BT
     tl.store(p_tab + o_t[:, None] * BT + o_t[None, :], tl.cumsum(b_A, 1, reverse=True))
     tl.store(p_tab + (BT + 1) * BT + o_t, b_kk * b_uu)
+    if LAZY:
+        b_kp = tl.load(k + ((i_n // HG) * Tp + c - CS + o_t[:, None]) * K + o_k[None, :],
+                       mask=m_p[:, None] & (o_k < K)[None, :], other=0)
+        b_gp = tl.cumsum(tl.load(g + i_n * Tp + c - CS + o_t, mask=m_p, other=0), 0)
+        gp_last = tl.sum(tl.where(o_t == CS - 1, b_gp, 0.0), 0)
+        b_dx = tl.where(m_t[:, None] & m_p[None, :], b_gl[:, None] + (gp_last - b_gp)[None, :], float("-inf"))
+        b_X = (libdevice.exp(b_dx) if USE_LIBDEVICE else tl.exp(b_dx)) * \
+            tl.dot(b_k, tl.trans(b_kp), input_precision=DOT) * b_Aux  # [t, s]
+        # stored [j, t]: the sequential kernel reads one start's column as a contiguous row
+        tl.store(p_tab + (BT + 3 + o_t[None, :]) * BT + o_t[:, None], tl.cumsum(b_X, 1, reverse=True))
 
 
 @triton.jit(do_not_specialize=["Tp", "C0", "WIN"])
 def dla_scan_scores_kernel(
     g, tab, consts, Tp, C0, WIN, CS: tl.constexpr, BT: tl.constexpr,
-    USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+    USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr, USE_LIBDEVICE: tl.constexpr, ROWS: tl.constexpr,
 ):
     """Second half of each chunk's table, after :func:`dla_scan_gram_kernel`; one program (one warp) per (chunk,
     sequence), vectors over the start ``j``:
@@ -269,7 +306,7 @@ def dla_scan_scores_kernel(
     n_el, eps, c_n = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
     sqrt_n_c = tl.load(consts + 3)
     c = (C0 + i_w) * CS
-    p_tab = tab + (i_n * WIN + i_w) * (BT + 3) * BT
+    p_tab = tab + (i_n * WIN + i_w) * ROWS * BT
     b_x = tl.zeros([BT], dtype=tab.dtype.element_ty)
     for t in range(BT):
         b_y = tl.load(p_tab + t * BT + o_t)  # y[t, j]
@@ -291,6 +328,7 @@ def dla_scan_kernel(
     K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
     MB: tl.constexpr, NBITS: tl.constexpr, POLICY: tl.constexpr, USE_DRIFT: tl.constexpr, USE_RN: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr, DOT: tl.constexpr, TIMING: tl.constexpr, HG: tl.constexpr,
+    ROWS: tl.constexpr, LAZY: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     i_kn = i_n // HG  # the row of k: one per group of HG sequences
@@ -323,26 +361,38 @@ def dla_scan_kernel(
         c = i_c * CS
         if TIMING:
             t0 = globaltimer()
+        # LAZY: a slot that started in the previous chunk needs no state (its y comes from the cross-chunk table);
+        # one that started two chunks back gets its state built over both chunks; older ones move it as always
+        lazy = LAZY & (i_c > 0) & (open_start >= c - CS)  # open_start < 0: an initial state's slot, or none
         if i_c > 0:
-            # the open slot's state moves over the previous chunk here, where no scalar loop state is live
-            _advance_open(k, u, g, O, i_n, i_kn, c - CS, Tp, open_start, o_t, o_kt, o_v, K, V, CS, BKT, BV,
-                          USE_LIBDEVICE, DOT)
-            tl.debug_barrier()  # O is read below by other threads
+            if LAZY:
+                if (open_start >= 0) & (open_start >= c - 2 * CS) & (open_start < c - CS):
+                    _advance_open(k, u, g, O, i_n, i_kn, c - 2 * CS, Tp, open_start, o_t, o_kt, o_v, K, V, CS,
+                                  BKT, BV, USE_LIBDEVICE, DOT)
+                    tl.debug_barrier()
+            if not lazy:
+                # the open slot's state moves over the previous chunk here, where no scalar loop state is live
+                _advance_open(k, u, g, O, i_n, i_kn, c - CS, Tp, open_start, o_t, o_kt, o_v, K, V, CS, BKT, BV,
+                              USE_LIBDEVICE, DOT)
+                tl.debug_barrier()  # O is read below by other threads
         if TIMING:
             t1 = globaltimer()
             ns_open += t1 - t0
         # the slot open at the chunk start started before it: its y against O, then its x recursion and scores
         m_t = (o_t < CS) & (c + o_t < Tp)
-        p_tab = tab + (i_n * WIN + i_c - C0) * (BT + 3) * BT
+        p_tab = tab + (i_n * WIN + i_c - C0) * ROWS * BT
         b_gl = tl.cumsum(tl.load(g + i_n * Tp + c + o_t, mask=m_t, other=0), 0)
-        b_yo = tl.zeros([BT], dtype=b_gl.dtype)
-        for i_v in range(tl.cdiv(V, BV)):
-            b_kO = tl.zeros([BT, BV], dtype=b_gl.dtype)
-            for i_k in range(tl.cdiv(K, BKT)):
-                b_k, b_O, _, _ = _tiles(k, O, i_n, i_kn, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
-                b_kO += tl.dot(b_k, b_O, input_precision=DOT)
-            b_yo += tl.sum(b_kO * _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV), 1)
-        b_yo = (libdevice.exp(b_gl) if USE_LIBDEVICE else tl.exp(b_gl)) * b_yo  # [BT] <decayed O, s_t>
+        if lazy:  # the cross-chunk table's row for the slot's start in the previous chunk (decay included)
+            b_yo = tl.load(p_tab + (BT + 3 + tl.maximum(open_start - (c - CS), 0)) * BT + o_t)
+        else:
+            b_yo = tl.zeros([BT], dtype=b_gl.dtype)
+            for i_v in range(tl.cdiv(V, BV)):
+                b_kO = tl.zeros([BT, BV], dtype=b_gl.dtype)
+                for i_k in range(tl.cdiv(K, BKT)):
+                    b_k, b_O, _, _ = _tiles(k, O, i_n, i_kn, c, Tp, i_k, i_v, o_t, o_kt, o_v, m_t, K, V, BKT, BV)
+                    b_kO += tl.dot(b_k, b_O, input_precision=DOT)
+                b_yo += tl.sum(b_kO * _u_tile(u, i_n, c, Tp, i_v, o_t, o_v, m_t, V, BV), 1)
+            b_yo = (libdevice.exp(b_gl) if USE_LIBDEVICE else tl.exp(b_gl)) * b_yo  # [BT] <decayed O, s_t>
         b_y = b_yo + tl.load(p_tab + (BT + 2) * BT + o_t)  # plus the chunk's own tokens s < t
         b_z = tl.load(p_tab + (BT + 1) * BT + o_t)
         tl.store(p_W + (BT + 1) * BT + o_t, b_y)
@@ -572,18 +622,19 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
         if b < 16 or b & (b - 1):
             raise ValueError(f"{name}: expected a power of two >= 16, got {b}")
     # each chunk's scores for every start inside it, in parallel: windows of WIN chunks bound the table
-    per_chunk = N * (BT + 3) * BT * u.element_size()
+    ROWS = table_rows(BT, LAZY_OPEN)
+    per_chunk = N * ROWS * BT * u.element_size()
     WIN = max(1, min(NT, SCAN_TABLE_BYTES // per_chunk))
-    tab = torch.empty(N, WIN, BT + 3, BT, dtype=dt, device=dev)
+    tab = torch.empty(N, WIN, ROWS, BT, dtype=dt, device=dev)
     m_in, x_in = slots.m.contiguous(), x0.contiguous()
     for c0 in range(0, NT, WIN):
         c1 = min(NT, c0 + WIN)
         dla_scan_gram_kernel[(c1 - c0, N)](k, u, g, tab, Tp, c0, WIN, K=K, V=V, CS=chunk_size, BT=BT, BK=BK,
                                            BV=BV, USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, HG=heads_per_group,
-                                           num_warps=4)
+                                           ROWS=ROWS, LAZY=LAZY_OPEN, num_warps=4)
         dla_scan_scores_kernel[(c1 - c0, N)](g, tab, consts, Tp, c0, WIN, CS=chunk_size, BT=BT,
                                              USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
-                                             USE_LIBDEVICE=USE_LIBDEVICE, num_warps=1)
+                                             USE_LIBDEVICE=USE_LIBDEVICE, ROWS=ROWS, num_warps=1)
         # the slots, the open slot's state O and x continue from the previous window (in place)
         dla_scan_kernel[(N,)](
             k, u, g, O, W, tab, consts, seen.contiguous(), lengths, m_in, x_in,
@@ -594,7 +645,7 @@ def dla_scan_triton(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *
             K=K, V=V, CS=chunk_size, BT=BT, BKT=BKT, BV=BVT,
             MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy], USE_DRIFT=score == "drift", USE_RN=dt == torch.float32,
             USE_LIBDEVICE=USE_LIBDEVICE, DOT=DOT, TIMING=timing is not None, HG=heads_per_group,
-            num_warps=num_warps,
+            ROWS=ROWS, LAZY=LAZY_OPEN, num_warps=num_warps,
         )
         m_in, x_in = out.m, out.open_norm
     out.boundary = out.boundary.bool()

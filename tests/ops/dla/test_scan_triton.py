@@ -192,7 +192,7 @@ def test_score_table_windows(policy, window, record, monkeypatch):
     import dla.ops.dla.scan_triton as scan_triton
 
     (k, u, g, T), args = _case(policy, T=75, H=3, init=True, tau=0.4)
-    per_chunk = k.shape[0] * (16 + 3) * 16 * u.element_size()
+    per_chunk = k.shape[0] * scan_triton.table_rows(16, scan_triton.LAZY_OPEN) * 16 * u.element_size()
     monkeypatch.setattr(scan_triton, "SCAN_TABLE_BYTES", window * per_chunk)
     lengths = torch.tensor([75, 40, 3], device=k.device)
     live = (torch.arange(k.shape[1], device=k.device)[None] < lengths[:, None])
@@ -225,3 +225,26 @@ def test_grouped_keys(policy, record):
         assert torch.equal(getattr(grouped, field), getattr(per_head, field)), field
     with pytest.raises(ValueError, match="heads_per_group"):
         dla_scan_triton(kg, u, g, T, heads_per_group=4, **args)
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "moved"])
+@pytest.mark.parametrize("block_size, init, dtype", [(40, False, torch.float64), (40, True, torch.float64),
+                                                      (23, False, torch.float32), (5, True, torch.float64)])
+def test_open_slot_state_paths(lazy, block_size, init, dtype, record, monkeypatch):
+    """The open slot's ``y`` at a chunk start by each path: a slot that started in the previous chunk (the
+    cross-chunk table, ``LAZY_OPEN``), two chunks back (its state built over both), three or more (moved chunk by
+    chunk), one from an initial state (negative start), and with ``LAZY_OPEN`` off the moved state every time.
+    ``fixed`` slots of ``block_size`` tokens over 16-token chunks make each path happen; its scores are still
+    computed, so ``score`` checks every token's ``y``."""
+    import dla.ops.dla.scan_triton as scan_triton
+
+    monkeypatch.setattr(scan_triton, "LAZY_OPEN", lazy)
+    (k, u, g, T), args = _case("fixed", T=130, chunk_size=16, block_size=block_size, init=init, dtype=dtype,
+                               decay=0.05, capacity=3)
+    ref = _check((k, u, g, T), args, record, f"triton scan, open slot paths ({'lazy' if lazy else 'moved'}, "
+                 f"blocks of {block_size}{', initial state' if init else ''})")
+    starts = ref.pos[ref.pos >= 0]
+    assert bool(ref.merged.ge(0).any())  # capacity 3: merges happen too
+    if block_size == 40 and not init:  # slots [0, 40), [40, 80), ...: starts one and two chunks back at chunk starts
+        assert torch.equal(ref.boundary[0].nonzero().flatten().cpu(), torch.arange(0, T, 40))
+    assert starts.numel() > 0
