@@ -6,7 +6,8 @@ holding ``T`` tokens:
 - ``dla_mamba2`` / ``dla_gdn``: :func:`~dla.ops.dla_step` with a full cache of ``C`` slots;
 - ``fenwick``: the same step with Log-Linear's levels (``num_levels(T)`` slots: grows as ``log T``);
 - ``single``: the backbone's recurrent step (one slot);
-- ``fla_fused_recurrent_gdn``: fla's one-token Gated DeltaNet step, where fla is installed;
+- ``fla_fused_recurrent_gdn`` / ``fla_fused_recurrent_simple_gla``: fla's one-token Gated DeltaNet and simple GLA
+  (Mamba-2's form) steps, where fla is installed;
 - ``sdpa_kv_cache``: softmax attention of one query over a bf16 KV cache of ``T`` tokens (written in place).
 
 The caches are synthetic (random slot states; counts that add up to ``T`` as the policy would leave them: ``C``
@@ -29,7 +30,8 @@ from typing import Callable, List, Optional, Sequence
 
 from dla.bench.timing import median_ms
 
-OPS = ("dla_mamba2", "dla_gdn", "fenwick", "single", "fla_fused_recurrent_gdn", "sdpa_kv_cache")
+OPS = ("dla_mamba2", "dla_gdn", "fenwick", "single", "fla_fused_recurrent_gdn", "fla_fused_recurrent_simple_gla",
+       "sdpa_kv_cache")
 CONTEXTS = (1024, 4096, 16384, 65536, 131072)
 BATCHES = (1, 8, 64)
 
@@ -90,18 +92,25 @@ def _step_case(op: str, T: int, B: int, H: int, K: int, V: int, C: int, device, 
     return (lambda: dla_step(q, k, v, g, lam, beta, state=state, **kw)[0]), nbytes
 
 
-def _fla_case(T: int, B: int, H: int, K: int, V: int, device, dtype):
+def _fla_case(T: int, B: int, H: int, K: int, V: int, device, dtype, gdn: bool = True):
+    """fla's one-token recurrent step from a float32 state: Gated DeltaNet (``gdn``) or simple GLA."""
     import torch
-    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
     gen = torch.Generator(device=device).manual_seed(0)
     S = torch.randn(B, H, K, V, device=device, generator=gen) * 0.01
     q, k = (torch.randn(B, 1, H, K, device=device, generator=gen).to(dtype) for _ in range(2))
     v = torch.randn(B, 1, H, V, device=device, generator=gen).to(dtype)
     g = -torch.rand(B, 1, H, device=device, generator=gen) * 0.05
+    nbytes = S.numel() * S.element_size()
+    if not gdn:
+        from fla.ops.simple_gla import fused_recurrent_simple_gla
+
+        return (lambda: fused_recurrent_simple_gla(q, k, v, g, initial_state=S, output_final_state=True)[0]), nbytes
+    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+
     beta = torch.rand(B, 1, H, device=device, generator=gen).to(dtype)
     return (lambda: fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=S,
-                                                     output_final_state=True)[0]), S.numel() * S.element_size()
+                                                     output_final_state=True)[0]), nbytes
 
 
 def _sdpa_case(T: int, B: int, H: int, D: int, device, dtype):
@@ -168,10 +177,10 @@ def run_decode_bench(contexts: Sequence[int] = CONTEXTS, batches: Sequence[int] 
         try:
             if op == "sdpa_kv_cache":
                 fn, nbytes = _sdpa_case(T, B, H, V, dev, dtype)
-            elif op == "fla_fused_recurrent_gdn":
+            elif op.startswith("fla_"):
                 if dev.type != "cuda":
                     raise _Skip("needs CUDA")
-                fn, nbytes = _fla_case(T, B, H, K, V, dev, dtype)
+                fn, nbytes = _fla_case(T, B, H, K, V, dev, dtype, gdn=op == "fla_fused_recurrent_gdn")
             else:
                 fn, nbytes = _step_case(op, T, B, H, K, V, capacity, dev, dtype)
             row.cache_mib = nbytes / 2 ** 20

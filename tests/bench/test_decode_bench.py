@@ -33,6 +33,7 @@ def test_runs_on_cpu_and_writes_table(tmp_path):
             for B in (1, 3):
                 assert by[op, T, B]["eager_ms"] > 0, (op, T, B)
     assert by["fla_fused_recurrent_gdn", 64, 1]["note"] == "needs CUDA"
+    assert by["fla_fused_recurrent_simple_gla", 4096, 3]["note"] == "needs CUDA"
     # cache sizes: DLA constant in the context, Fenwick grows as log T, the KV cache linearly
     mib = lambda op, T: by[op, T, 3]["cache_mib"]  # noqa: E731
     assert mib("dla_gdn", 64) == mib("dla_gdn", 4096)
