@@ -168,9 +168,23 @@ def ops_plot(result: dict, path: Path, shape: str = "h16", ops: Optional[List[st
                        f"{result['meta']['gpu']}, {shape}", dashed=peers)
 
 
+def headline_ops(result: dict, shape: str) -> List[str]:
+    """The ops of the short plot: DLA at ``tau = 0.6`` and the largest capacity measured, per backbone, then the
+    peers (fla's log-linear, SDPA, fla's GDN and simple GLA), those measured at ``shape``."""
+    names = list(dict.fromkeys(r["op"] for r in result["rows"] if r["shape"] == shape))
+    ours = []
+    for backbone in ("mamba2", "gdn"):
+        caps = [int(n.split("_C")[1].split("_")[0]) for n in names
+                if n.startswith(f"dla_{backbone}_C") and n.endswith("_tau0.6")]
+        if caps:
+            ours.append(f"dla_{backbone}_C{max(caps)}_tau0.6")
+    peers = ["fla_chunk_log_linear_attn", "sdpa_flash", "fla_chunk_gated_delta_rule", "fla_chunk_simple_gla"]
+    return ours + [n for n in peers if n in names]
+
+
 def plot_paths(result: dict, png_path: Path) -> Dict[str, Path]:
     """Where :func:`write_report` puts each shape's plot: ``png_path`` for a single shape, else
-    ``<stem>_<shape>.png`` beside it."""
+    ``<stem>_<shape>.png`` beside it; the short plot of :func:`headline_ops` adds ``_headline`` to the stem."""
     shapes = list(dict.fromkeys(r["shape"] for r in result["rows"]))
     if len(shapes) == 1:
         return {shapes[0]: Path(png_path)}
@@ -178,12 +192,15 @@ def plot_paths(result: dict, png_path: Path) -> Dict[str, Path]:
 
 
 def write_report(json_path: Path, md_path: Path, png_path: Path) -> Dict[str, Path]:
-    """The markdown tables of a ``dla bench ops`` JSON at ``md_path`` and one plot per shape
-    (:func:`plot_paths`); returns the plots by shape."""
+    """The markdown tables of a ``dla bench ops`` JSON at ``md_path``, one plot of every op per shape
+    (:func:`plot_paths`) and a short one of :func:`headline_ops` beside it; returns the full plots by shape."""
     result = json.loads(Path(json_path).read_text())
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(ops_markdown(result))
     paths = plot_paths(result, png_path)
     for shape, path in paths.items():
         ops_plot(result, path, shape=shape)
+        short = headline_ops(result, shape)
+        if short:
+            ops_plot(result, path.with_name(f"{path.stem}_headline.png"), shape=shape, ops=short)
     return paths

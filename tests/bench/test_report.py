@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from dla.bench.report import BASELINE, merge_results, ops_markdown, plot_paths, write_report
+from dla.bench.report import BASELINE, headline_ops, merge_results, ops_markdown, plot_paths, write_report
 from dla.bench.timing import median_ms
 from dla.cli import main
 
@@ -99,3 +99,15 @@ def test_median_ms_counts_calls_and_respects_the_budget():
     assert len(calls) == 6  # warm-up, the measuring call, the four repetitions
     with pytest.raises(ValueError, match="reps"):
         median_ms(fn, "cpu", reps=0)
+
+
+def test_headline_plot_keeps_the_largest_capacity_and_the_peers(tmp_path):
+    rows = [_row(op, "h16", 2048, 10.0) for op in ("dla_mamba2_C8_tau0.6", "dla_mamba2_C30_tau0.6",
+                                                     "dla_mamba2_C30_tau0", "dla_gdn_C16_tau0.6", "fenwick_gdn (ours)",
+                                                     "sdpa_flash", BASELINE)]
+    result = {"meta": _meta(), "rows": rows}
+    assert headline_ops(result, "h16") == ["dla_mamba2_C30_tau0.6", "dla_gdn_C16_tau0.6", BASELINE, "sdpa_flash"]
+    assert headline_ops(result, "ll_mamba2") == []
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    write_report(tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png")
+    assert (tmp_path / "r_headline.png").read_bytes()[:4] == b"\x89PNG"
