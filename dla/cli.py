@@ -16,12 +16,9 @@ def _info(_: argparse.Namespace) -> int:
     import dla
 
     rows = {"dla": dla.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"}
-    for name in ("triton", "transformers", "fla"):
-        try:
-            rows[name] = getattr(__import__(name), "__version__", "installed")
-        except Exception:  # noqa: BLE001 - an optional dependency that fails to import is reported, not raised
-            rows[name] = "not installed"
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+            # an optional dependency that fails to import in any way is reported, not raised
+            **dla.package_versions(("triton", "transformers", "fla"), unknown="installed", catch=(Exception,))}
     width = max(map(len, rows))
     for key, value in rows.items():
         print(f"{key:<{width}}  {value}")

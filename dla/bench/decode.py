@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from dla import package_versions
 from dla.bench.timing import median_ms
 
 OPS = ("dla_mamba2", "dla_gdn", "fenwick", "single", "fla_fused_recurrent_gdn", "fla_fused_recurrent_simple_gla",
@@ -152,8 +153,6 @@ def run_decode_bench(contexts: Sequence[int] = CONTEXTS, batches: Sequence[int] 
     import torch
     from tqdm import tqdm
 
-    from dla.bench.ops import versions
-
     unknown = [op for op in ops if op not in OPS]
     if unknown:
         raise ValueError(f"ops: unknown {unknown}; allowed: {', '.join(OPS)}")
@@ -165,7 +164,7 @@ def run_decode_bench(contexts: Sequence[int] = CONTEXTS, batches: Sequence[int] 
     H, K, V = (2, 8, 8) if tiny else (16, 128, 128)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, **versions(), "python": platform.python_version(),
+            "torch": torch.__version__, **package_versions(("triton", "fla")), "python": platform.python_version(),
             "date": datetime.date.today().isoformat(), "heads": H, "K": K, "V": V, "capacity": capacity,
             "dtype": str(dtype).replace("torch.", "") + " inputs, float32 caches (SDPA: bf16 KV cache)"}
     if command:

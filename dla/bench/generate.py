@@ -330,13 +330,8 @@ def _meta(dev, dtype: str, batch_size: int, new_tokens: int, backbone: str, capa
             "dtype": dtype, "batch": batch_size, "new_tokens": new_tokens, "backbone": backbone,
             "capacity": capacity, "tau": tau, "size": "tiny" if tiny else "125m",
             "decoding": "greedy, manual loop over the model's cache (logits_to_keep=1)",
-            "peak_mib": "torch.cuda.max_memory_allocated over prefill + decode, weights included"}
-    try:
-        import triton
-
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = "not installed"
+            "peak_mib": "torch.cuda.max_memory_allocated over prefill + decode, weights included",
+            **dla.package_versions(("triton",))}
     return meta
 
 

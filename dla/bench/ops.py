@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from dla import package_versions
 from dla.bench.timing import median_ms
 
 SHAPES = {
@@ -177,19 +178,8 @@ def select_ops(ops: Dict[str, object], only: Optional[List[str]]) -> Dict[str, o
     return {name: spec for name, spec in ops.items() if any(fnmatch.fnmatchcase(name, p) for p in only)}
 
 
-def versions() -> Dict[str, str]:
-    """Triton's and fla's versions (``not installed`` where missing): every benchmark JSON records them."""
-    out = {}
-    for name in ("triton", "fla"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = "not installed"
-    return out
-
-
 def _meta(tokens_per_call: int) -> dict:
-    return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, **versions(),
+    return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, **package_versions(("triton", "fla")),
             "python": platform.python_version(), "date": datetime.date.today().isoformat(),
             "dtype": "bfloat16 inputs, float32 log-decays", "tokens_per_call": tokens_per_call}
 

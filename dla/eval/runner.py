@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from dla import package_versions
 from dla.eval.suite import RULER_LENGTHS, SUITES, TaskSpec, check_task_names, get_suite, suite_tasks, task_manager
 
 logger = logging.getLogger(__name__)
@@ -27,14 +28,7 @@ Record = Dict[str, Any]
 
 def versions() -> Dict[str, str]:
     """Versions of the packages that decide the numbers."""
-    out = {}
-    for name in ("dla", "lm_eval", "torch", "transformers", "datasets"):
-        try:
-            module = __import__(name)
-            out[name] = str(getattr(module, "__version__", "unknown"))
-        except ImportError:
-            out[name] = "not installed"
-    return out
+    return package_versions(("dla", "lm_eval", "torch", "transformers", "datasets"))
 
 
 def summarize(results: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
