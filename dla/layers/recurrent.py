@@ -39,7 +39,7 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
         head_k_dim: key / state dimension ``K``.
         head_v_dim: value dimension ``V``.
         policy: ``single`` (the backbone) | ``fenwick`` (Log-Linear) | ``dla`` | ``fixed`` | ``dla_unbounded``
-            (DESIGN.md section 3.1).
+            (docs/design.md section 3.1).
         capacity: ``C``, the most live slots (``dla``, ``fixed``; ``lam`` entries for ``dla_unbounded``).
         tau: boundary threshold of the information score.
         score: ``drift`` (the paper's) or ``write``.

@@ -1,4 +1,4 @@
-"""Invariants of the DLA state machine (DESIGN.md sections 2-3), as hypothesis properties of the slot form.
+"""Invariants of the DLA state machine (docs/design.md sections 2-3), as hypothesis properties of the slot form.
 
 Every property runs ``naive_dla(..., return_segmentation=True, output_final_state=True)`` on small random float64
 inputs drawn from a seed and strategies for the shapes, ``tau``, ``capacity``, policy, score, backbone (``beta``)
