@@ -41,7 +41,7 @@ class DLAConfig(PretrainedConfig):
         expand_v: Gated DeltaNet value expansion ``V / K`` (used when ``head_v_dim`` is ``None``).
         conv_size: width of the short causal depthwise convolution of the recurrent mixers.
         policy: memory policy of the recurrent mixers: ``single`` (the backbone), ``fenwick`` (Log-Linear),
-            ``dla``, and the ablations ``fixed`` and ``dla_unbounded`` (DESIGN.md section 3.1).
+            ``dla``, and the ablations ``fixed`` and ``dla_unbounded`` (docs/design.md section 3.1).
         capacity: ``C``, the most live states per head (``dla``, ``fixed``; ``lam`` entries of ``dla_unbounded``).
         tau: boundary threshold of the information score (finite, ``>= 0``).
         score: information score, ``drift`` (the paper's) or ``write``.
