@@ -6,7 +6,7 @@ stored to shared memory. Our backward kernels take such products in several plac
 ``du += A^T do``) and untransposed ones (``dv += mask(k q^T) do``). This script times nothing: it checks, for each
 operand form, tile shape and warp count, the relative error of ``mask(X Y) Z`` or ``(mask(X Y))^T Z`` against
 float64, and prints one table. On an H200 (2026-12-03) every 16-bit form was wrong at chunk 64, 16 output columns,
-4 warps, and right elsewhere; the float32 forms were right everywhere (docs/benchmarks.md, fifth session).
+4 warps, and right elsewhere; the float32 forms were right everywhere (docs/benchmarks.md, tuning decisions).
 
 Forms: ``bf16-plain`` (``A Z``, not transposed), ``bf16-after`` (transpose, then round to bf16), ``bf16-before``
 (round, then transpose), ``tf32`` (float32 operands, one TF32 pass: ``prec_dot_tc``'s form), ``tf32x3``.
