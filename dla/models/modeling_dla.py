@@ -129,12 +129,17 @@ class DLABlock(GradientCheckpointingLayer):
 
 
 class DLAPreTrainedModel(PreTrainedModel):
-    """Weight init, config class and generation flags shared by the DLA models."""
+    """Weight init, config class and generation flags shared by the DLA models.
+
+    Attention layers always run ``torch.nn.functional.scaled_dot_product_attention``: ``attn_implementation="sdpa"``
+    (the default) and ``"eager"`` are accepted and run the same code; flash-attention implementations are refused.
+    """
 
     config_class = DLAConfig
     config: DLAConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
+    _supports_sdpa = True
     _no_split_modules = ["DLABlock"]
     _skip_keys_device_placement = ["past_key_values"]
     _is_stateful = True
@@ -152,7 +157,9 @@ class DLAPreTrainedModel(PreTrainedModel):
                 init.copy_(getattr(module, name), value)
 
 
-_TOLERATED_KWARGS = ("output_attentions",)
+_TOLERATED_KWARGS = ("output_attentions", "cache_position")
+"""Arguments transformers' callers pass that the DLA models take and ignore: ``cache_position`` (the cache counts
+positions itself) and ``output_attentions`` (refused when true)."""
 
 
 def _check_kwargs(kwargs: Dict[str, object]) -> None:

@@ -120,6 +120,22 @@ def test_text_generation_pipeline_runs(make_model):
         assert f[0]["generated_text"][len(p):].replace(" ", "") == o[0]["generated_text"].replace(" ", "")
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attn_implementation_sdpa_and_eager_are_accepted_and_run_the_same_attention(make_config, implementation,
+                                                                                       tmp_path):
+    torch.manual_seed(0)
+    reference = DLAForCausalLM(make_config("hybrid")).eval()
+    assert reference.config._attn_implementation == "sdpa"  # the default
+    reference.save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+    assert model.config._attn_implementation == implementation
+    ids = torch.randint(1, 64, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+    with pytest.raises(ValueError, match="Flash Attention"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
+
+
 def test_use_cache_defaults_and_unknown_arguments(make_model):
     model, ids = make_model("gdn-dla"), torch.randint(1, 64, (1, 5))
     assert isinstance(model(ids).past_key_values, DLACache)
