@@ -17,8 +17,8 @@ from dla.layers.modules import check_hidden, check_mask, copy_initial_values, ma
 from dla.layers.op import dla_op, dla_step
 from dla.layers.state import (RecurrentLayerCache, empty_state, fit_state_width, scatter_state, select_state,
                               where_state)
-from dla.ops import POLICIES, SCORES, DLAState, Segmentation
-from dla.ops.common.state import UNUSED_START, num_levels
+from dla.ops import POLICIES, SCORES, DLAState, Segmentation, num_levels
+from dla.ops.common.state import UNUSED_START
 
 Projected = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Any, torch.Tensor]
 

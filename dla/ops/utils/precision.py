@@ -1,6 +1,6 @@
 """Which operands the Triton kernels' matrix products take (``tl.dot``); host side, no Triton import.
 
-Modes (the ``DOT`` constexpr of the kernels, :func:`dla.ops.utils.triton_dot.prec_dot`):
+Modes (the ``DOT`` constexpr of the kernels, :func:`dla.ops.triton.dot.prec_dot`):
 
 - ``ieee``: float32 products on the CUDA cores (exact float32).
 - ``tf32``: one TF32 tensor-core pass (10-bit mantissa operands, about 1e-3 relative).
@@ -33,10 +33,9 @@ def min_tile(dot: str) -> int:
     """The narrowest tile (key or value columns) a kernel may take with ``tl.dot`` mode ``dot``: 16 (``tl.dot``'s
     minimum), 32 for 16-bit operands.
 
-    Why 32: on an H200 with Triton 3.6, bf16 products whose value tile is 16 columns wide (chunk 64, 4 warps) came out
-    wrong (``scripts/gpu_trans_repro.py``; the Mamba-2 backbone's ``dv``, relative error 1.1) or faulted (Gated
-    DeltaNet's ``dU`` kernel, an illegal memory access), while 32 and wider were right; float32 operands are right
-    at 16. Masked loads make the wider tile exact, and real heads (64, 128) never need it.
+    Why 32: with Triton 3.6 on Hopper, 16-bit products whose value tile is 16 columns wide came out wrong or faulted
+    while 32 and wider were right (``docs/benchmarks.md``, tuning decisions); float32 operands are right at 16.
+    Masked loads make the wider tile exact, and real heads (64, 128) never need it.
     """
     return 32 if dot in ("bf16", "fp16") else 16
 
@@ -47,7 +46,7 @@ def resolve_precision(precision: Optional[str], is_cuda: bool, name: str = "prec
 
     Args:
         precision: one of :data:`PRECISIONS`, or ``None`` / ``"auto"``: on a GPU ``bf16`` for bfloat16 inputs (the
-            field's choice, 1.7x faster fwd+bwd than ``tf32x3`` on an H200 at T = 4096) and ``tf32x3`` otherwise;
+            field's choice, and much faster than ``tf32x3``: ``docs/benchmarks.md``) and ``tf32x3`` otherwise;
             ``ieee`` under the interpreter or off CUDA. (fp16 inputs keep ``tf32x3``: ``fp16`` operands have not
             been checked against the references on a GPU through the whole op; ask for them by name.)
         is_cuda: whether the inputs live on a GPU.

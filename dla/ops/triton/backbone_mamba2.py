@@ -1,5 +1,5 @@
-"""Triton chunk pass of the scalar-decay (Mamba-2) backbone: forward and backward of
-:func:`dla.ops.dla.chunk_torch._backbone` with ``beta = None``.
+"""The scalar-decay (Mamba-2) backbone's chunk pass as Triton kernels: the stage of
+:mod:`dla.ops.chunked.backbone_mamba2`, forward and backward.
 
 Per batch x head, chunk ``c`` of ``BT`` tokens with chunk-local log-decay cumsums ``gl`` (``L = BT - 1``):
 
@@ -18,7 +18,7 @@ The last line: every term holding ``gl_t`` as the later (earlier) end of a decay
 value, and ``P_{c+1}`` is linear in ``exp(gl_L)``; ``<G_c, P_{c+1}>`` is computed as
 ``exp(gl_L) <G_c, P_c> + sum_s k_s . dk_s(state part)``, from tiles already loaded.
 
-Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in
+Every product is :func:`dla.ops.triton.dot.prec_dot` with the ``DOT`` constexpr (modes in
 :mod:`dla.ops.utils.precision`); accumulators, states, outputs and gradients are float32 in every mode.
 
 Kernels: the state recurrence (forward and reverse) runs one program per (K tile, V tile, batch x head), looping
@@ -27,16 +27,13 @@ over chunks; the output, ``dq, dk, dgl`` and ``dv`` run one program per (tile, c
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-from dla.ops.utils.precision import min_tile, resolve_precision
-from dla.ops.utils.saved import Rebuild, save_rebuilt, saved_rebuilt
-from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
+from dla.ops.triton.dot import prec_dot, prec_dot_tc
+from dla.ops.utils.precision import min_tile
+from dla.ops.utils.tuning import StageConfig
 
 
 @triton.jit
@@ -197,124 +194,50 @@ def chunk_bwd_dv_kernel(
     tl.store(dv + p_t[:, None] * V + o_v[None, :], b_dv, mask=m_v[None, :])
 
 
-MAX_TILE = 64
-"""Widest key or value tile of the chunked backbone kernels (a tuning knob: ``scripts/gpu_kernel_table.py
---max-tile``; a power of two >= 32). At 32 ptxas (sm_90, K = 128, V = 64, bf16 products) reports no spills where
-64 spills 244-1244 bytes per thread, yet 64 is faster: H200, ``ll_mamba2``, T = 16384, the Mamba-2 backbone's
-kernels 8.7 ms at 64 against 11.5 at 32, Gated DeltaNet's likewise (``docs/benchmarks.md``, tenth session).
-Narrower than 32 is refused: on that H200, 16-wide float32 tiles gave Gated DeltaNet's backward a wrong ``dk``
-(relative error 0.15) that the interpreter does not show."""
-
-
-def _tiles(D: int, dot: str, cap: Optional[int] = None) -> int:
-    """Tile width for a key or value dimension: a power of two in [``min_tile(dot)``, ``cap`` or
-    :data:`MAX_TILE`] (``tl.dot`` needs >= 16; 16-bit operands 32: :func:`dla.ops.utils.precision.min_tile`)."""
-    cap = cap or MAX_TILE
-    if cap < 32 or cap & (cap - 1):
-        raise ValueError(f"tile cap (MAX_TILE, UT_TILE): expected a power of two >= 32, got {cap}")
+def tiles(D: int, dot: str, cap: int) -> int:
+    """Tile width for a key or value dimension: a power of two in [``min_tile(dot)``, ``cap``] (``tl.dot`` needs
+    >= 16; 16-bit operands 32: :func:`dla.ops.utils.precision.min_tile`)."""
     return max(min_tile(dot), min(cap, triton.next_power_of_2(D)))
 
 
-def backbone_fwd(q, k, v, gl, S0, dot: str, num_warps: int = 4):
-    """Launch the forward kernels; shapes as :class:`ChunkBackbone`, ``dot`` a mode of
-    :data:`dla.ops.utils.precision.PRECISIONS`. Returns ``P, o, S`` (float32)."""
+def _check(**tensors):
+    for name, x in tensors.items():
+        if x is not None and x.dtype != torch.float32:
+            raise ValueError(f"{name}: the Triton backbone computes in float32, got {x.dtype}")
+
+
+def backbone_mamba2_fwd(q, k, v, gl, S0, cfg: StageConfig):
+    """Chunk states, plain output and final state; arguments and returns as
+    :func:`dla.ops.chunked.backbone_mamba2.backbone_mamba2_fwd` (float32, contiguous). ``cfg``: the ``tl.dot`` mode
+    and the tiles and warps of the kernels."""
+    _check(q=q, k=k, v=v, gl=gl, S0=S0)
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K, dot), _tiles(V, dot)
+    BK, BV = tiles(K, cfg.dot, cfg.tuning.max_tile), tiles(V, cfg.dot, cfg.tuning.max_tile)
     P = q.new_empty(B, H, NT, K, V)
     S = q.new_empty(B, H, K, V)
     o = q.new_empty(B, H, NT * BT, V)
-    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, DOT=dot, num_warps=num_warps)
+    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, DOT=cfg.dot, num_warps=cfg.tuning.num_warps)
     chunk_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](k, v, gl, S0, P, S, NT, **meta)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, gl, P, o, NT, **meta)
-    return P, o, S
+    return P, o, S, ()
 
 
-def backbone_bwd(q, k, v, gl, P, do, dP, dS, dot: str, num_warps: int = 4):
-    """Launch the backward kernels. ``do [B, H, Tp, V]``; ``dP``, ``dS``: as ``P``, ``S`` or ``None`` (zero).
-
-    Returns ``dq, dk, dv, dgl, dS0``.
-    """
+def backbone_mamba2_bwd(q, k, v, gl, S0, P, extra, dP, do, dS, needs, cfg: StageConfig):
+    """Gradients ``(dq, dk, dv, dgl, dS0)`` from those of ``P, o, S`` (``None``: zero); all five are computed
+    (``needs`` is not read: the kernels produce them together)."""
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K, dot), _tiles(V, dot)
+    BK, BV = tiles(K, cfg.dot, cfg.tuning.max_tile), tiles(V, cfg.dot, cfg.tuning.max_tile)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+    do = do if do is not None else torch.zeros_like(v)
     G = q.new_empty(B, H, NT, K, V)
     dS0 = q.new_empty(B, H, K, V)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dg = q.new_empty(NK, B, H, NT, BT)
-    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, DOT=dot, num_warps=num_warps)
+    meta = dict(K=K, V=V, BT=BT, BK=BK, BV=BV, DOT=cfg.dot, num_warps=cfg.tuning.num_warps)
     chunk_bwd_dh_kernel[(NK, NV, B * H)](q, do, gl, dP if dP is not None else q, dS if dS is not None else q, G,
                                          dS0, NT, USE_DP=dP is not None, USE_DS=dS is not None, **meta)
     chunk_bwd_dqkg_kernel[(NK, NT, B * H)](q, k, v, gl, P, do, G, dq, dk, dg, NT, B * H, **meta)
     chunk_bwd_dv_kernel[(NV, NT, B * H)](q, k, gl, do, G, dv, NT, **meta)
     return dq, dk, dv, dg.sum(0), dS0
-
-
-class ChunkBackbone(torch.autograd.Function):
-    """Chunk states, plain output and final state of the scalar-decay backbone; Triton forward and backward.
-
-    Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``gl [B, H, NT, BT]`` (chunk-local
-    inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot`` mode, forward and backward),
-    ``rebuild`` (``None`` or a :class:`dla.ops.utils.saved.Rebuild`: copies kept as their sources).
-    Outputs (float32 in every mode) ``P [B, H, NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``. Gradients for
-    ``q, k, v, gl, S0``; not twice differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, gl, S0, dot, rebuild=None):
-        P, o, S = backbone_fwd(q, k, v, gl, S0, dot)
-        save_rebuilt(ctx, rebuild, q, k, v, gl, P)
-        ctx.dot = dot
-        ctx.set_materialize_grads(False)  # unused outputs (often P or S) need no zero gradient
-        return P, o, S
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dP, do, dS):
-        q, k, v, gl, P = saved_rebuilt(ctx)
-        c = lambda x: None if x is None else x.float().contiguous()  # noqa: E731
-        do = c(do) if do is not None else torch.zeros_like(v)
-        dq, dk, dv, dgl, dS0 = backbone_bwd(q, k, v, gl, P, do, c(dP), c(dS), ctx.dot)
-        return dq, dk, dv, dgl, dS0, None, None
-
-
-def backbone_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = None,
-                    rebuild: Optional[Rebuild] = None):
-    """Triton version of :func:`dla.ops.dla.chunk_torch._backbone` for the scalar-decay backbone.
-
-    Args:
-        q, k: ``[B, H, Tp, K]``; v: ``[B, H, Tp, V]``; g: ``[B, H, Tp]`` log-decays (``<= 0``); all float32,
-            ``Tp`` a multiple of ``BT``. beta: must be ``None`` (Gated DeltaNet is not implemented here).
-        S0: ``[B, H, K, V]`` initial state. BT: chunk size, a power of two ``>= 16``.
-        dot_precision: the operands of every ``tl.dot``: ``ieee``, ``tf32``, ``tf32x3``, ``bf16`` or ``fp16``
-            (:mod:`dla.ops.utils.precision`; float32 accumulation and outputs in each); ``None``: ``tf32x3`` on a
-            GPU, ``ieee`` otherwise (the interpreter).
-        rebuild: which of ``q, k, v`` to keep for the backward as their sources (:mod:`dla.ops.utils.saved`).
-    Returns:
-        ``u = v``, ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp, V]`` (unscaled
-        ``q_t^T S_t``), the final state ``[B, H, K, V]`` and ``gl [B, H, NT, BT]`` (chunk-local cumsums of ``g``),
-        differentiable in ``q, k, v, g, S0``.
-
-    Example::
-
-        u, P, o, S, gl = backbone_triton(q, k, v, g, None, torch.zeros(B, H, K, V, device="cuda"), 64)
-    """
-    if beta is not None:
-        raise ValueError("beta: the Triton backbone covers the scalar-decay backbone only (beta=None), got a tensor")
-    B, H, Tp, K = k.shape
-    V = v.shape[-1]
-    if isinstance(BT, bool) or not isinstance(BT, int) or BT < 16 or BT & (BT - 1) or Tp % BT:
-        raise ValueError(f"BT: expected a power of two >= 16 dividing Tp={Tp}, got {BT!r}")
-    for name, x, shape in (("q", q, (B, H, Tp, K)), ("v", v, (B, H, Tp, V)), ("g", g, (B, H, Tp)),
-                           ("S0", S0, (B, H, K, V))):
-        if tuple(x.shape) != shape:
-            raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
-    for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("S0", S0)):
-        if x.dtype != torch.float32:
-            raise ValueError(f"{name}: expected float32, got {x.dtype}")
-    dot_precision = resolve_precision(dot_precision, q.is_cuda, "dot_precision")
-    gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
-    P, o, S = ChunkBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), gl.contiguous(),
-                                  S0.contiguous(), dot_precision, rebuild)
-    return v, P, o, S, gl

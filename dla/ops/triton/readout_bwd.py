@@ -1,4 +1,5 @@
-"""Triton backward of DLA's boundary readout (the forward is :mod:`dla.ops.dla.readout_fwd`).
+"""The readout's backward as Triton kernels: the stage of :func:`dla.ops.chunked.readout.readout_bwd` (the
+forward is :mod:`dla.ops.triton.readout_fwd`).
 
 For query chunk ``i``, each distinct candidate key chunk ``c`` adds to ``o[t]`` (``docs/math.md`` section 7.4)
 
@@ -22,29 +23,30 @@ Two kernels, each gradient written once by one program (deterministic, no atomic
   with ``STORE``, each pair's ``dA * M``, ``qk * M`` (``[BT, BT]``, 16 bits in the 16-bit modes) and ``cA``.
 - :func:`readout_bwd_key_kernel`, grid ``(B*H*NT, V / BV)``, per key chunk and value tile, from those tiles: ``du``,
   ``dP``; the first tile's program also ``dk`` and the key side of ``dgl`` (``-k . dk``; the end-of-chunk term is
-  plane 1 of ``dseg`` summed over the query chunks). No weights or ``q k^T`` are recomputed there (H200,
-  ``ll_mamba2``, T = 16384: the key side 27.3 + 5.3 ms recomputing them, 10.9 ms reading the tiles).
+  plane 1 of ``dseg`` summed over the query chunks), and ``dP``. No weights or ``q k^T`` are recomputed there.
 
-The tiles are held for a window of heads at a time (:data:`PAIR_TILE_BYTES`).
+The tiles are held for a window of heads at a time (``tuning.pair_tile_bytes``).
 The key-side kernels walk the query chunks that list ``c`` among their distinct candidates: a CSR map built on the
 device by :func:`key_pairs`.
 
-Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in
+Every product is :func:`dla.ops.triton.dot.prec_dot` with the ``DOT`` constexpr (modes in
 :mod:`dla.ops.utils.precision`); accumulators and gradients are float32 in every mode.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from dla.ops.dla.readout_fwd import _coef, _decay, _groups, _idx, _tables
-from dla.ops.utils.precision import interpreting, min_tile, resolve_precision
-from dla.ops.utils.triton_dot import prec_dot, prec_operand
+from dla.ops.chunked.layout import block_segsum, grouped_copy
+from dla.ops.triton.dot import prec_dot, prec_operand
+from dla.ops.triton.readout_common import coef, decay, heads_per_group, int_index, tables
+from dla.ops.utils.precision import min_tile
+from dla.ops.utils.tuning import StageConfig
 
 
 @triton.jit
@@ -65,7 +67,7 @@ def readout_bwd_dq_kernel(
     b_q = prec_operand(tl.load(q + (i_g * Tp + o_t[:, None]) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                                other=0.), DOT)  # kept across the candidates: 16 bits in the 16-bit modes
     b_gi = tl.load(gl + i_bh * Tp + o_t)  # [BT]; padding has g = 0, so D(s, t) <= 1 there too
-    b_jt, b_off, b_dl = _tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)  # [BT, BR] each
+    b_jt, b_off, b_dl = tables(jidx, off, dl, i_bh, o_t, m_t, T, R1, BR)  # [BT, BR] each
     o_r = tl.arange(0, BR)
     b_ddl = tl.zeros([BT, BR], dtype=tl.float32)  # each (t, r) gets its value from its one candidate
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
@@ -97,9 +99,9 @@ def readout_bwd_dq_kernel(
                 b_dq += prec_dot(b_do * b_cA[:, None], tl.trans(b_P), DOT)
                 b_dcA += tl.sum(b_do * prec_dot(b_q, b_P, DOT), 1)
                 b_dA += prec_dot(b_do, tl.trans(b_u), DOT)
-            _, b_W = _coef(b_jt, b_off, b_dl, j, BT, BR)
+            _, b_W = coef(b_jt, b_off, b_dl, j, BT, BR)
             b_ga = b_dcA * b_cA
-            b_x = _decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)  # [BT, BT]
+            b_x = decay(gl, seg + p_row, i_bh, i_t, c, b_gi, Tp, BT)  # [BT, BT]
             b_k = prec_operand(tl.load(k + (i_g * Tp + c * BT + o_i[:, None]) * K + o_k[None, :], mask=m_k[None, :],
                                        other=0.), DOT)
             b_qk = prec_dot(b_q, tl.trans(b_k), DOT)  # [BT, BT]
@@ -132,11 +134,11 @@ def readout_bwd_key_kernel(
     q, k, do, ptr, pairs, order, tA, tB, tcA, dk, du, dgl, dP,
     T, Tp, NT, ROW0, base,
     K: tl.constexpr, V: tl.constexpr, J: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DOT: tl.constexpr, KEY: tl.constexpr, HAS_DP: tl.constexpr, HG: tl.constexpr,
+    DOT: tl.constexpr, HG: tl.constexpr,
 ):
     """Per key chunk and value tile, over the pairs reading it, from the tiles :func:`readout_bwd_dq_kernel` stored:
-    ``KEY``: ``du += (qk M)^T do``, and in the first value tile's program ``dk += (dA M)^T q`` and the key side of
-    ``dgl``; ``HAS_DP``: ``dP += (cA q)^T do``."""
+    ``du += (qk M)^T do``, ``dP += (cA q)^T do``, and in the first value tile's program ``dk += (dA M)^T q`` and the
+    key side of ``dgl``."""
     i_n, i_v = tl.load(order + ROW0 + tl.program_id(0)).to(tl.int64), tl.program_id(1)
     i_bh, i_c = i_n // NT, i_n % NT
     i_g = i_bh // HG  # the row of q and k: b G + h // HG, one per group of HG heads
@@ -144,7 +146,7 @@ def readout_bwd_key_kernel(
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
-    key_side = i_v == 0  # dk and the key side of dgl (KEY): the first value tile's program
+    key_side = i_v == 0  # dk and the key side of dgl: the first value tile's program
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_du = tl.zeros([BT, BV], dtype=tl.float32)
     b_dP = tl.zeros([BK, BV], dtype=tl.float32)
@@ -159,25 +161,20 @@ def readout_bwd_key_kernel(
         b_do = prec_operand(tl.load(do + (i_bh * Tp + o_t[:, None]) * V + o_v[None, :],
                                     mask=m_t[:, None] & m_v[None, :], other=0.), DOT)
         p_tile = p_n * BT * BT + o_s[:, None] * BT + o_s[None, :]  # [t, s], transposed once loaded
-        if KEY:
-            b_du += prec_dot(tl.trans(tl.load(tB + p_tile)), b_do, DOT)
-            if key_side:
-                b_dk += prec_dot(tl.trans(tl.load(tA + p_tile)), b_q, DOT)
-        if HAS_DP:
-            b_cA = tl.load(tcA + p_n * BT + o_s)
-            b_dP += prec_dot(tl.trans(b_q.to(tl.float32) * b_cA[:, None]), b_do, DOT)
-        n += 1
-    if KEY:
-        tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
+        b_du += prec_dot(tl.trans(tl.load(tB + p_tile)), b_do, DOT)
         if key_side:
-            tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
-            # -sum_t dE[t, s] = -k_s . dk_s (dE = dA M qk, qk = q k^T); the end-of-chunk term is added by the caller
-            b_k = prec_operand(tl.load(k + (i_g * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :],
-                                       mask=m_k[None, :], other=0.), DOT)
-            tl.store(dgl + i_bh * Tp + i_c * BT + o_s, -tl.sum(b_k.to(tl.float32) * b_dk, 1))
-    if HAS_DP:
-        tl.store(dP + ((i_bh * NT + i_c) * K + o_k[:, None]) * V + o_v[None, :], b_dP,
-                 mask=m_k[:, None] & m_v[None, :])
+            b_dk += prec_dot(tl.trans(tl.load(tA + p_tile)), b_q, DOT)
+        b_cA = tl.load(tcA + p_n * BT + o_s)
+        b_dP += prec_dot(tl.trans(b_q.to(tl.float32) * b_cA[:, None]), b_do, DOT)
+        n += 1
+    tl.store(du + (i_bh * Tp + i_c * BT + o_s[:, None]) * V + o_v[None, :], b_du, mask=m_v[None, :])
+    if key_side:
+        tl.store(dk + (i_bh * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :], b_dk, mask=m_k[None, :])
+        # -sum_t dE[t, s] = -k_s . dk_s (dE = dA M qk, qk = q k^T); the end-of-chunk term is added by the caller
+        b_k = prec_operand(tl.load(k + (i_g * Tp + i_c * BT + o_s[:, None]) * K + o_k[None, :],
+                                   mask=m_k[None, :], other=0.), DOT)
+        tl.store(dgl + i_bh * Tp + i_c * BT + o_s, -tl.sum(b_k.to(tl.float32) * b_dk, 1))
+    tl.store(dP + ((i_bh * NT + i_c) * K + o_k[:, None]) * V + o_v[None, :], b_dP, mask=m_k[:, None] & m_v[None, :])
 
 
 def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,12 +201,7 @@ def key_pairs(cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Ten
             slot.view(B, H, NT, J).to(torch.int32))
 
 
-PAIR_TILE_BYTES = 1 << 29
-"""Most bytes of pair tiles (:func:`readout_bwd_dq_kernel`'s ``STORE``) held at once; beyond it the backward runs
-over windows of heads, each the two kernels in turn."""
-
-
-def _windows(ptr: torch.Tensor, BH: int, NT: int, J: int, pair_bytes: int, cap: int):
+def windows(ptr: torch.Tensor, BH: int, NT: int, J: int, pair_bytes: int, cap: int):
     """Windows ``(b0, b1, base)`` of whole ``batch x head`` rows ``[b0, b1)`` whose pairs (from index ``base`` on)
     take at most ``cap`` bytes (at least one row each), and the pair count of the largest. One host sync, skipped
     when every possible pair fits."""
@@ -226,78 +218,49 @@ def _windows(ptr: torch.Tensor, BH: int, NT: int, J: int, pair_bytes: int, cap: 
     return wins, max(max(cum[b1] - cum[b0] for b0, b1, _ in wins), 1)
 
 
-def use_triton_bwd(q: torch.Tensor) -> bool:
-    """Whether :class:`dla.ops.dla.readout_fwd.BoundaryTerms` runs :func:`boundary_terms_bwd` (float32 on a GPU or
-    under ``TRITON_INTERPRET=1``) rather than :func:`boundary_terms_bwd_torch`."""
-    return q.dtype == torch.float32 and (q.is_cuda or interpreting())
-
-
-def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs, *,
-                       dot_precision: Optional[str] = None, block_v: int = 32, block_v_du: int = 128,
-                       num_warps: Optional[int] = None, num_warps_key: Optional[int] = None, merge_dP: bool = True,
-                       copies16: bool = True, dq_do16: bool = True):
-    """Gradients of :class:`dla.ops.dla.readout_fwd.BoundaryTerms` by the two Triton kernels of this module.
+def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, cand, jidx, off, BT: int, needs, cfg: StageConfig):
+    """Gradients of the boundary terms by the two kernels of this module.
 
     Args:
-        grad: ``[B, H, T, V]`` gradient of the boundary terms; q, k: ``[B, H, Tp, K]``, or ``[B, G, Tp, K]`` read
-            by groups of ``H / G`` heads (:func:`dla.ops.dla.readout_fwd.grouped_copy`); u: ``[B, H, Tp, V]``;
-            gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``; dlam, x, real: ``[B, H, T, R1]``;
-            cand, jidx, off: :func:`dla.ops.dla.chunk_torch.boundary_candidates` of ``x, real``. Float32.
-            ``x`` and ``real`` are not read (``jidx`` is -1 where there is no real boundary); they keep the
-            signature of :func:`boundary_terms_bwd_torch`.
+        grad: ``[B, H, T, V]``; q, k: ``[B, H, Tp, K]``, or ``[B, G, Tp, K]`` read by groups of ``H / G`` heads;
+            u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``; dlam: ``[B, H, T, R1]``;
+            cand, jidx, off: :func:`~dla.ops.triton.readout_fwd.boundary_plan`'s. Read in float32 (or 16 bits).
         needs: six bools, which of ``q, k, u, gl, P, dlam`` need a gradient.
-        dot_precision: the ``tl.dot`` mode, as :func:`dla.ops.dla.readout_fwd.boundary_terms_fwd` (``ieee``,
-            ``tf32``, ``tf32x3``, ``bf16``, ``fp16``); ``None``: ``tf32x3`` on a GPU, ``ieee`` under the interpreter.
-        block_v, num_warps: value columns per tile of the ``dq`` kernel's loop over ``V`` and its warps per program
-            (``num_warps=None``: 8 for ``BT * K >= 4096``, else 4).
-        num_warps_key: warps per program of the key-side kernel; ``None``: 8 when ``merge_dP`` or for
-            ``BT * BVk >= 8192`` (``BVk`` the value columns of a program), else 4. H200, bf16, ``ll_mamba2``
-            (V = 64), T = 16384: merged, 10.9 ms at 8 warps, 12.5 at 4; apart (4 warps) 14.0.
-        block_v_du: value columns per program of the key-side kernel.
-        merge_dP: ``dk, du, dgl`` and ``dP`` in one launch (all computed whenever one is needed); ``False``: two.
-        copies16: in the 16-bit modes, the kernels read 16-bit copies of ``k``, ``u``, ``P`` (and the key side of
-            ``q``, ``do``): the products round them so anyway, and each pair reads these tiles again.
-        dq_do16: with ``copies16``, the ``dq`` kernel reads the 16-bit copy of ``do`` too, where it also enters
-            ``dcA`` outside a product (``False``: float32 there). H200, bf16, ``ll_mamba2``, T = 16384: the ``dq``
-            kernel 28.7 -> 26.2 ms; the gradients stay within the 16-bit modes' tolerances against float64.
+        cfg: the ``tl.dot`` mode, and the tuning's ``dq_block_v``, ``dq_warps``, ``key_block_v``, ``key_warps``,
+            ``pair_tile_bytes``.
     Returns:
         ``(dq, dk, du, dgl, dP, ddlam)``, float32, ``None`` where not needed; ``dq, dk`` per head (``[B, H, Tp,
-        K]``) for grouped ``q, k`` too. ``gl``'s gradient includes the path through ``seg`` (autograd of
-        :func:`dla.ops.dla.chunk_torch._block_segsum`).
+        K]``) for grouped ``q, k`` too. ``gl``'s gradient includes the path through the chunks' decay sums.
     """
-    from dla.ops.dla.chunk_torch import _block_segsum
-
     nq, nk, nu, ngl, nP, ndl = needs
+    dot, tuning = cfg.dot, cfg.tuning
     B, H, Tp, V = u.shape
-    K, HG = k.shape[-1], _groups(q, k, u)
+    K, HG = k.shape[-1], heads_per_group(q, k, u)
     NT, T, R1, J = P.shape[2], jidx.shape[2], jidx.shape[-1], cand.shape[-1]
     dev = k.device
-    dot_precision = resolve_precision(dot_precision, k.is_cuda, "dot_precision")
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
     gl_leaf = gl.detach().float().requires_grad_(bool(ngl))
     with torch.enable_grad():
-        seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # [B, H, NT + 1, NT + 1]
+        seg = F.pad(block_segsum(gl_leaf[..., -1]), (0, 1))  # [B, H, NT + 1, NT + 1]
     q, k, u, glf, P, dl, segf = map(f32, (q, k, u, gl, P, dlam, seg))
     do = F.pad(grad.float(), (0, 0, 0, Tp - T)).contiguous()
-    cand, jidx, off = cand.to(torch.int32).contiguous(), _idx(jidx), _idx(off)
-    lo = min_tile(dot_precision)
+    cand, jidx, off = cand.to(torch.int32).contiguous(), int_index(jidx), int_index(off)
+    lo = min_tile(dot)
     BK = max(lo, triton.next_power_of_2(K))
-    if num_warps is None:
-        num_warps = 8 if BT * BK >= 4096 else 4
-    meta = dict(K=K, J=J, BT=BT, BK=BK, DOT=dot_precision)
-    BV = max(lo, min(block_v, triton.next_power_of_2(V)))
-    BVk = max(lo, min(block_v_du, triton.next_power_of_2(V)))  # value columns of a key-side program
-    if num_warps_key is None:
-        num_warps_key = 8 if merge_dP or BT * BVk >= 8192 else 4
-    key, key_side = nk or nu or ngl, nk or nu or ngl or nP
+    num_warps = tuning.dq_warps or (8 if BT * BK >= 4096 else 4)
+    meta = dict(K=K, J=J, BT=BT, BK=BK, DOT=dot)
+    BV = max(lo, min(tuning.dq_block_v, triton.next_power_of_2(V)))
+    BVk = max(lo, min(tuning.key_block_v, triton.next_power_of_2(V)))  # value columns of a key-side program
+    key_side = nk or nu or ngl or nP
     dq = torch.empty(B, H, Tp, K, dtype=torch.float32, device=dev)
     ddl = torch.empty(B, H, T, R1, dtype=torch.float32, device=dev)
     dgl = torch.empty(B, H, NT, BT, dtype=torch.float32, device=dev)
     dseg = torch.zeros(2, B, H, NT + 1, NT + 1, dtype=torch.float32, device=dev)
     ptr, pairs, order, slot = key_pairs(cand)
-    tile_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dot_precision, torch.float32)
+    tile_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dot, torch.float32)
     pair_bytes = 2 * BT * BT * tile_dtype.itemsize + BT * 4
-    wins, npairs = _windows(ptr, B * H, NT, J, pair_bytes, PAIR_TILE_BYTES) if key_side else ([(0, B * H, 0)], 1)
+    wins, npairs = windows(ptr, B * H, NT, J, pair_bytes, tuning.pair_tile_bytes) if key_side else \
+        ([(0, B * H, 0)], 1)
     if len(wins) > 1:  # each window's rows together in the program order, busiest first
         wid = torch.repeat_interleave(torch.arange(len(wins)), torch.tensor([b1 - b0 for b0, b1, _ in wins]))
         busy = ptr[1:] - ptr[:-1]
@@ -305,33 +268,25 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
         order = order.to(torch.int32)
     tA = torch.empty(npairs if key_side else 1, BT, BT, dtype=tile_dtype, device=dev)
     tB, tcA = torch.empty_like(tA), torch.empty(tA.shape[0], BT, dtype=torch.float32, device=dev)
-    # merge_dP: one launch for all key-side gradients whenever one is needed; else dk, du, dgl and dP apart
-    launches = ([(True, True)] if key_side else []) if merge_dP else [f for f, w in (((True, False), key),
-                                                                                      ((False, True), nP)) if w]
     empty = lambda *shape: torch.empty(*shape, dtype=torch.float32, device=dev)  # noqa: E731
-    dk, du, dgl_k = (empty(B, H, Tp, K), empty(B, H, Tp, V), empty(B, H, NT, BT)) if any(
-        f[0] for f in launches) else (empty(1),) * 3
-    dP = empty(B, H, NT, K, V) if any(f[1] for f in launches) else empty(1)
+    dk, du, dgl_k, dP = (empty(B, H, Tp, K), empty(B, H, Tp, V), empty(B, H, NT, BT), empty(B, H, NT, K, V)) \
+        if key_side else (empty(1),) * 4
     # operands each pair reads again, as 16-bit copies in the 16-bit modes (the products round them so anyway)
-    lo16 = tile_dtype != torch.float32 and copies16
+    lo16 = tile_dtype != torch.float32
     k16, u16, P16 = (t.to(tile_dtype) for t in (k, u, P)) if lo16 else (k, u, P)
-    # the key side reads q and do in 16 bits; the dq kernel q when grouped (a small copy) and do with dq_do16
     q16 = q.to(tile_dtype) if lo16 and (key_side or HG > 1) else q
-    do16 = do.to(tile_dtype) if lo16 and (key_side or dq_do16) else do
-    q_dq, do_dq = q16 if HG > 1 else q, do16 if dq_do16 else do
+    do16 = do.to(tile_dtype) if lo16 else do
     for b0, b1, base in wins:
         # per query chunk: dq, ddlam, the query side of dgl and dseg, and (key_side) the pair tiles
         readout_bwd_dq_kernel[(NT, b1 - b0)](
-            q_dq, k16, u16, glf, P16, segf, cand, jidx, off, dl, do_dq, dq, ddl, dgl, dseg[0], dseg[1], slot, tA, tB,
-            tcA, T, Tp, NT, b0, base, V=V, R1=R1, BV=BV, BR=max(2, triton.next_power_of_2(R1)), STORE=key_side,
-            HG=HG, num_warps=num_warps, **meta)
-        # per key chunk, from the tiles; a launch computes the same gradients whichever are needed, so that a
-        # gradient does not depend on which others were asked for (bitwise)
-        grid = ((b1 - b0) * NT, triton.cdiv(V, BVk))  # the long axis first: grid y <= 65535
-        for flags in launches:
-            readout_bwd_key_kernel[grid](q16, k16, do16, ptr, pairs, order, tA, tB, tcA, dk, du, dgl_k, dP, T, Tp, NT,
-                                         b0 * NT, base, V=V, BV=BVk, KEY=flags[0], HAS_DP=flags[1], HG=HG,
-                                         num_warps=num_warps_key, **meta)
+            q16 if HG > 1 else q, k16, u16, glf, P16, segf, cand, jidx, off, dl, do16, dq, ddl, dgl, dseg[0],
+            dseg[1], slot, tA, tB, tcA, T, Tp, NT, b0, base, V=V, R1=R1, BV=BV,
+            BR=max(2, triton.next_power_of_2(R1)), STORE=key_side, HG=HG, num_warps=num_warps, **meta)
+        # per key chunk, from the tiles: every key-side gradient in one launch
+        if key_side:
+            grid = ((b1 - b0) * NT, triton.cdiv(V, BVk))  # the long axis first: grid y <= 65535
+            readout_bwd_key_kernel[grid](q16, k16, do16, ptr, pairs, order, tA, tB, tcA, dk, du, dgl_k, dP, T, Tp,
+                                         NT, b0 * NT, base, V=V, BV=BVk, HG=HG, num_warps=tuning.key_warps, **meta)
     if ngl:
         # e holds gl_c[BT - 1] for every older query chunk i: its sum of dE is dseg[i, c + 1] (plane 1, 0 for i = c)
         dgl_k[..., BT - 1] += dseg[1].sum(2)[..., 1:]
@@ -340,23 +295,14 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT:
             ddl if ndl else None)
 
 
-def boundary_terms_bwd_torch(grad, q, k, u, gl, P, dlam, x, real, cand, jidx, off, BT: int, needs):
-    """:func:`boundary_terms_bwd` by the PyTorch form (:func:`dla.ops.dla.chunk_torch.boundary_terms_backward`:
-    recompute per group of query chunks, differentiate, accumulate into one buffer per input). Any dtype."""
-    from dla.ops.dla.chunk_torch import _block_segsum, boundary_terms_backward, readout_plan
-
-    T, Tp = dlam.shape[2], k.shape[2]
-    cand, pos, widths = readout_plan(x, real, BT, Tp, candidates=(cand, jidx, off))
-    nq, nk, nu, ngl, nP, ndl = needs
-    gl_leaf = gl.detach().requires_grad_(bool(ngl))
-    with torch.enable_grad():
-        seg = F.pad(_block_segsum(gl_leaf[..., -1]), (0, 1))  # gl reaches the output through seg too
-    dl = F.pad(torch.where(real, dlam, torch.zeros_like(dlam)), (0, 0, 0, Tp - T)).detach()
-    dq, dk, du, dgl, dP, dseg, ddl = boundary_terms_backward(
-        F.pad(grad, (0, 0, 0, Tp - T)), q.detach(), k.detach(), u.detach(), gl.detach(), P.detach(),
-        seg.detach(), dl, cand, pos, widths, BT, (nq, nk, nu, ngl, nP, ngl, ndl))
-    if ngl:
-        dgl = dgl + torch.autograd.grad(seg, gl_leaf, dseg)[0]
-    if ndl:
-        ddl = torch.where(real, ddl[:, :, :T], torch.zeros_like(dlam))
-    return dq, dk, du, dgl, dP, ddl
+def readout_bwd(grad, q, k, u, gl, P, dlam, plan, meta, BT: int, needs, *, cfg: StageConfig, heads):
+    """Gradients ``(dqh, dkh, du, dgl, dP, ddlam)`` of :func:`~dla.ops.triton.readout_fwd.readout_fwd`; arguments
+    as :func:`dla.ops.chunked.readout.readout_bwd` (``q, k`` the caller's tensors, ``heads(x)`` their per-head
+    copies, built only when there are as many groups as heads)."""
+    cand, jidx, off = plan
+    H, Tp = u.shape[1], u.shape[2]
+    if q.shape[2] < H:
+        q, k = grouped_copy(q, Tp), grouped_copy(k, Tp)
+    else:
+        q, k = heads(q), heads(k)
+    return boundary_terms_bwd(grad, q, k, u, gl, P, dlam, cand, jidx, off, BT, needs, cfg)

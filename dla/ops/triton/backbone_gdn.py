@@ -1,5 +1,5 @@
-"""Triton chunk pass of the Gated DeltaNet backbone: forward and backward of
-:func:`dla.ops.dla.chunk_torch._backbone` with ``beta`` given.
+"""The Gated DeltaNet backbone's chunk pass as Triton kernels: the stage of
+:mod:`dla.ops.chunked.backbone_gdn`, forward and backward.
 
 Per batch x head, chunk ``c`` of ``BT`` tokens with chunk-local log-decay cumsums ``gl`` (``L = BT - 1``),
 ``D(t, s) = exp(gl_t - gl_s)`` for ``s <= t``:
@@ -14,7 +14,7 @@ after chunk ``c`` (``G_{NT-1} = dS``) and ``dU`` the whole gradient of ``u``:
 
     dU = du + (D o (q k^T))^T do + diag(exp(gl_L - gl)) k G_c
     G_{c-1} = dP_c + exp(gl_L) G_c + sum_t exp(gl_t) q_t do_t^T - W^T dU,   dS0 = G_{-1}
-    dq, dk, dgl (output and state terms): as the scalar-decay backbone (backbone_triton.py) with v -> u;
+    dq, dk, dgl (output and state terms): as the scalar-decay backbone (backbone_mamba2.py) with v -> u;
     dW = -dU P_c^T;  dRv = Ai^T dU, dRk = Ai^T dW  (the solve's backward);
     dA = -(dRv U0^T + dRk W^T) on the strict lower triangle;  dv = beta dRv;
     dbeta_t = dRv_t . v_t + exp(gl_t) dRk_t . k_t + sum_s dA[t, s] D(t, s) k_t . k_s;
@@ -31,30 +31,28 @@ between barriers (a register tensor cannot be sliced by rows).
 
 Kernels: the UT transform (``Ai``, ``W``, ``U0``) and its backward run one program per (chunk, batch x head);
 the state recurrences (forward and reverse) one per (V tile, batch x head) with the whole K dimension in one
-tile; the output (:func:`dla.ops.dla.backbone_triton.chunk_fwd_o_kernel` with ``v -> u``), the local ``du`` and
+tile; the output (:func:`dla.ops.triton.backbone_mamba2.chunk_fwd_o_kernel` with ``v -> u``), the local ``du`` and
 the ``dq, dk, dW, dgl`` kernel one per (tile, chunk, batch x head).
 
-Every product is :func:`dla.ops.utils.triton_dot.prec_dot` with the ``DOT`` constexpr (modes in
+Every product is :func:`dla.ops.triton.dot.prec_dot` with the ``DOT`` constexpr (modes in
 :mod:`dla.ops.utils.precision`); accumulators, states, outputs and gradients are float32 in every mode. The
 forward's UT transform and state recurrence, which make ``u`` and ``P``, run float32-accurate products whatever
 the mode asked (``tf32x3`` for ``tf32`` and the 16-bit modes): ``u`` feeds the segmentation scan, whose decisions
 must not depend on the mode. The UT transform's backward does too (16-bit operands miscompile there on Hopper
-with Triton 3.6). The output kernel and the rest of the backward take the mode asked.
+with Triton 3.6: ``docs/benchmarks.md``, tuning decisions). The output kernel and the rest of the backward take
+the mode asked.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-from dla.ops.dla.backbone_triton import _tiles, chunk_fwd_o_kernel
-from dla.ops.utils.precision import min_tile, resolve_precision
-from dla.ops.utils.saved import Rebuild, save_rebuilt, saved_rebuilt
-from dla.ops.utils.triton_dot import prec_dot, prec_dot_tc
+from dla.ops.triton.backbone_mamba2 import chunk_fwd_o_kernel, tiles
+from dla.ops.triton.dot import prec_dot, prec_dot_tc
+from dla.ops.utils.precision import min_tile
+from dla.ops.utils.tuning import StageConfig
 
 
 @triton.jit
@@ -316,19 +314,6 @@ def gdn_bwd_ut_kernel(
     tl.store(dg + p_t, b_dg)
 
 
-UT_TILE = 32
-"""Widest key tile of the UT transform's backward (``gdn_bwd_ut_kernel``; a tuning knob,
-``scripts/gpu_kernel_table.py --ut-tile``): its three-pass float32-accurate products spilled 3.6 KB per thread at
-64 (ptxas, sm_90, K = 128, chunk 64, 4 warps), 0.4 KB at 32; H200, ``ll_mamba2``, T = 16384: 15.7 -> 9.6 ms."""
-
-
-RECURRENCE_WARPS = None
-"""Warps per program of the state recurrences over the whole key dimension (``gdn_fwd_h_kernel``,
-``gdn_bwd_dh_kernel``; a tuning knob, ``scripts/gpu_kernel_table.py --recurrence-warps``; ``None``: the other
-kernels' ``num_warps``). At 8 ptxas reports fewer spills (0.9 KB per thread at 4 -> 0.4 KB and none), yet on an
-H200 (``ll_mamba2``, T = 16384) they took 6.4 and 5.9 ms against 5.5 and 4.6 at 4."""
-
-
 def _exact(dot: str) -> str:
     """The mode of the kernels that take float32-accurate products whatever the mode asked (module docstring):
     ``dot`` itself if it is ``ieee`` or ``tf32x3``, else ``tf32x3``."""
@@ -341,12 +326,17 @@ def _full(K: int, dot: str) -> int:
     return max(min_tile(dot), triton.next_power_of_2(K))
 
 
-def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
-    """Launch the forward kernels; shapes as :class:`ChunkGatedDeltaBackbone`, ``dot`` a mode of
-    :data:`dla.ops.utils.precision.PRECISIONS`. Returns ``u, P, o, S, Ai, W`` (float32)."""
+def backbone_gdn_fwd(q, k, v, beta, gl, S0, cfg: StageConfig):
+    """Pseudo-values, chunk states, plain output and final state; arguments as
+    :func:`dla.ops.chunked.backbone_gdn.backbone_gdn_fwd` (float32, contiguous). Returns ``u, P, o, S`` and
+    ``(Ai, W)`` (the UT transform's inverse and key side, for the backward)."""
+    for name, x in dict(q=q, k=k, v=v, beta=beta, gl=gl, S0=S0).items():
+        if x.dtype != torch.float32:
+            raise ValueError(f"{name}: the Triton backbone computes in float32, got {x.dtype}")
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K, dot), _tiles(V, dot)
+    dot, tuning = cfg.dot, cfg.tuning
+    BK, BV = tiles(K, dot, tuning.max_tile), tiles(V, dot, tuning.max_tile)
     BVh = min(BV, 32)  # the recurrence holds [K, BVh] in registers; narrower tiles, more programs
     Ai = q.new_empty(B, H, NT, BT, BT)
     W = torch.empty_like(k)
@@ -354,112 +344,42 @@ def gdn_backbone_fwd(q, k, v, beta, gl, S0, dot: str, num_warps: int = 4):
     P = q.new_empty(B, H, NT, K, V)
     S = q.new_empty(B, H, K, V)
     o = torch.empty_like(v)
-    meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=num_warps)
+    meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=tuning.num_warps)
     exact = dict(meta, DOT=_exact(dot))  # u feeds the scan
     gdn_fwd_prepare_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, u, NT, BK=BK, BV=BV, **exact)
     gdn_fwd_h_kernel[(triton.cdiv(V, BVh), B * H)](k, W, u, gl, S0, P, S, NT, BK=_full(K, _exact(dot)), BV=BVh,
-                                                   **dict(exact, num_warps=RECURRENCE_WARPS or num_warps))
+                                                   **exact)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, u, gl, P, o, NT, BK=BK, BV=BV, **meta)
-    return u, P, o, S, Ai, W
+    return u, P, o, S, (Ai, W)
 
 
-def gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, du, dP, do, dS, dot: str, num_warps: int = 4):
-    """Launch the backward kernels. ``do [B, H, Tp, V]``; ``du``, ``dP``, ``dS``: as ``u``, ``P``, ``S`` or
-    ``None`` (zero). Returns ``dq, dk, dv, dbeta, dgl, dS0``."""
+def backbone_gdn_bwd(q, k, v, beta, gl, S0, u, P, extra, du, dP, do, dS, needs, cfg: StageConfig):
+    """Gradients ``(dq, dk, dv, dbeta, dgl, dS0)`` from those of ``u, P, o, S`` (``None``: zero); ``extra``: the
+    forward's ``(Ai, W)``. All six are computed (``needs`` is not read)."""
+    Ai, W = extra
     B, H, NT, BT = gl.shape
     K, V = k.shape[-1], v.shape[-1]
-    BK, BV = _tiles(K, dot), _tiles(V, dot)
+    dot, tuning = cfg.dot, cfg.tuning
+    BK, BV = tiles(K, dot, tuning.max_tile), tiles(V, dot, tuning.max_tile)
     BVh = min(BV, 32)
     NK = triton.cdiv(K, BK)
+    do = do if do is not None else torch.zeros_like(v)
     dU = torch.empty_like(v)
     G = q.new_empty(B, H, NT, K, V)
     dS0 = q.new_empty(B, H, K, V)
     dq, dk, dW, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k), torch.empty_like(v)
     dg = q.new_empty(NK + 1, B, H, NT, BT)
     db = torch.empty_like(beta)
-    meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=num_warps)
+    meta = dict(K=K, V=V, BT=BT, DOT=dot, num_warps=tuning.num_warps)
     gdn_bwd_du_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, gl, do, du if du is not None else q, dU, NT, BK=BK,
                                                         BV=BV, USE_DU=du is not None, **meta)
     gdn_bwd_dh_kernel[(triton.cdiv(V, BVh), B * H)](q, k, W, gl, do, dP if dP is not None else q,
                                                     dS if dS is not None else q, dU, G, dS0, NT, BK=_full(K, dot),
-                                                    BV=BVh, USE_DP=dP is not None, USE_DS=dS is not None,
-                                                    **dict(meta, num_warps=RECURRENCE_WARPS or num_warps))
+                                                    BV=BVh, USE_DP=dP is not None, USE_DS=dS is not None, **meta)
     gdn_bwd_dqkw_kernel[(NK, NT, B * H)](q, k, u, gl, P, do, dU, G, dq, dk, dW, dg, NT, B * H, BK=BK, BV=BV,
                                          **meta)
-    # float32-accurate products in the UT backward whatever the mode: with bf16 operands Triton 3.6 on an H200
-    # gave a wrong dk and illegal memory accesses here (chunk 64, 4 warps), the fault fla met in its WY backward
+    # float32-accurate products in the UT backward whatever the mode: with 16-bit operands Triton 3.6 on Hopper
+    # gave a wrong dk and illegal memory accesses here (the fault fla met in its WY backward)
     gdn_bwd_ut_kernel[(NT, B * H)](k, v, beta, gl, Ai, W, dU, dW, dk, dv, db, dg[NK], NT,
-                                   BK=_tiles(K, _exact(dot), UT_TILE), BV=BV, **dict(meta, DOT=_exact(dot)))
+                                   BK=tiles(K, _exact(dot), tuning.ut_tile), BV=BV, **dict(meta, DOT=_exact(dot)))
     return dq, dk, dv, db, dg.sum(0), dS0
-
-
-class ChunkGatedDeltaBackbone(torch.autograd.Function):
-    """Pseudo-values, chunk states, plain output and final state of Gated DeltaNet; Triton forward and backward.
-
-    Inputs (float32, contiguous): ``q, k [B, H, Tp, K]``, ``v [B, H, Tp, V]``, ``beta [B, H, Tp]``, ``gl [B, H,
-    NT, BT]`` (chunk-local inclusive log-decay cumsums), ``S0 [B, H, K, V]``, ``dot`` (the ``tl.dot``
-    mode, forward and backward), ``rebuild`` (``None`` or a :class:`dla.ops.utils.saved.Rebuild`). Outputs
-    (float32 in every mode) ``u [B, H, Tp, V]``, ``P [B, H, NT, K, V]``, ``o [B, H, Tp, V]``, ``S [B, H, K, V]``.
-    Gradients for ``q, k, v, beta, gl, S0`` from any subset of the outputs; not twice differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, beta, gl, S0, dot, rebuild=None):
-        u, P, o, S, Ai, W = gdn_backbone_fwd(q, k, v, beta, gl, S0, dot)
-        save_rebuilt(ctx, rebuild, q, k, v, beta, gl, Ai, W, u, P)
-        ctx.dot = dot
-        ctx.set_materialize_grads(False)  # unused outputs need no zero gradient
-        return u, P, o, S
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, du, dP, do, dS):
-        q, k, v, beta, gl, Ai, W, u, P = saved_rebuilt(ctx)
-        c = lambda x: None if x is None else x.float().contiguous()  # noqa: E731
-        do = c(do) if do is not None else torch.zeros_like(v)
-        dq, dk, dv, db, dgl, dS0 = gdn_backbone_bwd(q, k, v, beta, gl, Ai, W, u, P, c(du), c(dP), do, c(dS),
-                                                    ctx.dot)
-        return dq, dk, dv, db, dgl, dS0, None, None
-
-
-def backbone_gdn_triton(q, k, v, g, beta, S0, BT, *, dot_precision: Optional[str] = None,
-                        rebuild: Optional[Rebuild] = None):
-    """Triton version of :func:`dla.ops.dla.chunk_torch._backbone` for Gated DeltaNet (``beta`` given).
-
-    Args:
-        q, k: ``[B, H, Tp, K]``; v: ``[B, H, Tp, V]``; g: ``[B, H, Tp]`` log-decays (``<= 0``); beta: ``[B, H,
-            Tp]`` write strengths; all float32, ``Tp`` a multiple of ``BT``.
-        S0: ``[B, H, K, V]`` initial state. BT: chunk size, a power of two ``>= 16``.
-        dot_precision: the operands of the ``tl.dot`` products: ``ieee``, ``tf32``, ``tf32x3``, ``bf16`` or ``fp16``
-            (:mod:`dla.ops.utils.precision`; float32 accumulation and outputs in each; ``u`` and ``P`` are
-            float32-accurate in every mode, see the module docstring); ``None``: ``tf32x3`` on a GPU, ``ieee``
-            otherwise (the interpreter).
-        rebuild: which of ``q, k, v`` to keep for the backward as their sources (:mod:`dla.ops.utils.saved`).
-    Returns:
-        ``u [B, H, Tp, V]`` (pseudo-values), ``P [B, H, NT, K, V]`` (state before each chunk), ``o [B, H, Tp,
-        V]`` (unscaled ``q_t^T S_t``), the final state ``[B, H, K, V]`` and ``gl [B, H, NT, BT]`` (chunk-local
-        cumsums of ``g``), differentiable in ``q, k, v, g, beta, S0``.
-
-    Example::
-
-        u, P, o, S, gl = backbone_gdn_triton(q, k, v, g, beta, torch.zeros(B, H, K, V, device="cuda"), 64)
-    """
-    if beta is None:
-        raise ValueError("beta: the Gated DeltaNet backbone needs beta [B, H, Tp], got None "
-                         "(the scalar-decay backbone is dla.ops.dla.backbone_triton)")
-    B, H, Tp, K = k.shape
-    V = v.shape[-1]
-    if isinstance(BT, bool) or not isinstance(BT, int) or BT < 16 or BT & (BT - 1) or Tp % BT:
-        raise ValueError(f"BT: expected a power of two >= 16 dividing Tp={Tp}, got {BT!r}")
-    for name, x, shape in (("q", q, (B, H, Tp, K)), ("v", v, (B, H, Tp, V)), ("g", g, (B, H, Tp)),
-                           ("beta", beta, (B, H, Tp)), ("S0", S0, (B, H, K, V))):
-        if tuple(x.shape) != shape:
-            raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
-    for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("S0", S0)):
-        if x.dtype != torch.float32:
-            raise ValueError(f"{name}: expected float32, got {x.dtype}")
-    dot_precision = resolve_precision(dot_precision, q.is_cuda, "dot_precision")
-    gl = g.reshape(B, H, Tp // BT, BT).cumsum(-1)  # autograd carries dgl to g
-    u, P, o, S = ChunkGatedDeltaBackbone.apply(q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(),
-                                               gl.contiguous(), S0.contiguous(), dot_precision, rebuild)
-    return u, P, o, S, gl

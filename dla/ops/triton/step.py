@@ -1,4 +1,4 @@
-"""One DLA decode step as two Triton kernels (DESIGN.md section 6): what :func:`dla.ops.dla.step.dla_step`
+"""One decode step as two Triton kernels (``docs/design.md`` section 6): what :func:`dla.ops.chunked.step.step`
 computes, decision for decision, without the dozens of small PyTorch launches per layer.
 
 Both kernels run one program per (value tile, batch x head), so a step uses ``B * H * ceil(V / BV)`` programs:
@@ -6,9 +6,9 @@ Both kernels run one program per (value tile, batch x head), so a step uses ``B 
 1. ``_step_stats``: per value tile, the pseudo-value tile ``u`` (Gated DeltaNet reads the decayed backbone state,
    the sum of the live slots) and the tile's share of ``y = <S_open, k u^T>``, ``||u||^2`` and ``||S_open||^2``.
 2. ``_step_apply``: every program sums the shares in the same order, so all tiles of a head take the same
-   decision (score, boundary, merge pair: :func:`dla.ops.dla.scan_triton._pick_pair`, the scan's rule); then it
-   writes its tile of every new slot as a sum of a contiguous run of old slots (a merge joins two runs, a
-   Fenwick carry several), plus the token's write, and reads the new slots out with ``lam``.
+   decision (score, boundary, merge pair: :mod:`dla.ops.triton.state_machine`, the scan's rules); then it writes
+   its tile of every new slot as a sum of a contiguous run of old slots (a merge joins two runs, a Fenwick carry
+   several), plus the token's write, and reads the new slots out with ``lam``.
 
 The old state is not modified (new tensors are returned), so a CUDA graph can replay the step over buffers.
 Limits: float32 slot states; ``K <= 256``; policies ``dla``, ``fixed``, ``single``, ``fenwick``
@@ -17,7 +17,6 @@ Limits: float32 slot states; ``K <= 256``; policies ``dla``, ``fixed``, ``single
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -25,13 +24,11 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from dla.ops.common.policy import Policy
 from dla.ops.common.score import EPS
 from dla.ops.common.state import DLAState
-from dla.ops.dla.scan_triton import (_DLA, _FENWICK, _FIXED, _POLICY_ID, _at, _lam_index, _merge_at, _pick_pair,
-                                     _score)
-
-TRITON_STEP_POLICIES = ("dla", "fixed", "single", "fenwick")
-
+from dla.ops.triton.state_machine import DLA, FENWICK, FIXED, POLICY_ID, entry, lam_index, merge_at, pick_pair, score
+from dla.ops.utils.precision import interpreting
 
 @triton.jit
 def _step_stats(
@@ -112,12 +109,12 @@ def _step_apply(
     b_cnt = tl.load(cnt_in + i_bh * W + o_r, mask=m_w, other=0)
     b_info = tl.load(info_in + i_bh * W + o_r, mask=m_w, other=0.)
     empty = m == 0
-    info_t = tl.where(empty, 0.0, _score(x, y, z, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, True))
-    if POLICY == _DLA:
+    info_t = tl.where(empty, 0.0, score(x, y, z, n_el, eps, c_n, sqrt_n_c, USE_DRIFT, True))
+    if POLICY == DLA:
         want = (info_t >= tau) & (capacity > 1)
-    elif POLICY == _FIXED:
+    elif POLICY == FIXED:
         want = (tl.sum(b_cnt, 0) % block_size == 0) & (capacity > 1)
-    elif POLICY == _FENWICK:
+    elif POLICY == FENWICK:
         want = m >= 0
     else:
         want = m < 0
@@ -126,24 +123,24 @@ def _step_apply(
     # merges on the bookkeeping; b_lo tracks the first old slot of each new slot's run
     b_lo = o_r.to(tl.int64)
     m_old = m
-    if POLICY == _DLA or POLICY == _FIXED:
+    if POLICY == DLA or POLICY == FIXED:
         if opened & (m == capacity) & (capacity >= 2):
-            i_m = _pick_pair(b_cnt, b_info, m, o_r, MB, True)
-            b_lo, b_cnt, b_info = _merge_at(b_lo, b_cnt, b_info, i_m, m, o_r, MB)
+            i_m = pick_pair(b_cnt, b_info, m, o_r, MB, True)
+            b_lo, b_cnt, b_info = merge_at(b_lo, b_cnt, b_info, i_m, m, o_r, MB)
             m = m - 1
-    elif POLICY == _FENWICK:
-        carry = opened & (m >= 2) & (_at(b_cnt, o_r, m - 1) == _at(b_cnt, o_r, m - 2))
+    elif POLICY == FENWICK:
+        carry = opened & (m >= 2) & (entry(b_cnt, o_r, m - 1) == entry(b_cnt, o_r, m - 2))
         while carry:
-            b_lo, b_cnt, b_info = _merge_at(b_lo, b_cnt, b_info, m - 2, m, o_r, MB)
+            b_lo, b_cnt, b_info = merge_at(b_lo, b_cnt, b_info, m - 2, m, o_r, MB)
             m = m - 1
-            carry = (m >= 2) & (_at(b_cnt, o_r, m - 1) == _at(b_cnt, o_r, m - 2))
+            carry = (m >= 2) & (entry(b_cnt, o_r, m - 1) == entry(b_cnt, o_r, m - 2))
     m_merged = m
     at = tl.where(opened, m, tl.maximum(m - 1, 0))  # the slot the token's write goes to
     b_cnt = tl.where(o_r == at, tl.where(opened, 1, b_cnt + 1), b_cnt)
     b_info = tl.where(o_r == at, tl.where(opened, info_t, b_info + info_t), b_info)
     m = m + opened.to(tl.int64)
     b_rank = m - 1 - o_r
-    b_idx = _lam_index(b_cnt, tl.maximum(b_rank, 0), capacity, POLICY, NBITS)
+    b_idx = lam_index(b_cnt, tl.maximum(b_rank, 0), capacity, POLICY, NBITS)
     if HAS_LAM:
         b_lam = tl.load(lam + i_bh * R + tl.minimum(tl.maximum(b_idx, 0), R - 1), mask=b_rank >= 0, other=0.)
     else:
@@ -161,8 +158,8 @@ def _step_apply(
     p_Sn = S_out + i_bh * W * K * V + o_k[:, None] * V + o_v[None, :]
     j = 0
     while j < W:
-        lo = _at(b_lo, o_r, j)
-        hi = tl.where(j < m_merged - 1, _at(b_lo, o_r, j + 1) - 1, m_old - 1)
+        lo = entry(b_lo, o_r, j)
+        hi = tl.where(j < m_merged - 1, entry(b_lo, o_r, j + 1) - 1, m_old - 1)
         hi = tl.where(j < m_merged, hi, lo - 1)  # slots past the merged ones hold no old state
         b_acc = tl.zeros([BK, BV], dtype=tl.float32)
         src = lo
@@ -171,24 +168,23 @@ def _step_apply(
             src += 1
         b_acc = a * b_acc + tl.where(j == at, 1.0, 0.0) * b_s
         tl.store(p_Sn + j * K * V, b_acc, mask=m_kv)
-        w_j = _at(b_lam, o_r, j)
+        w_j = entry(b_lam, o_r, j)
         b_o += w_j * tl.sum(b_q[:, None] * b_acc, 0)
         j += 1
     tl.store(o + i_bh * V + o_v, scale * b_o, mask=m_v)
 
 
-def dla_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lam: Optional[torch.Tensor],
-                    beta: Optional[torch.Tensor], *, state: DLAState, scale: float, tau: float, capacity: int,
-                    policy: str, block_size: int, score: str) -> Tuple[torch.Tensor, DLAState]:
-    """:func:`dla.ops.dla.step.dla_step` on the Triton kernels; arguments already checked and the state already
-    of the policy's width (``dla_step`` does both and calls this for CUDA float32 states).
-
-    Returns ``o [B, H, V]`` in the dtype of ``v`` and the new :class:`DLAState`.
-    """
-    if policy not in TRITON_STEP_POLICIES:
-        raise ValueError(f"policy: the Triton step implements {TRITON_STEP_POLICIES}, got {policy!r}")
-    if score not in ("drift", "write"):
-        raise ValueError(f"score: the Triton step implements 'drift' and 'write', got {score!r}")
+def step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lam: Optional[torch.Tensor],
+         beta: Optional[torch.Tensor], state: DLAState, policy: Policy, scale: float,
+         cfg=None) -> Tuple[torch.Tensor, DLAState]:
+    """:func:`dla.ops.chunked.step.step` on the Triton kernels; arguments already checked and the state already of
+    the policy's width (``dla_step`` does both). Returns ``o [B, H, V]`` in the dtype of ``v`` and the new
+    :class:`DLAState`."""
+    if policy.kind == "dla_unbounded":
+        raise ValueError("policy: the Triton step does not implement 'dla_unbounded' (its cache may have to grow); "
+                         "use backend='torch'")
+    if policy.score not in ("drift", "write"):
+        raise ValueError(f"score: the Triton step implements 'drift' and 'write', got {policy.score!r}")
     S = state.slots
     if S.dtype != torch.float32:
         raise ValueError(f"state: the Triton step keeps float32 slots, got {S.dtype}")
@@ -202,8 +198,7 @@ def dla_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     NV = triton.cdiv(V, BV)
     MB = max(2, triton.next_power_of_2(W + 1))
     n = K * V  # the score's constants go as float32 arguments: no host-to-device copy (CUDA-graph capturable)
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    libdev = S.is_cuda and not interpret
+    libdev = S.is_cuda and not interpreting()
     c = lambda x: x.contiguous()  # noqa: E731
     m = c(state.num_slots)
     U = torch.empty(B, H, V, dtype=torch.float32, device=dev)
@@ -217,14 +212,15 @@ def dla_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     norm = torch.empty(B, H, dtype=torch.float32, device=dev)
     o = torch.empty(B, H, V, dtype=torch.float32, device=dev)
     R = lam.shape[-1] if lam is not None else 1
-    nbits = 32 if policy == "fenwick" else 1  # Fenwick levels of slots up to 2^32 - 1 tokens
+    nbits = 32 if policy.kind == "fenwick" else 1  # Fenwick levels of slots up to 2^32 - 1 tokens
     _step_apply[grid](
         c(q), c(k), c(g), c(lam) if lam is not None else g, c(S), c(state.counts), c(state.info), m,
         c(state.open_norm.float()) if state.open_norm is not None else g, U, part,
         S_new, cnt, info, m_new, norm, o,
-        H, G, W, R, capacity, block_size, float(scale), float(n), EPS, n * EPS, (n ** 0.5) * (n * EPS), float(tau),
-        K=K, V=V, BK=BK, BV=BV, NV=NV, MB=MB, NBITS=nbits, POLICY=_POLICY_ID[policy],
-        USE_DRIFT=score == "drift", HAS_NORM=state.open_norm is not None, HAS_LAM=lam is not None,
+        H, G, W, R, policy.capacity, policy.block_size, float(scale), float(n), EPS, n * EPS,
+        (n ** 0.5) * (n * EPS), float(policy.tau),
+        K=K, V=V, BK=BK, BV=BV, NV=NV, MB=MB, NBITS=nbits, POLICY=POLICY_ID[policy.kind],
+        USE_DRIFT=policy.score == "drift", HAS_NORM=state.open_norm is not None, HAS_LAM=lam is not None,
         USE_LIBDEVICE=libdev, num_warps=4,
     )
-    return o.to(v.dtype), DLAState(S_new, cnt, info, m_new, norm)
+    return o.to(v.dtype), DLAState(S_new, cnt, info, m_new, norm, policy)

@@ -1,4 +1,4 @@
-"""The slot form: DESIGN.md section 3 token by token, literally. The specification in code.
+"""The slot form: ``docs/design.md`` section 3 token by token, literally. The specification in code.
 
 Cost ``O(T C K V)`` per head with Python loops over batch, heads and tokens: a reference for tests and for
 reading, not for training. Every faster implementation is tested against this file.
@@ -11,9 +11,10 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from dla.ops.common.merge import lam_indices, pick_merge, wants_boundary
+from dla.ops.common.merge import pick_merge
+from dla.ops.common.policy import Policy
 from dla.ops.common.score import SCORES
-from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, state_width
+from dla.ops.common.state import DLAState, Segmentation, empty_segmentation
 from dla.ops.utils.checks import check_dla_args
 
 
@@ -34,15 +35,16 @@ def naive_dla(
     beta: Optional[torch.Tensor] = None,
     *,
     scale: Optional[float] = None,
-    tau: float = 0.6,
-    capacity: int = 30,
-    policy: str = "dla",
-    block_size: int = 64,
-    score: str = "drift",
+    policy: Union[str, Policy] = "dla",
+    tau: Optional[float] = None,
+    capacity: Optional[int] = None,
+    block_size: Optional[int] = None,
+    score: Optional[str] = None,
     slot_transition: str = "additive",
     initial_state: Optional[DLAState] = None,
     output_final_state: bool = False,
     return_segmentation: bool = False,
+    check_values: Optional[bool] = None,
 ) -> Union[Tuple[torch.Tensor, Optional[DLAState]], Tuple[torch.Tensor, Optional[DLAState], Segmentation]]:
     """Dynamic Linear Attention, slot form (reference).
 
@@ -56,17 +58,21 @@ def naive_dla(
         beta: ``[B, T, H]`` delta-rule strengths: Gated DeltaNet. ``None``: scalar-gated linear attention /
             Mamba-2 (``u_t = v_t``).
         scale: readout scale, default ``K ** -0.5`` (Mamba-2 uses 1).
+        policy: a :class:`~dla.ops.Policy`, or its kind (``single`` | ``fenwick`` | ``fixed`` | ``dla_unbounded`` |
+            ``dla``, ``docs/design.md`` section 3.1) completed by the next four arguments.
         tau: boundary threshold, ``I_t >= tau`` opens a slot; finite, ``>= 0`` (0: every token opens one).
+            Default 0.6.
         capacity: ``C >= 1``, the most live slots (``dla``, ``fixed``; the number of ``lam`` entries for
-            ``dla_unbounded``); ignored by ``single`` and ``fenwick``.
-        policy: ``single`` | ``fenwick`` | ``fixed`` | ``dla_unbounded`` | ``dla`` (DESIGN.md section 3.1).
-        block_size: the ``fixed`` policy opens a slot every ``block_size`` tokens (absolute positions).
+            ``dla_unbounded``); ignored by ``single`` and ``fenwick``. Default 30.
+        block_size: the ``fixed`` policy opens a slot every ``block_size`` tokens (absolute positions). Default 64.
         score: ``drift`` (default, the paper's) or ``write``; see :mod:`dla.ops.common.score`.
         slot_transition: ``additive`` (DESIGN 2.1: slots decay, the delta rule acts through the pseudo-value)
             or ``per_slot`` (Log-Linear GDN: every slot gets ``a_t (I - beta_t k_t k_t^T)``). Same for ``beta=None``.
         initial_state: a :class:`DLAState` to continue from (e.g. the final state of a previous call).
         output_final_state: also return the final :class:`DLAState`.
         return_segmentation: also return the :class:`Segmentation`.
+        check_values: look at the values (no NaN or inf, ``g <= 0``, a stable delta rule); ``None``: for CPU
+            inputs (a host sync on GPU).
 
     Returns:
         ``o [B, T, H, V]`` in the dtype of ``v``, the final state (or ``None``), and the segmentation if asked.
@@ -80,19 +86,19 @@ def naive_dla(
         >>> o.shape, int(state.num_slots.max()) <= 4
         (torch.Size([1, 16, 2, 8]), True)
     """
-    dims = check_dla_args(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
-                          block_size=block_size, score=score, slot_transition=slot_transition,
-                          initial_state=initial_state)
+    pol = Policy.of(policy, tau=tau, capacity=capacity, block_size=block_size, score=score)
+    dims = check_dla_args(q, k, v, g, lam, beta, policy=pol, scale=scale, initial_state=initial_state,
+                          slot_transition=slot_transition, check_finite=check_values)
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     rep = H // dims.G
     out_dtype, dt = v.dtype, torch.promote_types(v.dtype, torch.float32)
     q, k, v, g = (x.to(dt) for x in (q, k, v, g))
     beta = beta.to(dt) if beta is not None else None
     lam = lam.to(dt) if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)
-    score_fn = SCORES[score]
+    score_fn = SCORES[pol.score]
 
     o = torch.zeros(B, T, H, V, dtype=dt, device=v.device)
-    seg = _empty_segmentation(B, T, H, R, dt, v.device)
+    seg = empty_segmentation(B, T, H, R, dt, v.device)
     finals: List[List[List[_Slot]]] = []
     for b in range(B):
         finals.append([])
@@ -125,16 +131,16 @@ def naive_dla(
                     S_open = slots[-1].S
                     x, y, z = (S_open * S_open).sum(), (S_open * st).sum(), (kt @ kt) * (ut @ ut)
                     info = score_fn(x, y, z, K * V)
-                    opened = bool(wants_boundary(policy, info, tau, seen + t, block_size, capacity))
+                    opened = bool(pol.wants_boundary(info, seen + t))
                     if opened:  # 5. merge when full, then append
-                        merged = _make_room(slots, policy, capacity)
+                        merged = _make_room(slots, pol)
                         slots.append(_Slot(st, 1, info, t))
                     else:
                         slots[-1].S = S_open + st
                         slots[-1].n += 1
                         slots[-1].info = slots[-1].info + info
                 # 6. readout over the live slots, newest first
-                idx = lam_indices(policy, torch.tensor([s.n for s in reversed(slots)]), capacity)
+                idx = pol.lam_indices(torch.tensor([s.n for s in reversed(slots)]))
                 for r, (s, li) in enumerate(zip(reversed(slots), idx.tolist())):
                     o[b, t, h] += lam[b, t, h, li] * (qt @ s.S)
                     if r < R:
@@ -143,18 +149,18 @@ def naive_dla(
                 seg.num_slots[b, t, h], seg.merged[b, t, h] = len(slots), merged
             finals[-1].append(slots)
     o = (o * dims.scale).to(out_dtype)
-    final = _pack_state(finals, policy, capacity, R, K, V, dt, v.device) if output_final_state else None
+    final = _pack_state(finals, pol, R, K, V, dt, v.device) if output_final_state else None
     return (o, final, seg) if return_segmentation else (o, final)
 
 
-def _make_room(slots: List[_Slot], policy: str, capacity: int) -> int:
+def _make_room(slots: List[_Slot], policy: Policy) -> int:
     """Merge before a new slot is appended; return the merged pair's index or -1."""
     merged = -1
-    if policy in ("dla", "fixed") and len(slots) == capacity:
+    if policy.merges and len(slots) == policy.capacity:
         merged = int(pick_merge(torch.stack([s.info for s in slots]),
                                 torch.tensor([s.n for s in slots]), torch.tensor(len(slots))))
         _merge_pair(slots, merged)
-    elif policy == "fenwick":  # binary carry: equal-sized closed slots merge, newest pairs first
+    elif policy.kind == "fenwick":  # binary carry: equal-sized closed slots merge, newest pairs first
         while len(slots) >= 2 and slots[-1].n == slots[-2].n:
             merged = len(slots) - 2
             _merge_pair(slots, merged)
@@ -174,24 +180,14 @@ def _initial_slots(state: Optional[DLAState], b: int, h: int, dt: torch.dtype) -
                   j - m) for j in range(m)]
 
 
-def _empty_segmentation(B: int, T: int, H: int, R: int, dt: torch.dtype, device) -> Segmentation:
-    return Segmentation(
-        score=torch.zeros(B, T, H, dtype=dt, device=device),
-        boundary=torch.zeros(B, T, H, dtype=torch.bool, device=device),
-        num_slots=torch.zeros(B, T, H, dtype=torch.int64, device=device),
-        merged=torch.full((B, T, H), -1, dtype=torch.int64, device=device),
-        starts=torch.full((B, T, H, R), UNUSED_START, dtype=torch.int64, device=device),
-        lam_index=torch.full((B, T, H, R), -1, dtype=torch.int64, device=device),
-    )
-
-
-def _pack_state(finals, policy, capacity, R, K, V, dt, device) -> DLAState:
+def _pack_state(finals, policy: Policy, R, K, V, dt, device) -> DLAState:
     B, H = len(finals), len(finals[0]) if finals else 0
-    width = state_width(policy, capacity, R, max([len(s) for row in finals for s in row] + [1]))
+    width = policy.state_width(R, max([len(s) for row in finals for s in row] + [1]))
     state = DLAState(torch.zeros(B, H, width, K, V, dtype=dt, device=device),
                      torch.zeros(B, H, width, dtype=torch.int64, device=device),
                      torch.zeros(B, H, width, dtype=dt, device=device),
-                     torch.zeros(B, H, dtype=torch.int64, device=device), torch.zeros(B, H, dtype=dt, device=device))
+                     torch.zeros(B, H, dtype=torch.int64, device=device), torch.zeros(B, H, dtype=dt, device=device),
+                     policy)
     for b in range(B):
         for h in range(H):
             for j, s in enumerate(finals[b][h]):

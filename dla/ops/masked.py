@@ -1,4 +1,5 @@
-"""The masked form: ``O = (Q K^T (.) M) U`` with ``M[t, s] = lam[t, idx(rank_t(s))] D(s, t)`` (DESIGN.md section 5).
+"""The masked form: ``O = (Q K^T (.) M) U`` with ``M[t, s] = lam[t, idx(rank_t(s))] D(s, t)`` (``docs/design.md``
+section 5).
 
 ``O(T^2)`` per head, fully parallel and differentiable for a given segmentation: the oracle for gradients.
 Gated DeltaNet's pseudo-values come from one ``T x T`` unit-triangular solve (the UT transform over the whole
@@ -7,12 +8,13 @@ sequence).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
+from dla.ops.common.policy import Policy
 from dla.ops.common.state import DLAState, Segmentation
-from dla.ops.dla.naive import naive_dla
+from dla.ops.naive import naive_dla
 from dla.ops.utils.checks import check_dla_args
 
 
@@ -26,13 +28,14 @@ def masked_dla(
     *,
     segmentation: Optional[Segmentation] = None,
     scale: Optional[float] = None,
-    tau: float = 0.6,
-    capacity: int = 30,
-    policy: str = "dla",
-    block_size: int = 64,
-    score: str = "drift",
+    policy: Union[str, Policy] = "dla",
+    tau: Optional[float] = None,
+    capacity: Optional[int] = None,
+    block_size: Optional[int] = None,
+    score: Optional[str] = None,
     initial_state: Optional[DLAState] = None,
     output_final_state: bool = False,
+    check_values: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, Optional[DLAState]]:
     """DLA as one masked ``T x T`` product (reference for outputs and gradients).
 
@@ -41,20 +44,18 @@ def masked_dla(
     form without gradient. Returns ``(o [B, T, H, V], final_state or None)``; ``output_final_state`` is not
     available for ``dla_unbounded`` (its segmentation lists only the ``capacity`` newest slots).
     """
-    dims = check_dla_args(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
-                          block_size=block_size, score=score, slot_transition="additive",
-                          initial_state=initial_state)
-    if output_final_state and policy == "dla_unbounded":
+    pol = Policy.of(policy, tau=tau, capacity=capacity, block_size=block_size, score=score)
+    dims = check_dla_args(q, k, v, g, lam, beta, policy=pol, scale=scale, initial_state=initial_state,
+                          check_finite=check_values)
+    if output_final_state and pol.kind == "dla_unbounded":
         raise ValueError("output_final_state: masked_dla cannot rebuild dla_unbounded's slots; use naive_dla")
     if v.shape[1] == 0:  # nothing to mask: the slot form returns the (initial) state as it is
-        return naive_dla(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
-                         block_size=block_size, score=score, initial_state=initial_state,
-                         output_final_state=output_final_state)
+        return naive_dla(q, k, v, g, lam, beta, scale=scale, policy=pol, initial_state=initial_state,
+                         output_final_state=output_final_state, check_values=False)
     if segmentation is None:
         with torch.no_grad():
-            segmentation = naive_dla(q, k, v, g, lam, beta, scale=scale, tau=tau, capacity=capacity, policy=policy,
-                                     block_size=block_size, score=score, initial_state=initial_state,
-                                     return_segmentation=True)[2]
+            segmentation = naive_dla(q, k, v, g, lam, beta, scale=scale, policy=pol, initial_state=initial_state,
+                                     return_segmentation=True, check_values=False)[2]
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     out_dtype, dt = v.dtype, torch.promote_types(v.dtype, torch.float32)
     rep = H // dims.G
@@ -97,7 +98,7 @@ def masked_dla(
     o = (o * dims.scale).transpose(1, 2).to(out_dtype)
     if not output_final_state:
         return o, None
-    return o, _final_state(segmentation, k, u, D[..., -1, :], D0[..., -1], init, m0)
+    return o, _final_state(segmentation, k, u, D[..., -1, :], D0[..., -1], init, m0, pol)
 
 
 def _rank_weight(starts, lam_index, lam, pos):
@@ -109,7 +110,7 @@ def _rank_weight(starts, lam_index, lam, pos):
     return torch.gather(lam, -1, idx)
 
 
-def _final_state(seg, k, u, D_last, D0_last, init, m0) -> DLAState:
+def _final_state(seg, k, u, D_last, D0_last, init, m0, policy: Policy) -> DLAState:
     """Slots at the last token: each live slot is the decayed sum of its tokens (and initial slots)."""
     B, H, T, K = k.shape
     starts = seg.starts[:, -1].to(k.device)  # [B, H, R] newest first
@@ -138,4 +139,5 @@ def _final_state(seg, k, u, D_last, D0_last, init, m0) -> DLAState:
     mask = lambda x: x * keep.view(B, H, R, *([1] * (x.dim() - 3))).to(x.dtype)  # noqa: E731
     slots = mask(chrono(slots_nf))
     open_slot = torch.gather(slots, 2, (m - 1).clamp_min(0).view(B, H, 1, 1, 1).expand(B, H, 1, K, slots.shape[-1]))
-    return DLAState(slots, mask(chrono(counts_nf)), mask(chrono(info_nf)), m, (open_slot ** 2).sum((2, 3, 4)))
+    return DLAState(slots, mask(chrono(counts_nf)), mask(chrono(info_nf)), m, (open_slot ** 2).sum((2, 3, 4)),
+                    policy)
