@@ -16,8 +16,9 @@ class GatedDeltaNetMixer(RecurrentMixer):
     """Gated DeltaNet mixer whose state is read through a DLA memory policy.
 
     ``q``, ``k``, ``v`` come from linear projections and one causal depthwise convolution (SiLU); ``q`` and ``k``
-    are L2-normalised per head, ``beta = sigmoid(b_proj x)``, ``g = -exp(A_log) * softplus(a_proj x + dt_bias)``,
-    ``scale = K^-0.5``. The output is ``o_proj(RMSNorm(o) * silu(gate_proj x))`` normalised per head.
+    are L2-normalised per head (``use_qk_l2norm``, as fla's ``use_qk_l2norm_in_kernel``), ``beta = sigmoid(b_proj x)``,
+    ``g = -exp(A_log) * softplus(a_proj x + dt_bias)``, ``scale = K^-0.5``. The output is
+    ``o_proj(RMSNorm(o) * silu(gate_proj x))`` normalised per head.
 
     Args:
         hidden_size: model width.
@@ -30,6 +31,9 @@ class GatedDeltaNetMixer(RecurrentMixer):
         norm_eps: epsilon of the output RMSNorm.
         dt_min, dt_max, dt_floor: init of ``dt_bias`` as in Mamba-2.
         a_init_range: ``A ~ U[a_init_range]`` (Gated DeltaNet: ``(0, 16)``), stored as ``A_log``.
+        use_qk_l2norm: L2-normalise ``q`` and ``k`` per head (default, as fla's Gated DeltaNet layer). Without it the
+            delta rule ``I - beta k k^T`` is stable only while ``beta ||k||^2 <= 2``: large keys make the state
+            grow without bound.
         **policy_kwargs: ``policy``, ``capacity``, ``tau``, ``score``, ``block_size``, ``chunk_size``,
             ``max_position_embeddings``, ``layer_idx`` of :class:`~dla.layers.recurrent.RecurrentMixer`.
 
@@ -45,14 +49,17 @@ class GatedDeltaNetMixer(RecurrentMixer):
     def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int = 64, head_v_dim: int = 128,
                  num_qk_heads: Optional[int] = None, conv_size: int = 4, norm_eps: float = 1e-5,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4,
-                 a_init_range: Tuple[float, float] = (0.0, 16.0), **policy_kwargs: Any):
+                 a_init_range: Tuple[float, float] = (0.0, 16.0), use_qk_l2norm: bool = True, **policy_kwargs: Any):
         num_qk_heads = num_heads if num_qk_heads is None else num_qk_heads
         super().__init__(hidden_size, num_heads, num_qk_heads, head_k_dim, head_v_dim, **policy_kwargs)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         if not 0 <= a_init_range[0] <= a_init_range[1] or a_init_range[1] <= 0:
             raise ValueError(f"a_init_range: expected 0 <= low <= high, high > 0, got {a_init_range}")
+        if not isinstance(use_qk_l2norm, bool):
+            raise ValueError(f"use_qk_l2norm: expected a bool, got {use_qk_l2norm!r}")
         self.dt_min, self.dt_max, self.dt_floor, self.a_init_range = dt_min, dt_max, dt_floor, tuple(a_init_range)
+        self.use_qk_l2norm = use_qk_l2norm
         self.key_size, self.value_size = num_qk_heads * head_k_dim, num_heads * head_v_dim
         self.q_proj = nn.Linear(hidden_size, self.key_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.key_size, bias=False)
@@ -82,8 +89,9 @@ class GatedDeltaNetMixer(RecurrentMixer):
         qkv = torch.cat([self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)], -1)
         qkv, tail = self.conv(qkv, conv_tail, cu_seqlens)
         q, k, v = torch.split(qkv, [self.key_size, self.key_size, self.value_size], -1)
-        q = F.normalize(q.reshape(B, T, G, K), dim=-1, eps=1e-6)
-        k = F.normalize(k.reshape(B, T, G, K), dim=-1, eps=1e-6)
+        q, k = q.reshape(B, T, G, K), k.reshape(B, T, G, K)
+        if self.use_qk_l2norm:
+            q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
         beta = torch.sigmoid(self.b_proj(hidden))
         g = -torch.exp(self.A_log.to(hidden.dtype)) * F.softplus(self.a_proj(hidden) + self.dt_bias.to(hidden.dtype))
         return q, k, v.reshape(B, T, H, V), g, beta, self.gate_proj(hidden), tail

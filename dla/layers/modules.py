@@ -160,9 +160,11 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
 
 
 def check_hidden(hidden: torch.Tensor, hidden_size: int) -> None:
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != hidden_size:
+    """Raise ``ValueError`` unless ``hidden`` is ``[B, T, hidden_size]`` with at least one token."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != hidden_size or \
+            hidden.shape[1] == 0:
         shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
-        raise ValueError(f"hidden: expected [B, T, {hidden_size}], got {shape}")
+        raise ValueError(f"hidden: expected [B, T, {hidden_size}] with T >= 1, got {shape}")
 
 
 def check_mask(attention_mask: Optional[torch.Tensor], hidden: torch.Tensor,

@@ -168,6 +168,45 @@ def _grad_norm(model: nn.Module, max_norm: Optional[float]) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``param`` (its shard under FSDP2, whose parameters are DTensors)."""
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
+def _nonfinite(tensors) -> torch.Tensor:
+    """A bool tensor (no host sync): whether any element of ``tensors`` is NaN or infinite."""
+    flags = [~torch.isfinite(t.detach()).all() for t in tensors if t.numel()]
+    return torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool)
+
+
+def check_finite(model: nn.Module, interval_nll: torch.Tensor, env: DistEnv, step: int, ckpt_dir: Path) -> None:
+    """Before a checkpoint: the loss summed since the last log and every weight (every rank's shard) must be
+    finite; one host synchronisation.
+
+    Raises:
+        FloatingPointError: saying which (and the first parameters that hold NaN/inf on this rank), that no
+            checkpoint was written and which one is the last good one, so a NaN never overwrites or rotates out a
+            good checkpoint.
+    """
+    params = [_local(p) for p in model.parameters()]
+    bad = torch.stack([~torch.isfinite(interval_nll), _nonfinite(params).to(interval_nll.device)]).double()
+    bad = all_reduce_sum(bad, env).tolist()
+    if not any(bad):
+        return
+    names = [n for n, p in model.named_parameters() if _local(p).numel() and not bool(torch.isfinite(_local(p)).all())]
+    what = " and ".join(w for w, b in (("the loss", bad[0]), ("the weights", bad[1])) if b)
+    where = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+    raise FloatingPointError(
+        f"train: {what}{where} not finite at step {step}; no checkpoint written. {_last_good(ckpt_dir)}")
+
+
+def _last_good(ckpt_dir: Path) -> str:
+    last = latest_checkpoint(ckpt_dir)
+    if last is None:
+        return "No checkpoint was written before it."
+    return f"The last good checkpoint is {last}: resume from it (--resume) with a lower train.lr or other data."
+
+
 def _resolve_resume(resume: Union[bool, str, os.PathLike, None], ckpt_dir: Path) -> Optional[Path]:
     if resume is None or resume is False:
         existing = latest_checkpoint(ckpt_dir)
@@ -309,6 +348,7 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
     state_options = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def checkpoint(step: int) -> Optional[Path]:
+        check_finite(model, interval_nll, env, step, ckpt_dir)
         model_state, optim_state = get_state_dict(model, optimizer, options=state_options)
         per_rank = all_gather_objects({"data": data.train.state_dict(), "rng": rng_state()}, env)
         path = None
@@ -376,7 +416,7 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
                 raise ValueError(f"data: no scored label (all -100) in steps up to {step}")
             loss = float(all_reduce_sum(interval_nll, env)) / count
             if not math.isfinite(loss):
-                raise FloatingPointError(f"loss: {loss} at step {step}; lower train.lr or check the data")
+                raise FloatingPointError(f"train: the loss is {loss} at step {step}. {_last_good(ckpt_dir)}")
             final_loss = loss
             tps = interval_tokens / max(interval_time, 1e-9)
             record = {"kind": "train", "step": step, "tokens": tokens, "loss": loss, "lr": lr,
@@ -417,4 +457,4 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
     return result
 
 
-__all__ = ["train", "evaluate", "TrainResult", "check_fit", "seed_everything"]
+__all__ = ["train", "evaluate", "TrainResult", "check_fit", "check_finite", "seed_everything"]

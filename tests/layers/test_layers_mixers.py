@@ -280,11 +280,24 @@ def test_single_policy_has_no_lam_parameters():
     assert {"lam_proj.weight", "lam_scale"} <= {n for n, _ in gdn("dla").named_parameters()}
 
 
-def test_gdn_keys_are_unit_norm():
+def test_gdn_keys_are_unit_norm_unless_told_otherwise():
     mixer, x = build("gdn", "single"), inputs()
-    q, k, *_ = mixer._project(x, None)
+    with torch.no_grad():
+        q, k, *_ = mixer._project(x, None)
     assert torch.allclose(k.norm(dim=-1), torch.ones(k.shape[:-1], dtype=k.dtype))
     assert torch.allclose(q.norm(dim=-1), torch.ones(q.shape[:-1], dtype=q.dtype))
+    raw = build("gdn", "single", use_qk_l2norm=False)
+    with torch.no_grad():  # same seed, same weights
+        q_raw, k_raw, *_ = raw._project(x, None)
+    assert torch.allclose(F.normalize(k_raw, dim=-1), k) and torch.allclose(F.normalize(q_raw, dim=-1), q)
+    assert float((k_raw.norm(dim=-1) - 1).abs().max()) > 0.1
+
+
+def test_gdn_with_huge_key_weights_stays_finite_with_l2norm():
+    mixer, x = build("gdn", "dla"), inputs()
+    with torch.no_grad():
+        mixer.k_proj.weight.mul_(1e3)
+    assert bool(torch.isfinite(mixer(x)).all())
 
 
 @pytest.mark.parametrize("name,policy", ALL)
@@ -323,6 +336,7 @@ def test_attention_refuses_positions_beyond_max_and_counts_only_real_tokens():
     (GatedDeltaNetMixer, dict(num_heads=2, tau=-1.0), "tau"),
     (GatedDeltaNetMixer, dict(num_heads=2, score="cosine"), "score"),
     (GatedDeltaNetMixer, dict(num_heads=0), "num_heads"),
+    (GatedDeltaNetMixer, dict(num_heads=2, use_qk_l2norm=1), "use_qk_l2norm"),
     (AttentionMixer, dict(num_heads=5), "num_heads"),
     (AttentionMixer, dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
 ])
@@ -335,6 +349,9 @@ def test_bad_inputs_raise_naming_them():
     mixer = build("gdn", "dla")
     with pytest.raises(ValueError, match="^hidden:"):
         mixer(torch.randn(2, 5, D + 1, dtype=torch.float64))
+    for empty in (mixer, build("attention", None)):  # no token at all
+        with pytest.raises(ValueError, match=r"^hidden: .*T >= 1"):
+            empty(torch.randn(2, 0, D, dtype=torch.float64))
     with pytest.raises(ValueError, match="^attention_mask:"):
         mixer(inputs(T=5), attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="^cu_seqlens:"):

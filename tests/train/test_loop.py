@@ -173,3 +173,33 @@ def test_empty_corpus_fails_before_training(tiny, tmp_path):
     with pytest.raises(ValueError, match="yielded no non-empty document"):
         train(config)
     assert not config.output_dir.exists()
+
+
+def test_nan_in_the_weights_stops_before_a_checkpoint_and_keeps_the_good_ones(tiny, monkeypatch):
+    import dla.train.loop as loop
+
+    build = loop.build_optimizer
+
+    def poisoning(*args, **kwargs):  # after optimizer step 3 one weight turns NaN, between two log steps
+        optimizer, calls = build(*args, **kwargs), {"n": 0}
+
+        def after_step(opt, *_):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                with torch.no_grad():
+                    opt.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+
+        optimizer.register_step_post_hook(after_step)
+        return optimizer
+
+    monkeypatch.setattr(loop, "build_optimizer", poisoning)
+    config = tiny(train={"max_steps": 8}, checkpoint={"every": 2, "keep_last": 1}, log={"every": 100})
+    ckpts = config.output_dir / "checkpoints"
+    with pytest.raises(FloatingPointError, match=r"^train: the weights \(model\.embed_tokens\.weight\) not finite at "
+                                                 r"step 4; no checkpoint written\. The last good checkpoint is .*"
+                                                 r"step_00000002\.pt"):
+        train(config)
+    assert [s for s, _ in list_checkpoints(ckpts)] == [2]  # keep_last=1 rotated nothing out
+    good = load_checkpoint(ckpts / "step_00000002.pt")["model"]
+    assert all(bool(torch.isfinite(t).all()) for t in good.values())
+    assert not (config.output_dir / "final").exists()
