@@ -4,6 +4,7 @@ Needs ``numpy``, ``torch`` and ``tokenizers``; ``datasets`` (hub sources), ``pya
 ``transformers`` (non-``tokenizer.json`` tokenizers) are imported only when used. Independent of ``dla.ops``.
 """
 
+from dla.data.corpus import CorpusSource, TokenCorpus, write_corpus
 from dla.data.loader import LoaderConfig, PackedLoader, batch_cu_seqlens
 from dla.data.packing import (PackedSequences, PackedSplits, PackingConfig, is_validation_document,
                               load_token_streams, pack_corpus, sequence_cu_seqlens, write_token_streams)
@@ -20,4 +21,5 @@ __all__ = [
     "sequence_cu_seqlens", "is_validation_document",
     "LoaderConfig", "PackedLoader", "batch_cu_seqlens",
     "DataConfig", "DataBundle", "build_data", "build_loaders",
+    "CorpusSource", "TokenCorpus", "write_corpus",
 ]

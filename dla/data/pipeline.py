@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from dla.data.corpus import TokenCorpus
 from dla.data.loader import LoaderConfig, PackedLoader
 from dla.data.packing import PackedSplits, PackingConfig, is_validation_document, pack_corpus
 from dla.data.sources import SourceConfig, iter_corpus, source_fingerprint
@@ -27,6 +28,8 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # load or train the tokenizer
     packing: PackingConfig = field(default_factory=PackingConfig)  # seq_len, validation split, cache
     loader: LoaderConfig = field(default_factory=LoaderConfig)  # batch size, shuffle seed, rank/world size
+    tokens: Optional[str] = None  # a corpus written by `dla data tokenize` (dla.data.corpus): used instead of
+    # sources, tokenizer and the packing's split and cache (its held-out documents are the validation split)
 
     def __post_init__(self) -> None:
         if not isinstance(self.sources, tuple):
@@ -51,12 +54,16 @@ class DataBundle:
 
 def build_data(config: DataConfig) -> DataBundle:
     """Get the tokenizer (trained on train-split documents only when ``config.tokenizer.path`` is None) and pack
-    the corpus; both are cached under ``config.packing.cache_dir`` when it is set.
+    the corpus; both are cached under ``config.packing.cache_dir`` when it is set. With ``config.tokens``, the
+    tokenizer and both splits come from that token corpus instead (nothing is read or tokenized).
 
     Raises:
         ValueError / FileNotFoundError: a bad source, an empty corpus, or a split too short for one sequence.
     """
     packing = config.packing
+    if config.tokens is not None:
+        corpus = TokenCorpus(config.tokens)
+        return DataBundle(corpus.tokenizer, corpus.packed(packing.seq_len))
     documents_key = [[source_fingerprint(s) for s in config.sources], packing.val_fraction, packing.split_seed]
     train_documents = (d for d in iter_corpus(config.sources)
                        if not is_validation_document(d, packing.val_fraction, packing.split_seed))

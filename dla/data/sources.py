@@ -15,6 +15,7 @@ Text files are decoded as UTF-8 with undecodable bytes replaced by U+FFFD.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -252,6 +253,48 @@ def iter_documents(config: SourceConfig) -> Iterator[str]:
         if not document:
             continue
         yield document
+        count += 1
+        if config.max_documents is not None and count >= config.max_documents:
+            return
+    if count == 0:
+        raise ValueError(f"path: source kind={config.kind!r} path={config.path!r} yielded no non-empty document")
+
+
+def iter_named_documents(config: SourceConfig) -> Iterator[tuple[str, str]]:
+    """``(name, document)`` for each document ``iter_documents(config)`` yields, in the same order.
+
+    Names: a ``files`` document is its file's path relative to ``config.path`` (a directory; for a file or a glob,
+    relative to the files' common directory), plus ``:N`` for the N-th text (1-based; null values skipped) of a
+    ``.jsonl`` / ``.parquet`` file; a ``stdlib`` document is its path under ``stdlib_root()``; a ``hf`` document
+    is ``path[index]`` (``name/path[index]`` with a configuration name).
+    """
+    if config.kind == "files":
+        files = list_files(config.path)
+        root = Path(config.path) if Path(config.path).is_dir() else Path(os.path.commonpath([f.parent for f in files]))
+
+        def named() -> Iterator[tuple[str, str]]:
+            for file in files:
+                name = file.relative_to(root).as_posix()
+                if file.suffix == ".txt":
+                    yield name, _read_text(file)
+                else:
+                    for i, doc in enumerate(iter_file_documents(file, config.text_field), start=1):
+                        yield f"{name}:{i}", doc
+        pairs = named()
+    elif config.kind == "stdlib":
+        root = stdlib_root()
+        files = stdlib_files(config.include_tests)
+        pairs = ((f.relative_to(root).as_posix(), doc) for f, doc in zip(files, iter_stdlib_documents(
+            config.include_tests)))
+    else:
+        label = f"{config.name}/{config.path}" if config.name else config.path
+        pairs = ((f"{label}[{i}]", doc) for i, doc in enumerate(iter_documents(dataclasses.replace(
+            config, max_documents=None))))
+    count = 0
+    for name, document in pairs:
+        if not document:
+            continue
+        yield name, document
         count += 1
         if config.max_documents is not None and count >= config.max_documents:
             return

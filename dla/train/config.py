@@ -97,6 +97,7 @@ class DataSection:
     split_seed: int = 0  # lm: seed of the document-level train/validation split
     cache_dir: Optional[str] = "runs/cache"  # lm: cache of the tokenizer and token streams; null = none
     document_masking: bool = True  # pass cu_seqlens so no document sees another (only if the model takes it)
+    tokens: Optional[str] = None  # lm: a token corpus from `dla data tokenize`, read instead of sources/tokenizer
     mqar: MQARSection = field(default_factory=MQARSection)  # mqar: sizes of the task
 
     def __post_init__(self) -> None:

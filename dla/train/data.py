@@ -77,7 +77,7 @@ def build_task_data(config: DataSection, batch_size: int, seed: int, env: DistEn
     data_config = DataConfig(sources=config.sources, tokenizer=config.tokenizer,
                              packing=PackingConfig(seq_len=config.seq_len, val_fraction=config.val_fraction,
                                                    split_seed=config.split_seed, cache_dir=config.cache_dir),
-                             loader=loader_config)
+                             loader=loader_config, tokens=config.tokens)
     bundle = None
     if config.cache_dir is not None and env.distributed and not env.is_main:
         barrier(env)  # rank 0 tokenizes into the cache first
