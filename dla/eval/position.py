@@ -299,8 +299,11 @@ def position_table(groups: Mapping[str, Sequence[PositionCurve]], edges: Sequenc
     for label, curves in groups.items():
         results = [c.buckets(edges) for c in curves]
         e = results[0].edges
-        if header is None:
-            header = [f"{e[i]}-{e[i + 1]}" for i in range(len(e) - 1)]
+        labels = [f"{e[i]}-{e[i + 1]}" for i in range(len(e) - 1)]
+        if header is not None and labels != header:
+            raise ValueError(f"groups: {label}'s buckets {labels} differ from the first model's {header} (curves "
+                             f"of different lengths)")
+        header = labels
         stack = np.stack([r.bucket_loss for r in results])
         mean, half = stack.mean(0), (stack.max(0) - stack.min(0)) / 2
         cells = [f"{m:.3f}" + (f" ± {h:.3f}" if len(curves) > 1 else "") for m, h in zip(mean, half)]

@@ -1,0 +1,272 @@
+"""Small language models on the public-domain English corpus (configs/lm/): step times, training runs that resume,
+loss by position to 4x the training length, held-out perplexity per domain, and the report over runs.
+
+Needs the token corpus (``bash scripts/fetch_books.sh`` writes ``runs/books/tokens``, ~45 MB; carry that path to
+the GPU machine). Every mode writes under ``--out`` (``$OUT`` on the GPU machine): JSON, a log, plots.
+
+    # step time of all seven models at 2K (bf16 autocast, the trainer's own loop): sizes the runs
+    python scripts/gpu_lm.py steptime --out $OUT/steptime
+
+    # one run: at most --minutes of training (a checkpoint when time runs out; the same command resumes), then,
+    # once its tokens are done, loss by position to 8K and per-domain perplexity
+    python scripts/gpu_lm.py train configs/lm/dla-gdn.yaml --seed 0 --tokens 50e6 --minutes 8 --out $OUT/runs
+
+    # tables and plots over finished runs (CPU)
+    python scripts/gpu_lm.py report OUT1/runs OUT2/runs --out docs/results/lm
+
+Runs train in ``runs/lm/<recipe>-s<seed>`` (kept between calls on a warm machine, which is what resuming needs);
+their ``log.jsonl``, ``summary.json``, ``loss.png`` and ``result.json`` are copied to ``--out/<recipe>-s<seed>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RECIPES = ("transformer", "mamba2", "loglinear-mamba2", "dla-mamba2", "gdn", "loglinear-gdn", "dla-gdn")
+LABELS = {"transformer": "Transformer", "mamba2": "Mamba-2", "loglinear-mamba2": "Log-Linear Mamba-2",
+          "dla-mamba2": "DLA-Mamba-2", "gdn": "Gated DeltaNet", "loglinear-gdn": "Log-Linear GDN",
+          "dla-gdn": "DLA-GDN"}
+
+
+def environment() -> dict:
+    """GPU, versions and commit: what every record names."""
+    import torch
+
+    import dla
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = os.environ.get("DLA_COMMIT", "unknown")
+    return {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "python": platform.python_version(), "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **{"torch": torch.__version__}, **dla.package_versions(("triton", "transformers"))}
+
+
+def recipe_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    if name not in RECIPES:
+        raise ValueError(f"recipe: expected a configs/lm/*.yaml path or one of {', '.join(RECIPES)}, got {name!r}")
+    return REPO / "configs" / "lm" / f"{name}.yaml"
+
+
+def _overrides(args, extra=()) -> list:
+    out = [f"data.tokens={args.corpus}", "log.progress=false", "log.plot=true", *extra]
+    if args.device == "cpu":  # the CPU smoke test: tiny everything
+        out += ["train.device=cpu", "data.seq_len=64", "train.global_batch_size=2", "train.micro_batch_size=2",
+                "train.warmup_steps=1", "train.eval_batches=1", "model.num_hidden_layers=1", "model.hidden_size=64",
+                "model.num_attention_heads=2", "model.intermediate_size=128", "model.head_k_dim=16",
+                "model.head_v_dim=32" if "mamba2" in args.recipe_name else "model.expand_v=2.0",
+                "model.capacity=4", "model.max_position_embeddings=512"]
+        out = [o for o in out if not (o.startswith("model.head_v_dim") and "gdn" in args.recipe_name)]
+    return out
+
+
+def steptime(args) -> int:
+    """Train each recipe for ``--steps`` steps in the trainer's loop; record tokens/s of the last intervals."""
+    from dla.train import load_config, train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.recipes:
+        args.recipe_name = name
+        run_dir = Path(args.work) / f"steptime-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        config = load_config(recipe_path(name), _overrides(args, [
+            "train.max_tokens=null", f"train.max_steps={args.steps}", f"train.warmup_steps={min(5, args.steps)}",
+            f"log.every={args.every}", "train.eval_batches=1", "checkpoint.every=0", f"out_dir={run_dir}",
+            "log.plot=false"]))
+        t0 = time.perf_counter()
+        result = train(config)
+        wall = time.perf_counter() - t0
+        timed = [r for r in result.history if r.get("kind") == "train"][1:]  # the first interval warms up
+        tps = sum(r["tokens_per_s"] for r in timed) / len(timed) if timed else result.tokens_per_s
+        step_s = config.train.global_batch_size * config.data.seq_len / tps
+        row = {"recipe": name, "params": result.num_params, "tokens_per_step":
+               config.train.global_batch_size * config.data.seq_len, "step_s": step_s, "tokens_per_s": tps,
+               "peak_mem_gib": max((r.get("peak_mem_gib", 0.0) for r in result.history), default=0.0),
+               "wall_s": wall, "steps": result.steps}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    record = {"environment": environment(), "command": " ".join(sys.argv), "rows": rows}
+    (out / "steptime.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("| model | params | s/step | tokens/s | peak GiB |\n| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {LABELS.get(r['recipe'], r['recipe'])} | {r['params'] / 1e6:.2f}M | {r['step_s']:.3f} | "
+              f"{r['tokens_per_s']:,.0f} | {r['peak_mem_gib']:.1f} |")
+    return 0
+
+
+def _total(curves):
+    total = curves[0]
+    for curve in curves[1:]:
+        total = total + curve
+    return total
+
+
+def evaluate_run(model, corpus, seq_len: int, args, name: str) -> dict:
+    """Loss by position on every held-out document of at least ``--length`` tokens (all, and per domain), and
+    the per-domain held-out perplexity at the training length."""
+    import torch
+
+    from dla.eval.position import domain_perplexity, loss_by_position
+
+    model.eval()
+    autocast = torch.bfloat16 if args.device != "cpu" else None
+    long_docs = corpus.documents("val", min_tokens=args.length)
+    if args.max_docs:
+        long_docs = long_docs[:args.max_docs]
+    curves = {}
+    for domain in sorted({r["domain"] for r, _ in long_docs}):
+        tokens = [t for r, t in long_docs if r["domain"] == domain]
+        curves[domain] = loss_by_position(model, tokens, length=args.length, bos_id=corpus.eos_id,
+                                          train_length=seq_len, batch_size=args.eval_batch, chunk_size=seq_len,
+                                          autocast=autocast, name=name)
+    curves = {"all": _total(list(curves.values())), **curves}
+    curves = {domain: curve.to_dict() for domain, curve in curves.items()}
+    ppl = domain_perplexity(model, corpus, seq_len=seq_len, max_tokens=args.ppl_tokens, batch_size=args.eval_batch,
+                            autocast=autocast)
+    return {"position": curves, "domain_ppl": ppl,
+            "position_documents": [{k: r[k] for k in ("domain", "source", "name", "tokens")} for r, _ in long_docs]}
+
+
+def trained_seconds(run_dir: Path) -> float:
+    """Training time a run directory already holds (its last logged ``time_s``; 0 for a new run)."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return 0.0
+    times = [json.loads(line).get("time_s", 0.0) for line in log.read_text().splitlines() if line.strip()]
+    return max(times, default=0.0)
+
+
+def train_run(args) -> int:
+    """Train one recipe and seed for at most ``--minutes`` (resuming its checkpoint), then evaluate it."""
+    from dla.data.corpus import TokenCorpus
+    from dla.train import load_config, train
+
+    path = recipe_path(args.recipe)
+    args.recipe_name = path.stem
+    run = f"{path.stem}-s{args.seed}"
+    run_dir = Path(args.work) / run
+    out = Path(args.out) / run
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(out / "train.log"), logging.StreamHandler()])
+    done_s = trained_seconds(run_dir)  # max_time_s counts the resumed parts too: this call adds --minutes
+    extra = [f"train.seed={args.seed}", f"out_dir={run_dir}", f"train.max_tokens={int(float(args.tokens))}",
+             f"train.max_time_s={done_s + args.minutes * 60}"]
+    config = load_config(path, _overrides(args, extra + list(args.overrides)))
+    t0 = time.perf_counter()
+    result = train(config, resume="auto")
+    record = {"recipe": path.stem, "label": LABELS.get(path.stem, path.stem), "seed": args.seed,
+              "environment": environment(), "command": " ".join(sys.argv), "config": config.to_dict(),
+              "params": result.num_params, "steps": result.steps, "tokens": result.tokens,
+              "train_time_s": result.train_time_s, "tokens_per_s": result.tokens_per_s,
+              "final_loss": result.final_loss, "val": result.metrics, "finished": not result.stopped_early,
+              "wall_s_this_call": time.perf_counter() - t0}
+    if not result.stopped_early:
+        corpus = TokenCorpus(config.data.tokens)
+        t1 = time.perf_counter()
+        record.update(evaluate_run(result.model, corpus, config.data.seq_len, args, record["label"]))
+        record["eval_s"] = time.perf_counter() - t1
+        ppl = record["domain_ppl"]
+        logging.info("held-out ppl: %s", {k: round(v["ppl"], 2) for k, v in ppl.items()})
+    (out / "result.json").write_text(json.dumps(record) + "\n")
+    for name in ("log.jsonl", "summary.json", "loss.png", "config.yaml"):
+        if (run_dir / name).is_file():
+            shutil.copy(run_dir / name, out / name)
+    logging.info("%s: %s after %d steps, %d tokens, %.0f tokens/s", run,
+                 "finished" if record["finished"] else "stopped (run the same command to resume)", result.steps,
+                 result.tokens, result.tokens_per_s)
+    return 0
+
+
+def report(args) -> int:
+    """Tables and plots over the ``result.json`` files under the given directories."""
+    from dla.eval.position import PositionCurve, plot_position_loss, position_table
+
+    results = [json.loads(p.read_text()) for d in args.dirs for p in sorted(Path(d).rglob("result.json"))]
+    results = [r for r in results if r.get("finished")]
+    if not results:
+        raise ValueError(f"dirs: no finished run (result.json with finished: true) under {args.dirs}")
+    order = {name: i for i, name in enumerate(RECIPES)}
+    results.sort(key=lambda r: (order.get(r["recipe"], len(order)), r["seed"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["| model | seed | params | tokens | tokens/s | GPU | " +
+             " | ".join(f"ppl {d}" for d in results[0]["domain_ppl"]) + " |",
+             "|" + " --- |" * (6 + len(results[0]["domain_ppl"]))]
+    for r in results:
+        lines.append(f"| {r['label']} | {r['seed']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.1f}M | "
+                     f"{r['tokens_per_s']:,.0f} | {r['environment']['gpu']} | " +
+                     " | ".join(f"{v['ppl']:.2f}" for v in r["domain_ppl"].values()) + " |")
+    sections = ["## Held-out perplexity per domain (2K windows)", "\n".join(lines)]
+    for domain in results[0]["position"]:
+        groups: dict = {}
+        for r in results:
+            if domain in r["position"]:
+                groups.setdefault(r["label"], []).append(PositionCurve.from_dict(r["position"][domain]))
+        png = out / f"loss_by_position_{domain}.png"
+        plot_position_loss(groups, png, title=f"Loss by position, held-out {domain} documents")
+        sections += [f"## Loss by position: {domain} ({next(iter(groups.values()))[0].num_documents} documents)",
+                     position_table(groups), f"![loss by position]({png.name})"]
+    (out / "lm_report.md").write_text("\n\n".join(sections) + "\n")
+    print("\n\n".join(sections))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode in ("steptime", "train"):
+        p = sub.add_parser(mode)
+        p.add_argument("--out", default=os.environ.get("OUT", "runs/lm_out"), help="results directory ($OUT)")
+        p.add_argument("--corpus", default="runs/books/tokens", help="the token corpus (dla data tokenize)")
+        p.add_argument("--work", default="runs/lm", help="where runs train (checkpoints stay here)")
+        p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                       help="cpu: a tiny smoke test of the whole path (1 layer, 64-token windows)")
+    p = sub.choices["steptime"]
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipe names (default: all seven)")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per model")
+    p.add_argument("--every", type=int, default=5, help="steps per timed interval")
+    p.set_defaults(fn=steptime)
+    p = sub.choices["train"]
+    p.add_argument("recipe", help="configs/lm/<name>.yaml or a name: " + ", ".join(RECIPES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", default="50e6", help="training tokens (the same for every model)")
+    p.add_argument("--minutes", type=float, default=8.0, help="stop training (with a checkpoint) after this long")
+    p.add_argument("--length", type=int, default=8192, help="positions scored per long held-out document")
+    p.add_argument("--max-docs", type=int, default=0, help="at most this many long documents (0: all)")
+    p.add_argument("--eval-batch", type=int, default=8, help="documents / windows per forward in evaluation")
+    p.add_argument("--ppl-tokens", type=int, default=2_000_000, help="held-out tokens scored per domain")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, section.field=value")
+    p.set_defaults(fn=train_run)
+    p = sub.add_parser("report")
+    p.add_argument("dirs", nargs="+", help="directories holding <run>/result.json")
+    p.add_argument("--out", default="docs/results/lm")
+    p.set_defaults(fn=report)
+    args = parser.parse_args(argv)
+    if args.mode != "report" and args.device == "cpu":
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
