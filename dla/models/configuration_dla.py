@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+import warnings
 from typing import Any, List, Optional, Union
 
-from transformers import PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig
 
 from dla.ops import POLICIES, SCORES
 
@@ -16,7 +19,11 @@ _INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_k_
          "capacity", "block_size", "chunk_size", "num_attention_heads", "max_position_embeddings")
 _OPTIONAL_INTS = ("num_qk_heads", "head_v_dim", "num_key_value_heads", "intermediate_size")
 _POSITIVE_FLOATS = ("expand_v", "rope_theta", "rms_norm_eps")
-_BOOLS = ("tie_word_embeddings", "use_cache")
+_BOOLS = ("tie_word_embeddings", "use_cache", "use_qk_l2norm")
+_TRANSFORMERS_KWARGS = frozenset({"model_type", "torch_dtype", "num_labels", "name_or_path", "auto_map",
+                                  "output_attentions", "attn_implementation", "experts_implementation",
+                                  "per_layer_config"})
+"""Keyword arguments transformers itself passes to (or reads from the JSON of) a config that are not fields."""
 
 
 class DLAConfig(PretrainedConfig):
@@ -40,6 +47,8 @@ class DLAConfig(PretrainedConfig):
         expand: Mamba-2 inner width ``expand * hidden_size`` (used when ``head_v_dim`` is ``None``).
         expand_v: Gated DeltaNet value expansion ``V / K`` (used when ``head_v_dim`` is ``None``).
         conv_size: width of the short causal depthwise convolution of the recurrent mixers.
+        skip_init: Mamba-2's per-head skip ``D`` in ``o + D x``: its initial value (trained), or ``None`` for no
+            skip term (Mamba-2 uses 1; docs/results.md measures what it does to recall).
         policy: memory policy of the recurrent mixers: ``single`` (the backbone), ``fenwick`` (Log-Linear),
             ``dla``, and the ablations ``fixed`` and ``dla_unbounded`` (docs/design.md section 3.1).
         capacity: ``C``, the most live states per head (``dla``, ``fixed``; ``lam`` entries of ``dla_unbounded``).
@@ -47,6 +56,8 @@ class DLAConfig(PretrainedConfig):
         score: information score, ``drift`` (the paper's) or ``write``.
         block_size: slot width of the ``fixed`` policy.
         chunk_size: chunk length of the chunked DLA op.
+        use_qk_l2norm: ``gdn`` only: L2-normalise queries and keys per head (as fla's Gated DeltaNet); without it
+            the delta rule is stable only for keys with ``beta ||k||^2 <= 2``.
         num_attention_heads: query heads of the attention layers.
         num_key_value_heads: key/value heads of the attention layers (GQA); ``None`` = ``num_attention_heads``.
         rope_theta: RoPE base of the attention layers.
@@ -86,12 +97,14 @@ class DLAConfig(PretrainedConfig):
     expand: int = 2
     expand_v: float = 2.0
     conv_size: int = 4
+    skip_init: Optional[float] = 1.0
     policy: str = "dla"
     capacity: int = 30
     tau: float = 0.6
     score: str = "drift"
     block_size: int = 64
     chunk_size: int = 64
+    use_qk_l2norm: bool = True
     num_attention_heads: int = 8
     num_key_value_heads: Optional[int] = None
     rope_theta: float = 10000.0
@@ -106,10 +119,22 @@ class DLAConfig(PretrainedConfig):
     eos_token_id: Optional[Union[int, List[int]]] = None
 
     def __post_init__(self, **kwargs: Any):
+        self._warn_unknown(kwargs)
         if self.attention_layers is not None:
             self.attention_layers = list(self.attention_layers)
         super().__post_init__(**kwargs)
         self.validate()
+
+    def _warn_unknown(self, kwargs: dict) -> None:
+        """A ``UserWarning`` per keyword that is no field (a typo such as ``capcity``): transformers stores it as an
+        attribute that nothing reads."""
+        fields = [f.name for f in dataclasses.fields(self)]
+        known = _TRANSFORMERS_KWARGS | set(GenerationConfig().to_dict())
+        for key in sorted(k for k in kwargs if not k.startswith("_") and k not in known):
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            warnings.warn(f"DLAConfig: {key!r} is not a field{hint}; it is stored but no DLA model reads it",
+                          UserWarning, stacklevel=4)
 
     @property
     def layer_mixers(self) -> List[str]:
@@ -157,6 +182,10 @@ class DLAConfig(PretrainedConfig):
             raise ValueError(f"tau: expected a finite number >= 0, got {tau!r}")
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init) or init < 0:
             raise ValueError(f"initializer_range: expected a finite number >= 0, got {init!r}")
+        skip = self.skip_init
+        if skip is not None and (isinstance(skip, bool) or not isinstance(skip, (int, float))
+                                 or not math.isfinite(skip)):
+            raise ValueError(f"skip_init: expected a finite number or None (no skip term), got {skip!r}")
         if self.mixer not in MIXER_NAMES:
             raise ValueError(f"mixer: unknown {self.mixer!r}; allowed: {', '.join(MIXER_NAMES)}")
         if self.policy not in POLICIES:

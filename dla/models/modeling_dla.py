@@ -9,6 +9,10 @@ values per attention layer).
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+from pathlib import Path
 from typing import Dict, Optional, Tuple, Type, Union
 
 import torch
@@ -41,11 +45,12 @@ def build_mixer(config: DLAConfig, layer_idx: int) -> nn.Module:
         return cls(config.hidden_size, num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads,
                    rope_theta=config.rope_theta, max_position_embeddings=config.max_position_embeddings,
                    layer_idx=layer_idx)
+    extra = {"skip_init": config.skip_init} if name == "mamba2" else {"use_qk_l2norm": config.use_qk_l2norm}
     return cls(config.hidden_size, num_heads=config.num_heads, head_k_dim=config.head_k_dim,
                head_v_dim=config.value_dim(name), num_qk_heads=config.qk_heads(name), conv_size=config.conv_size,
                norm_eps=config.rms_norm_eps, policy=config.policy, capacity=config.capacity, tau=config.tau,
                score=config.score, block_size=config.block_size, chunk_size=config.chunk_size,
-               max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx)
+               max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx, **extra)
 
 
 class DLACache(Cache):
@@ -128,6 +133,39 @@ class DLABlock(GradientCheckpointingLayer):
         return hidden + self.mlp(self.mlp_norm(hidden))
 
 
+def check_safetensors(path: Union[str, os.PathLike]) -> None:
+    """Raise ``ValueError`` naming ``path`` when it is not a complete safetensors file: a header that does not parse,
+    or fewer bytes than the header's tensors need (a copy or a download cut short). Reads the header only.
+
+    Raises:
+        ValueError: ``pretrained_model_name_or_path: <path> is truncated ...`` or ``... is not a safetensors file``.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        header = f.read(n) if n is not None and n <= size - 8 else None
+    if header is None:
+        raise ValueError(f"pretrained_model_name_or_path: {str(path)!r} is truncated or not a safetensors file "
+                         f"({size} bytes, shorter than its header)")
+    try:
+        entries = json.loads(header)
+        end = max((int(e["data_offsets"][1]) for k, e in entries.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"pretrained_model_name_or_path: {str(path)!r} is not a safetensors file (its header does "
+                         f"not parse: {e})") from None
+    if 8 + n + end > size:
+        raise ValueError(f"pretrained_model_name_or_path: {str(path)!r} is truncated: {size} bytes, its tensors need "
+                         f"{8 + n + end}; copy or save the checkpoint again")
+
+
+def check_safetensors_dir(directory: Union[str, os.PathLike]) -> None:
+    """:func:`check_safetensors` on every ``*.safetensors`` file of ``directory``."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        check_safetensors(file)
+
+
 class DLAPreTrainedModel(PreTrainedModel):
     """Weight init, config class and generation flags shared by the DLA models.
 
@@ -147,6 +185,16 @@ class DLAPreTrainedModel(PreTrainedModel):
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model builds its own DLACache on the first forward
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' ``from_pretrained``; from a local directory, its safetensors files are checked first, so a
+        truncated one raises a ``ValueError`` naming it (see :func:`check_safetensors`)."""
+        if pretrained_model_name_or_path is not None:
+            local = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+            if local.is_dir():
+                check_safetensors_dir(local)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' defaults (normal linear/embedding weights, unit norms), then each DLA module's own
@@ -208,6 +256,10 @@ class DLAModel(DLAPreTrainedModel):
         _check_kwargs(kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("input_ids, inputs_embeds: pass exactly one of them")
+        if inputs_embeds is None and (input_ids.dim() != 2 or input_ids.shape[1] == 0):
+            raise ValueError(f"input_ids: expected [B, T] token ids with T >= 1, got shape {tuple(input_ids.shape)}")
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[1] == 0):
+            raise ValueError(f"inputs_embeds: expected [B, T, D] with T >= 1, got shape {tuple(inputs_embeds.shape)}")
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = hidden.shape[:2]
         if use_cache is None:
@@ -313,4 +365,5 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
 
 
-__all__ = ["DLACache", "DLAModel", "DLAForCausalLM", "DLAPreTrainedModel", "DLABlock", "MIXERS", "build_mixer"]
+__all__ = ["DLACache", "DLAModel", "DLAForCausalLM", "DLAPreTrainedModel", "DLABlock", "MIXERS", "build_mixer",
+           "check_safetensors", "check_safetensors_dir"]
