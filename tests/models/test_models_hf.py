@@ -136,6 +136,45 @@ def test_attn_implementation_sdpa_and_eager_are_accepted_and_run_the_same_attent
         AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
 
 
+def test_unknown_config_keys_warn_by_name(make_config, tmp_path, recwarn):
+    with pytest.warns(UserWarning, match=r"'capcity' is not a field \(did you mean 'capacity'\?\)"):
+        config = make_config("gdn-dla", capcity=8)
+    assert config.capacity == 4  # the typo changed nothing
+    recwarn.clear()
+    DLAForCausalLM(make_config("hybrid", use_qk_l2norm=False)).save_pretrained(tmp_path)
+    DLAForCausalLM.from_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).use_qk_l2norm is False
+    assert not [w for w in recwarn if "is not a field" in str(w.message)]  # transformers' own keys are no typo
+
+
+def test_use_qk_l2norm_reaches_the_gdn_layers(make_config):
+    model = DLAForCausalLM(make_config("hybrid", use_qk_l2norm=False))
+    assert model.model.layers[0].mixer.use_qk_l2norm is False
+    assert DLAForCausalLM(make_config("hybrid")).model.layers[0].mixer.use_qk_l2norm is True
+    with pytest.raises(ValueError, match="^use_qk_l2norm:"):
+        make_config("gdn-dla", use_qk_l2norm="yes")
+
+
+@pytest.mark.parametrize("cut", ["half", "header"])
+def test_truncated_safetensors_raise_naming_the_file(make_model, tmp_path, cut):
+    make_model("gdn-dla", torch.float32).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size // 2 if cut == "half" else 5)
+    for load in (DLAForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained):
+        with pytest.raises(ValueError, match=rf"^pretrained_model_name_or_path: '{weights}' is truncated"):
+            load(tmp_path)
+
+
+def test_empty_input_raises_naming_it(make_model):
+    model = make_model("gdn-dla")
+    with pytest.raises(ValueError, match=r"^input_ids: .*T >= 1"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^inputs_embeds: .*T >= 1"):
+        model(inputs_embeds=torch.zeros(2, 0, 32, dtype=torch.float64))
+
+
 def test_use_cache_defaults_and_unknown_arguments(make_model):
     model, ids = make_model("gdn-dla"), torch.randint(1, 64, (1, 5))
     assert isinstance(model(ids).past_key_values, DLACache)
