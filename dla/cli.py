@@ -137,12 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dla.data.cli import add_data_parser
     from dla.eval.cli import add_eval_parser
+    from dla.study.cli import add_study_parser
     from dla.train.cli import add_quickstart_parser, add_train_parser
 
     add_quickstart_parser(sub)
     add_train_parser(sub)
     add_eval_parser(sub)
     add_data_parser(sub)
+    add_study_parser(sub)
     return parser
 
 

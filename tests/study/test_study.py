@@ -1,0 +1,98 @@
+"""The study machinery end to end on a two-cell toy sweep (CPU, seconds): run, interrupt and resume, skip finished
+cells, refuse stale results, measure, report."""
+
+import json
+
+import pytest
+
+from dla.study import load_sweep, run_sweep
+from dla.study import runner as runner_mod
+from dla.study.report import load_results, write_report
+from dla.study.runner import cell_status, measure_sweep, result_path, run_dir
+from dla.train.logs import read_log
+
+
+def test_run_interrupt_resume_skip_and_report(toy_sweep, tmp_path, monkeypatch):
+    sweep = load_sweep(toy_sweep)
+    root, results = tmp_path / "runs", tmp_path / "results"
+    first, second = sweep.cells
+    assert [c.id for c in sweep.cells] == ["T16-kv2__transformer__d16__lr3e-3__s0", "T16-kv2__dla-mamba2__d16__lr3e-3__s0"]
+
+    # a piece whose time is (nearly) up: the first cell stops after its first step with a checkpoint
+    monkeypatch.setattr(runner_mod.Piece, "left_s", lambda self: 1e-4)
+    lines = []
+    summary = run_sweep(sweep, root, results, progress=False, echo=lines.append, max_minutes=1)
+    assert summary["paused"] == first.id and summary["done"] == [] and len(summary["left"]) == 2
+    assert not result_path(results, first).exists()
+    assert cell_status(first, root, results).startswith("partial at step ")
+    assert cell_status(second, root, results) == "pending"
+    monkeypatch.undo()
+
+    summary = run_sweep(sweep, root, results, progress=False, echo=lines.append)
+    assert summary["done"] == [first.id, second.id] and summary["paused"] is None and summary["left"] == []
+    starts = [r["step"] for r in read_log(run_dir(root, first) / "log.jsonl") if r["kind"] == "start"]
+    assert starts[-1] >= 1, "the first cell resumed from its checkpoint"
+    for cell in (first, second):
+        record = json.loads(result_path(results, cell).read_text())
+        assert record["status"] == "done" and record["steps"] == 6 and record["tokens"] == 6 * 8 * 16
+        assert 0.0 <= record["accuracy"] <= 1.0 and record["params"] > 0 and record["train_seconds"] > 0
+        assert record["config"]["train"]["lr"] == 3e-3 and "max_time_s" not in record["config"]["train"]
+        assert record["gpu"].startswith("CPU") and record["versions"]["torch"] and record["commit"]
+        assert {3, 6} <= {s for s, _ in record["history"]} and record["history"][-1][0] == 6
+    seg_first = json.loads(result_path(results, first).read_text())["segmentation"]
+    seg = json.loads(result_path(results, second).read_text())["segmentation"]
+    assert seg_first is None  # attention: no segmentation
+    assert len(seg) == 1 and seg[0]["policy"] == "dla" and seg[0]["capacity"] == 4 and seg[0]["examples"] == 8
+    assert 1.0 <= seg[0]["slots_end"] <= 4.0 and 0.0 <= seg[0]["boundary_rate_context"] <= 1.0
+    assert json.loads(result_path(results, second).read_text())["state_floats"] == 2 * 4 * 16 * 4
+
+    # a rerun skips both cells
+    summary = run_sweep(sweep, root, results, progress=False, echo=lines.append)
+    assert summary["skipped"] == [first.id, second.id] and summary["done"] == []
+
+    # a cell trained to its end whose result was lost is scored again from its final model, not retrained
+    before = json.loads(result_path(results, second).read_text())
+    result_path(results, second).unlink()
+    summary = run_sweep(sweep, root, results, progress=False, echo=lines.append)
+    after = json.loads(result_path(results, second).read_text())
+    assert summary["done"] == [second.id]
+    assert (after["accuracy"], after["steps"], after["segmentation"]) == (before["accuracy"], 6, before["segmentation"])
+
+    # the report: tables for both models, a plot, prose outside the section kept, a second report replaces it
+    out = tmp_path / "docs" / "results.md"
+    out.parent.mkdir()
+    out.write_text("# Results\n\nProse the report must keep.\n")
+    write_report(results, ["toy"], out)
+    write_report(results, ["toy"], out)
+    text = out.read_text()
+    assert text.count("<!-- study:toy -->") == 1 and "Prose the report must keep." in text
+    assert "| T16-kv2 | transformer | d16 |" in text and "| T16-kv2 | dla-mamba2 | d16 |" in text
+    assert "| T16-kv2 | dla-mamba2 | d16 | 0 | dla (C=4) |" in text  # segmentation row of the DLA layer
+    png = results / "toy" / "accuracy_vs_pairs.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy_vs_pairs.png" in text
+    assert [r["cell"] for r in load_results(results, "toy")] == [first.id, second.id]
+
+
+def test_stale_result_is_refused(toy_sweep, tmp_path):
+    sweep = load_sweep(toy_sweep)
+    results = tmp_path / "results"
+    cell = sweep.cells[0]
+    path = result_path(results, cell)
+    path.parent.mkdir(parents=True)
+    config = cell.config(tmp_path / "x").to_dict()
+    config["train"]["max_steps"] = 99
+    path.write_text(json.dumps({"study": "toy", "cell": cell.id, "status": "done", "config": config}))
+    with pytest.raises(ValueError, match="another config of cell T16-kv2__transformer.*train section"):
+        run_sweep(sweep, tmp_path / "runs", results, progress=False, echo=lambda _: None)
+
+
+def test_measure_times_each_model_shape(toy_sweep, tmp_path):
+    sweep = load_sweep(toy_sweep)
+    report = measure_sweep(sweep, tmp_path / "runs", steps=3, warmup=1, echo=lambda _: None)
+    assert [r["model"] for r in report["rows"]] == ["transformer", "dla-mamba2"]
+    for row in report["rows"]:
+        assert row["step_ms"] > 0 and row["first_step_s"] > 0 and row["cells"] == 1 and row["cell_steps"] == 6
+        assert row["minutes"] == pytest.approx((6 * row["step_ms"] / 1000 + row["first_step_s"]) / 60, abs=2e-3)
+    assert report["total_minutes"] == pytest.approx(sum(r["minutes"] for r in report["rows"]), abs=2e-3)
+    assert not any((tmp_path / "runs").iterdir())  # the timing runs are removed
