@@ -25,16 +25,31 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_errors(fn):
+    """``fn(args)``, with a ``ValueError`` (a bad argument, as the library words it) printed as one line
+    ``dla <command>: error: ...`` and exit status 2, instead of a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except ValueError as e:
+            print(f"dla {args.command}: error: {e}", file=sys.stderr)
+            return 2
+    run.__doc__ = fn.__doc__
+    return run
+
+
 def _check(args: argparse.Namespace) -> int:
     """Compare the chunked form with the slot form on random inputs and print the errors."""
     import torch
 
     from dla.ops import chunk_dla, naive_dla
 
+    if args.length < 1:
+        raise ValueError(f"--length: expected an int >= 1, got {args.length}")
     device = torch.device(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     gen = torch.Generator().manual_seed(args.seed)
-    B, T, H, K, V, C = 1, args.length, 2, 16, 16, args.capacity
+    B, T, H, K, V, C = 1, args.length, 2, 16, 16, max(args.capacity, 1)  # lam's width; the op judges --capacity
     q, k = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, K, generator=gen)
     k = torch.nn.functional.normalize(k, dim=-1)
     v, g = torch.randn(B, T, H, V, generator=gen), -torch.rand(B, T, H, generator=gen) * 0.1
@@ -42,7 +57,7 @@ def _check(args: argparse.Namespace) -> int:
     report = []
     for backbone, b in (("mamba2", None), ("gdn", beta)):
         ins = [x.to(device, dtype) if x is not None else None for x in (q, k, v, g, lam, b)]
-        kw = dict(tau=args.tau, capacity=C, return_segmentation=True)
+        kw = dict(tau=args.tau, capacity=args.capacity, return_segmentation=True)
         o_ref, _, seg_ref = naive_dla(*ins, **kw)
         o, _, seg = chunk_dla(*ins, **kw)
         err = float((o - o_ref).norm() / o_ref.norm())
@@ -105,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=_check)
+    p.set_defaults(fn=_one_line_errors(_check))
 
     bench = sub.add_parser("bench", help="GPU benchmarks: DLA and its peers side by side").add_subparsers(
         dest="bench", metavar="BENCH", required=True)
@@ -150,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # a subcommand that takes trailing items (dla train's overrides after an option), or an error
+        if getattr(args, "take_extra", None) is None:
+            parser.parse_args(argv)  # reports the unrecognized arguments with the usage
+        args.take_extra(args, extra)
     args.argv = list(argv if argv is not None else sys.argv[1:])  # recorded by the benchmarks
     if not getattr(args, "fn", None):
         parser.print_help()

@@ -24,8 +24,9 @@ def check_dla_checkpoint(path: PathLike) -> Path:
     """Return ``path`` as a ``Path`` if it is a DLA checkpoint directory, else raise ``ValueError`` saying why.
 
     Raises:
-        ValueError: ``path`` does not exist, is not a directory, has no ``config.json``, or its ``model_type`` is
-            not ``dla``.
+        ValueError: ``path`` does not exist, is not a directory, has no ``config.json``, its ``model_type`` is
+            not ``dla``, or a weights file is truncated (named; checked from the safetensors header, before
+            anything is loaded or written).
     """
     p = Path(path)
     if not p.exists():
@@ -44,6 +45,9 @@ def check_dla_checkpoint(path: PathLike) -> Path:
     if model_type != "dla":
         raise ValueError(f"pretrained: {str(path)!r} is not a DLA checkpoint: config.json has model_type="
                          f"{model_type!r}, expected 'dla' (use lm-eval's --model hf for other models)")
+    from dla.models.modeling_dla import check_safetensors_dir
+
+    check_safetensors_dir(p, "pretrained")
     return p
 
 

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 
 def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -44,6 +44,20 @@ def _model_args(args: argparse.Namespace) -> dict:
     return out
 
 
+def _key_values(text: Optional[str]) -> dict:
+    """``"seq_len=128,num_kv_pairs=16,alpha=0.1"`` -> ``{"seq_len": 128, "num_kv_pairs": 16, "alpha": 0.1}``."""
+    out = {}
+    for item in _csv(text or ""):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--mqar: expected KEY=VALUE,..., got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"--mqar: {key.strip()}: expected a number, got {value!r}") from None
+    return out
+
+
 def _eval(args: argparse.Namespace) -> int:
     from dla.eval.runner import run_eval
 
@@ -53,7 +67,7 @@ def _eval(args: argparse.Namespace) -> int:
                      include_path=args.include_path, limit=limit, num_fewshot=args.num_fewshot,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, max_length=args.max_length,
                      ruler_lengths=args.ruler_lengths, model_args=_model_args(args), gen_kwargs=args.gen_kwargs,
-                     log_samples=args.log_samples, seed=args.seed)
+                     log_samples=args.log_samples, seed=args.seed, mqar=_key_values(args.mqar))
     print(paths["md"].read_text())
     print(f"wrote {paths['json']} and {paths['md']}")
     return 0
@@ -163,10 +177,14 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("eval", help="lm-eval suites/tasks on checkpoints; results.json + results.md",
                               description="Run lm-eval on DLA checkpoints and write the results side by side.")
-    p.add_argument("checkpoints", nargs="+", help="DLA checkpoint directories (tokenizer inside)")
+    p.add_argument("checkpoints", nargs="+", help="DLA checkpoint directories (tokenizer inside, except for mqar)")
     p.add_argument("--suite", choices=[*SUITES, "local"], default=None,
                    help="paper = commonsense + retrieval + ruler + longbench; local = generated fixture tasks")
-    p.add_argument("--tasks", default=None, help="comma-separated lm-eval task names (with or instead of --suite)")
+    p.add_argument("--tasks", default=None, help="comma-separated lm-eval task names (with or instead of --suite); "
+                   "mqar: multi-query associative recall, scored here (no tokenizer needed)")
+    p.add_argument("--mqar", default=None, metavar="KEY=VALUE,...",
+                   help="mqar settings (seq_len, num_kv_pairs, vocab_size, alpha, num_examples, num_passes, seed); "
+                        "default: the held-out split of the dla train run that wrote the checkpoint")
     p.add_argument("--include-path", action="append", default=None, help="directory of extra task YAMLs")
     p.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (smoke tests)")
     p.add_argument("--num-fewshot", type=int, default=0)

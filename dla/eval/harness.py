@@ -1,8 +1,10 @@
 """lm-eval's own command line with model type ``dla`` registered and the project's task files indexed.
 
 ``python -m dla.eval.harness run --model dla --model_args pretrained=DIR --tasks piqa`` accepts everything
-``lm_eval`` does (lm-eval 0.4.13 finds no third-party model by itself, so the plain ``lm_eval`` script does not
-know ``dla``; this module imports the adapter first, as fla's ``evals/harness.py`` does). Without
+``lm_eval`` does. lm-eval 0.4.13 (the version the ``eval`` extra pins) finds no third-party model by itself, so its
+plain ``lm_eval`` script does not know ``dla``; this module imports the adapter first, as fla's
+``evals/harness.py`` does. Later lm-eval releases load the ``lm_eval.models`` entry point this package declares,
+and their own ``lm_eval --model dla`` works as well. Without
 ``--include_path``, the project's task directory (:data:`dla.eval.jrt.TASK_DIR`: ``jrt_nq_2048``,
 ``jrt_triviaqa``, ``jrt_drop`` ...) is passed as one; lm-eval's command line takes a single include path, so a run
 that passes its own must put the project's task files in it (or use ``dla eval``, which indexes both).

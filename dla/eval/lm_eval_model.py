@@ -3,7 +3,9 @@
 Importing this module registers ``dla`` with lm-eval's model registry, so ``simple_evaluate(model="dla",
 model_args="pretrained=DIR")`` and ``python -m dla.eval.harness --model dla --model_args pretrained=DIR ...``
 (lm-eval's own command line with ``dla`` registered) work. lm-eval 0.4.13 discovers no third-party models by
-itself: the ``lm_eval`` console script sees ``dla`` only in a process that imported this module.
+itself: its ``lm_eval`` console script sees ``dla`` only in a process that imported this module. Later releases
+read the ``lm_eval.models`` entry point of this package (``dla = "dla.eval.lm_eval_model:DLALM"``) and import this
+module when ``--model dla`` is asked for.
 
 Every request goes through the model's decoding cache (:mod:`dla.eval.scoring`):
 

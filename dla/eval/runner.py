@@ -1,5 +1,9 @@
 """``dla eval``: run lm-eval suites on one or more checkpoints; results as JSON and a side-by-side markdown table.
 
+Besides lm-eval's tasks, ``dla eval`` scores the synthetic tasks of :data:`SYNTHETIC_TASKS` itself: ``mqar`` runs
+the model on multi-query associative recall examples (no tokenizer needed, so checkpoints trained on MQAR by
+``dla train`` are evaluated as they are; by default on the held-out split of the run that trained them).
+
 Per checkpoint, :func:`evaluate_checkpoint` returns a plain record::
 
     {"name": str, "checkpoint": str, "tasks": {task: {metric: value}}, "settings": {...}, "versions": {...}}
@@ -11,12 +15,13 @@ metric, one column per checkpoint, paper labels and x100 scaling from :mod:`dla.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from dla import package_versions
 from dla.eval.suite import RULER_LENGTHS, SUITES, TaskSpec, check_task_names, get_suite, suite_tasks, task_manager
@@ -24,6 +29,13 @@ from dla.eval.suite import RULER_LENGTHS, SUITES, TaskSpec, check_task_names, ge
 logger = logging.getLogger(__name__)
 
 Record = Dict[str, Any]
+
+SYNTHETIC_TASKS = ("mqar",)
+"""Task names ``dla eval`` scores itself (not through lm-eval)."""
+
+MQAR_KEYS = ("seq_len", "num_kv_pairs", "vocab_size", "alpha", "num_examples", "num_passes", "seed")
+"""Settings of the ``mqar`` task (``--mqar KEY=VALUE,...``): the fields of :class:`~dla.eval.synthetic.MQARConfig`
+and the generator ``seed``."""
 
 
 def versions() -> Dict[str, str]:
@@ -63,18 +75,86 @@ def checkpoint_name(path: Union[str, os.PathLike], taken: Iterable[str] = ()) ->
     return str(path)
 
 
+def mqar_settings(path: Union[str, os.PathLike], overrides: Optional[Dict[str, Any]] = None) -> Tuple[Any, int]:
+    """The MQAR examples to score checkpoint ``path`` on: ``(MQARConfig, seed)``.
+
+    By default the held-out split of the ``dla train`` run that trained it, read from the run's ``config.yaml``
+    (in ``path`` or the directory above, where ``dla train`` writes it beside ``final/``): the same examples as
+    the run's ``val_acc``. ``overrides`` (keys of :data:`MQAR_KEYS`) replace those settings; without a run
+    record they must give ``seq_len``, ``num_kv_pairs`` and ``vocab_size``.
+
+    Raises:
+        ValueError: an unknown key, no run record and incomplete overrides, or settings MQAR refuses.
+    """
+    from dla.eval.synthetic import MQARConfig
+
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(MQAR_KEYS))
+    if unknown:
+        raise ValueError(f"mqar: unknown setting {unknown[0]!r}; allowed: {', '.join(MQAR_KEYS)}")
+    base: Dict[str, Any] = {}
+    for directory in (Path(path), Path(path).parent):
+        record = directory / "config.yaml"
+        if record.is_file():
+            import yaml
+
+            data = (yaml.safe_load(record.read_text()) or {}).get("data") or {}
+            if data.get("task") == "mqar":
+                m = data.get("mqar") or {}
+                base = {"seq_len": data.get("seq_len"), "num_kv_pairs": m.get("num_kv_pairs"),
+                        "vocab_size": m.get("vocab_size"), "alpha": m.get("alpha"),
+                        "num_examples": m.get("num_val"), "seed": m.get("seed")}
+                base = {k: v for k, v in base.items() if v is not None}
+                break
+    settings = {**base, **overrides}
+    missing = [k for k in ("seq_len", "num_kv_pairs", "vocab_size") if k not in settings]
+    if missing:
+        raise ValueError(f"mqar: {str(path)!r} has no MQAR run record (the config.yaml of a dla train run with "
+                         f"data.task: mqar, beside or above it); give {', '.join(missing)} with --mqar KEY=VALUE,...")
+    seed = settings.pop("seed", 0)
+    return MQARConfig(**settings), seed
+
+
+def evaluate_mqar(model, config, seed: int = 0, batch_size: int = 32) -> Dict[str, float]:
+    """MQAR accuracy of ``model`` (a causal LM taking ``input_ids``) on ``generate_mqar(config, (seed, 1))``, the
+    split ``dla train`` validates on: ``acc`` over the queried keys (Zoology's accuracy) and ``acc_all`` (examples
+    with every query right).
+
+    Raises:
+        ValueError: the task's vocabulary is larger than the model's.
+    """
+    import torch
+
+    from dla.eval.synthetic import generate_mqar
+    from dla.eval.metrics import masked_accuracy
+
+    vocab = int(model.config.vocab_size)
+    if config.vocab_size > vocab:
+        raise ValueError(f"mqar: vocab_size={config.vocab_size} is larger than the model's vocab_size={vocab}")
+    inputs, labels = generate_mqar(config, (seed, 1))
+    device = next(model.parameters()).device
+    predictions = []
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch_size):
+            ids = torch.as_tensor(inputs[i:i + batch_size], device=device)
+            predictions.append(model(input_ids=ids, use_cache=False).logits.argmax(-1).cpu())
+    predicted = torch.cat(predictions)
+    return {"acc": masked_accuracy(predicted, labels), "acc_all": masked_accuracy(predicted, labels, per_example=True)}
+
+
 def evaluate_checkpoint(path: Union[str, os.PathLike], *, tasks: Optional[Sequence[str]] = None,
                         suite: Optional[str] = None, include_path: Optional[Sequence[str]] = None,
                         limit: Optional[float] = None, num_fewshot: Optional[int] = 0, batch_size: int = 1,
                         device: Optional[str] = None, dtype: str = "auto", max_length: Optional[int] = None,
                         ruler_lengths: Sequence[int] = RULER_LENGTHS, model_args: Optional[Dict[str, Any]] = None,
                         gen_kwargs: Optional[str] = None, log_samples: bool = False, seed: int = 0,
-                        manager=None, name: Optional[str] = None) -> Record:
-    """Evaluate one checkpoint with lm-eval on ``tasks`` (or a ``suite``'s tasks).
+                        mqar: Optional[Dict[str, Any]] = None, manager=None, name: Optional[str] = None) -> Record:
+    """Evaluate one checkpoint with lm-eval on ``tasks`` (or a ``suite``'s tasks), and on the synthetic tasks of
+    :data:`SYNTHETIC_TASKS` among ``tasks`` with the project's own scorers.
 
     Args:
-        path: DLA checkpoint directory (tokenizer inside).
-        tasks: lm-eval task names (checked against the registry first); with ``suite`` both are run.
+        path: DLA checkpoint directory (a tokenizer inside, unless only synthetic tasks run).
+        tasks: lm-eval task names (checked against the registry first) and/or ``mqar``; with ``suite`` both run.
         suite: a name of :data:`dla.eval.suite.SUITES`.
         include_path: directories of extra task YAMLs (local tasks).
         limit: documents per task (an int) or fraction; for smoke tests.
@@ -85,6 +165,7 @@ def evaluate_checkpoint(path: Union[str, os.PathLike], *, tasks: Optional[Sequen
         gen_kwargs: lm-eval ``--gen_kwargs`` string overriding the tasks' generation options (e.g.
             ``max_gen_toks=32``; reported in ``settings``).
         log_samples: keep lm-eval's per-sample records under ``"samples"``.
+        mqar: settings of the ``mqar`` task over the run's own (see :func:`mqar_settings`).
         manager: a prebuilt lm-eval ``TaskManager`` indexing ``include_path`` (rebuilt with this checkpoint's
             tokenizer in its metadata when a RULER task runs).
 
@@ -94,10 +175,7 @@ def evaluate_checkpoint(path: Union[str, os.PathLike], *, tasks: Optional[Sequen
     Raises:
         ValueError: not a DLA checkpoint, unknown task or suite, or an adapter argument out of range.
     """
-    import lm_eval
-
     from dla.eval.checkpoint import check_dla_checkpoint
-    from dla.eval.lm_eval_model import DLALM
 
     check_dla_checkpoint(path)
     names = list(tasks or [])
@@ -105,6 +183,48 @@ def evaluate_checkpoint(path: Union[str, os.PathLike], *, tasks: Optional[Sequen
         names = suite_tasks(suite) + [t for t in names if t not in suite_tasks(suite)]
     if not names:
         raise ValueError("tasks: pass tasks or a suite")
+    lm_names = [t for t in names if t not in SYNTHETIC_TASKS]
+    settings: Dict[str, Any] = {"suite": suite, "tasks": names, "limit": limit, "num_fewshot": num_fewshot,
+                                "gen_kwargs": gen_kwargs, "ruler_lengths": [int(n) for n in ruler_lengths],
+                                "dtype": dtype, "seed": seed}
+    results: Dict[str, Dict[str, float]] = {}
+    out: Dict[str, Any] = {}
+    if "mqar" in names:
+        from dla.eval.checkpoint import load_model
+
+        config, mqar_seed = mqar_settings(path, mqar)
+        settings["mqar"] = {**dataclasses.asdict(config), "seed": mqar_seed}
+        model = load_model(path, device or _default_device(), dtype)
+        results["mqar"] = evaluate_mqar(model, config, mqar_seed, batch_size=max(batch_size, 1))
+        del model
+    if lm_names:
+        out = _run_lm_eval(path, lm_names, settings, include_path=include_path, limit=limit,
+                           num_fewshot=num_fewshot, batch_size=batch_size, device=device, dtype=dtype,
+                           max_length=max_length, ruler_lengths=ruler_lengths, model_args=model_args,
+                           gen_kwargs=gen_kwargs, log_samples=log_samples, seed=seed, manager=manager)
+        results.update(summarize(out["results"]))
+    record: Record = {"name": name or checkpoint_name(path), "checkpoint": str(Path(path).resolve()),
+                      "tasks": results, "settings": settings, "versions": versions()}
+    if log_samples:
+        record["samples"] = out.get("samples", {})
+    return record
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_lm_eval(path, names: List[str], settings: Dict[str, Any], *, include_path, limit, num_fewshot, batch_size,
+                 device, dtype, max_length, ruler_lengths, model_args, gen_kwargs, log_samples, seed,
+                 manager) -> Dict[str, Any]:
+    """lm-eval's ``simple_evaluate`` of ``names`` on checkpoint ``path``; adds the adapter's settings to
+    ``settings``."""
+    import lm_eval
+
+    from dla.eval.lm_eval_model import DLALM
+
     metadata = {"tokenizer": str(path), "pretrained": str(path), "max_seq_lengths": [int(n) for n in ruler_lengths]}
     if manager is None or any(t.startswith("niah_") or t == "ruler" for t in names):
         manager = task_manager(include_path, metadata=metadata)  # RULER sizes its prompts with this tokenizer
@@ -117,19 +237,9 @@ def evaluate_checkpoint(path: Union[str, os.PathLike], *, tasks: Optional[Sequen
                                   task_manager=manager, gen_kwargs=gen_kwargs, log_samples=log_samples,
                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=seed)
-    record: Record = {
-        "name": name or checkpoint_name(path),
-        "checkpoint": str(Path(path).resolve()),
-        "tasks": summarize(out["results"]),
-        "settings": {"suite": suite, "tasks": names, "limit": limit, "num_fewshot": num_fewshot,
-                     "max_length": lm.max_length, "truncation": lm.truncation, "rolling": lm.rolling,
-                     "truncated_requests": lm.truncated, "gen_kwargs": gen_kwargs,
-                     "ruler_lengths": [int(n) for n in ruler_lengths], "dtype": dtype, "seed": seed},
-        "versions": versions(),
-    }
-    if log_samples:
-        record["samples"] = out.get("samples", {})
-    return record
+    settings.update({"max_length": lm.max_length, "truncation": lm.truncation, "rolling": lm.rolling,
+                     "truncated_requests": lm.truncated})
+    return out
 
 
 def _fmt(value: Optional[float], scale: float) -> str:
@@ -180,7 +290,8 @@ def results_table(records: List[Record], suite: Optional[str] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(records: List[Record], out_dir: Union[str, os.PathLike], suite: Optional[str] = None) -> Dict[str, Path]:
+def write_results(records: List[Record], out_dir: Union[str, os.PathLike],
+                  suite: Optional[str] = None) -> Dict[str, Path]:
     """Write ``results.json`` and ``results.md`` into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +355,8 @@ def run_eval(checkpoints: Sequence[Union[str, os.PathLike]], out_dir: Union[str,
         tasks, suite, table_suite = list(FIXTURE_TASKS) + list(tasks or []), None, None
     elif suite is not None and suite not in SUITES:
         get_suite(suite)
-    manager = task_manager(include)
+    only_synthetic = suite is None and tasks and all(t in SYNTHETIC_TASKS for t in tasks)
+    manager = None if only_synthetic else task_manager(include)
     records: List[Record] = []
     for c in checkpoints:
         name = checkpoint_name(c, [r["name"] for r in records])
@@ -254,5 +366,5 @@ def run_eval(checkpoints: Sequence[Union[str, os.PathLike]], out_dir: Union[str,
     return write_results(records, out_dir, table_suite)
 
 
-__all__ = ["summarize", "checkpoint_name", "evaluate_checkpoint", "results_table", "write_results", "load_results",
-           "run_eval", "versions"]
+__all__ = ["summarize", "checkpoint_name", "evaluate_checkpoint", "evaluate_mqar", "mqar_settings", "results_table",
+           "write_results", "load_results", "run_eval", "versions", "SYNTHETIC_TASKS", "MQAR_KEYS"]

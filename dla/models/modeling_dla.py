@@ -133,12 +133,12 @@ class DLABlock(GradientCheckpointingLayer):
         return hidden + self.mlp(self.mlp_norm(hidden))
 
 
-def check_safetensors(path: Union[str, os.PathLike]) -> None:
+def check_safetensors(path: Union[str, os.PathLike], argument: str = "pretrained_model_name_or_path") -> None:
     """Raise ``ValueError`` naming ``path`` when it is not a complete safetensors file: a header that does not parse,
     or fewer bytes than the header's tensors need (a copy or a download cut short). Reads the header only.
 
     Raises:
-        ValueError: ``pretrained_model_name_or_path: <path> is truncated ...`` or ``... is not a safetensors file``.
+        ValueError: ``<argument>: <path> is truncated ...`` or ``... is not a safetensors file``.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -147,23 +147,23 @@ def check_safetensors(path: Union[str, os.PathLike]) -> None:
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
         header = f.read(n) if n is not None and n <= size - 8 else None
     if header is None:
-        raise ValueError(f"pretrained_model_name_or_path: {str(path)!r} is truncated or not a safetensors file "
+        raise ValueError(f"{argument}: {str(path)!r} is truncated or not a safetensors file "
                          f"({size} bytes, shorter than its header)")
     try:
         entries = json.loads(header)
         end = max((int(e["data_offsets"][1]) for k, e in entries.items() if k != "__metadata__"), default=0)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-        raise ValueError(f"pretrained_model_name_or_path: {str(path)!r} is not a safetensors file (its header does "
+        raise ValueError(f"{argument}: {str(path)!r} is not a safetensors file (its header does "
                          f"not parse: {e})") from None
     if 8 + n + end > size:
-        raise ValueError(f"pretrained_model_name_or_path: {str(path)!r} is truncated: {size} bytes, its tensors need "
+        raise ValueError(f"{argument}: {str(path)!r} is truncated: {size} bytes, its tensors need "
                          f"{8 + n + end}; copy or save the checkpoint again")
 
 
-def check_safetensors_dir(directory: Union[str, os.PathLike]) -> None:
+def check_safetensors_dir(directory: Union[str, os.PathLike], argument: str = "pretrained_model_name_or_path") -> None:
     """:func:`check_safetensors` on every ``*.safetensors`` file of ``directory``."""
     for file in sorted(Path(directory).glob("*.safetensors")):
-        check_safetensors(file)
+        check_safetensors(file, argument)
 
 
 class DLAPreTrainedModel(PreTrainedModel):

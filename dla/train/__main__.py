@@ -11,7 +11,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dla.train")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_train_parser(sub)
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    args, extra = parser.parse_known_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    if extra:
+        args.take_extra(args, extra)
     return args.fn(args)
 
 

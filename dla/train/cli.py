@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 
 from dla.train.recipes import list_recipes
@@ -17,13 +18,44 @@ def _setup_logging() -> None:
                         stream=sys.stderr)
 
 
+def _split_resume(args: argparse.Namespace) -> None:
+    """``--resume`` takes an optional CHECKPOINT; an override written right after it (``--resume train.lr=1e-4``)
+    is an override, not a path."""
+    if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
+        args.overrides.append(args.resume)
+        args.resume = True
+
+
+def take_overrides(args: argparse.Namespace, extra: list, parser: argparse.ArgumentParser) -> None:
+    """Overrides given after an option (``dla train tiny --out-dir x train.lr=1e-3``) join ``args.overrides``;
+    anything else left over is an error of this subcommand's parser."""
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides.extend(extra)
+
+
+def _resume_hint(args: argparse.Namespace, out_dir) -> str:
+    from dla.train.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(out_dir / "checkpoints")
+    if latest is None:
+        return "no checkpoint was written yet, so there is nothing to resume"
+    out = ["--out-dir", args.out_dir] if args.out_dir is not None else []
+    command = shlex.join(["dla", "train", args.config, *args.overrides, *out, "--resume"])
+    return f"the latest checkpoint is {latest}; continue with: {command}"
+
+
 def _train(args: argparse.Namespace) -> int:
     from dla.train.config import load_config
     from dla.train.loop import train
 
+    _split_resume(args)
     overrides = list(args.overrides)
     if args.out_dir is not None:
         overrides.append(f"out_dir={args.out_dir}")
+    main = int(os.environ.get("RANK", "0")) == 0
+    config = None
     try:
         config = load_config(args.config, overrides)
         if args.print_config:
@@ -31,11 +63,19 @@ def _train(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
         _setup_logging()
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, allow_changes=args.allow_changes)
     except (ValueError, FileNotFoundError) as e:  # bad config, data or checkpoint: the message says what to fix
         print(f"dla train: error: {e}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:
+    except FloatingPointError as e:  # the run diverged: the message names the last good checkpoint
+        print(f"dla train: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if main:
+            where = _resume_hint(args, config.output_dir) if config is not None else "nothing was started"
+            print(f"\ndla train: interrupted; {where}", file=sys.stderr)
+        return 130
+    if main:
         summary = {"out_dir": str(result.out_dir), "steps": result.steps, "tokens": result.tokens,
                    "train_time_s": round(result.train_time_s, 2), "tokens_per_s": round(result.tokens_per_s, 1),
                    "num_params": result.num_params, "final_loss": result.final_loss, **result.metrics}
@@ -44,7 +84,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``train CONFIG [section.field=value ...] [--resume [PATH]] [--out-dir DIR] [--print-config]``."""
+    """Add ``train CONFIG [section.field=value ...] [--resume [PATH]] [--allow-changes] [--out-dir DIR]
+    [--print-config]``; overrides may also follow the options (the caller passes what ``parse_known_args`` left
+    to ``args.take_extra``)."""
     names = ", ".join(list_recipes()) or "none found"
     p = subparsers.add_parser(
         "train", help="train a model from a recipe (configs/*.yaml); under torchrun for DDP/FSDP",
@@ -56,9 +98,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint of the run directory (or from CHECKPOINT); "
                         "'auto': the latest if any, else start fresh")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume although train.* settings differ from the checkpoint's (max_time_s, eval_every, "
+                        "eval_batches, compile and activation_checkpointing may change without it); the run's "
+                        "config.yaml is kept, the new settings go to config.resume-<step>.yaml and log.jsonl")
     p.add_argument("--out-dir", default=None, help="run directory (default runs/<name>; same as out_dir=...)")
     p.add_argument("--print-config", action="store_true", help="print the validated config and exit")
-    p.set_defaults(fn=_train)
+    p.set_defaults(fn=_train, take_extra=lambda args, extra: take_overrides(args, extra, p))
     return p
 
 
@@ -93,4 +139,4 @@ def add_quickstart_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     return p
 
 
-__all__ = ["add_train_parser", "add_quickstart_parser"]
+__all__ = ["add_train_parser", "add_quickstart_parser", "take_overrides"]

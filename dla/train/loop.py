@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 
+FREE_ON_RESUME = ("max_time_s", "eval_every", "eval_batches", "compile", "activation_checkpointing")
+"""``train`` settings a resumed run may change without ``allow_changes``: they change when the run stops, how
+often it validates and how it computes, not what it computes (the change is still recorded)."""
+
 
 @dataclass
 class TrainResult:
@@ -222,7 +226,10 @@ def _resolve_resume(resume: Union[bool, str, os.PathLike, None], ckpt_dir: Path)
     return Path(resume)
 
 
-def _check_resumable(saved: dict, config: RunConfig, env: DistEnv, path: Path) -> None:
+def _check_resumable(saved: dict, config: RunConfig, env: DistEnv, path: Path, allow_changes: bool,
+                     total_steps: int) -> dict:
+    """Refuse a checkpoint this run cannot continue; return the changed ``train`` settings as
+    ``{name: [old, new]}`` (only with ``allow_changes``; without, changed settings raise)."""
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume: {path} has checkpoint format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     if saved["world_size"] != env.world_size:
@@ -233,9 +240,17 @@ def _check_resumable(saved: dict, config: RunConfig, env: DistEnv, path: Path) -
         if saved["config"][section] != current[section]:
             raise ValueError(f"resume: the {section} section differs from the one {path} was trained with; "
                              f"resume with the same {section} settings")
-    changed = sorted(k for k in current["train"] if saved["config"]["train"].get(k) != current["train"][k])
-    if changed:
-        logger.warning("resume: train settings changed since the checkpoint: %s", ", ".join(changed))
+    old = saved["config"]["train"]
+    changed = {k: [old.get(k), v] for k, v in current["train"].items() if old.get(k) != v}
+    refused = {k: v for k, v in changed.items() if k not in FREE_ON_RESUME}
+    if refused and not allow_changes:
+        listed = "; ".join(f"train.{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise ValueError(f"resume: settings differ from the ones {path} was trained with ({listed}); resume with "
+                         f"the same settings, or pass --allow-changes (allow_changes=True) to continue with these")
+    if saved["step"] >= total_steps:
+        raise ValueError(f"resume: {path} is at step {saved['step']}, and this run ends at step {total_steps} "
+                         f"(train.max_steps / train.max_tokens): nothing is left to train")
+    return changed
 
 
 def _save_final_model(model: nn.Module, model_state: dict, model_config, data: TaskData, out: Path,
@@ -257,7 +272,8 @@ def _save_final_model(model: nn.Module, model_state: dict, model_config, data: T
         data.tokenizer.save(final)
 
 
-def train(config: RunConfig, *, resume: Union[bool, str, os.PathLike, None] = None) -> TrainResult:
+def train(config: RunConfig, *, resume: Union[bool, str, os.PathLike, None] = None,
+          allow_changes: bool = False) -> TrainResult:
     """Train ``config`` (see the module docstring); under torchrun every rank calls this.
 
     Args:
@@ -265,6 +281,10 @@ def train(config: RunConfig, *, resume: Union[bool, str, os.PathLike, None] = No
         resume: None/False: start fresh (an error if the run directory already has checkpoints); True: continue
             from the latest checkpoint (an error if there is none); ``"auto"``: the latest if any, else fresh;
             a path: that checkpoint file.
+        allow_changes: resume although ``train`` settings differ from the checkpoint's (without it that is an
+            error, except for those in :data:`FREE_ON_RESUME`). The run's ``config.yaml`` always keeps the
+            settings the run started with; changed ones are written to ``config.resume-<step>.yaml`` and a
+            ``resume`` record of ``log.jsonl`` lists the changes.
 
     Returns:
         a ``TrainResult``.
@@ -275,12 +295,12 @@ def train(config: RunConfig, *, resume: Union[bool, str, os.PathLike, None] = No
     """
     env = init_distributed(config.train.device)
     try:
-        return _train(config, env, resume)
+        return _train(config, env, resume, allow_changes)
     finally:
         destroy_distributed(env)
 
 
-def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
+def _train(config: RunConfig, env: DistEnv, resume, allow_changes: bool) -> TrainResult:
     t, out = config.train, config.output_dir
     accum = check_fit(config, env.world_size)
     total_steps = t.steps(config.data.seq_len)
@@ -294,10 +314,10 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
     data = build_task_data(config.data, t.micro_batch_size, t.seed, env)
     model_config = build_model_config(config.model, data.vocab_size, data.eos_token_id)
     _check_model_fits(model_config, config)
-    saved = None
+    saved, changed = None, {}
     if resume_path is not None:
         saved = load_checkpoint(resume_path)
-        _check_resumable(saved, config, env, resume_path)
+        changed = _check_resumable(saved, config, env, resume_path, allow_changes, total_steps)
 
     seed_everything(t.seed)
     model = build_model(model_config)
@@ -336,13 +356,18 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
 
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        dump_config(config, out / "config.yaml")
+        if resume_path is None:
+            dump_config(config, out / "config.yaml")
+        elif changed:
+            dump_config(config, out / f"config.resume-{start_step:08d}.yaml")
     run_log = RunLogger(out, env.is_main, total_steps, start_step, tensorboard=config.log.tensorboard,
                         progress=config.log.progress, truncate_after=start_step if resume_path else None,
                         description=config.name)
     if env.is_main:
         run_log.log({"kind": "start", "step": start_step, "num_params": n_params, "world_size": env.world_size,
                      "grad_accum": accum, "total_steps": total_steps, "device": str(env.device), **data.description})
+        if resume_path is not None:
+            run_log.log({"kind": "resume", "step": start_step, "checkpoint": str(resume_path), "changed": changed})
 
     step_fn = _Step(model, inner, env.device, autocast, config.data.document_masking)
     state_options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -378,66 +403,69 @@ def _train(config: RunConfig, env: DistEnv, resume) -> TrainResult:
     interval_tokens, interval_time = 0, 0.0
     stopped_early = False
     step = start_step
-    while step < total_steps:
-        t0 = time.perf_counter()
-        micro = [next(train_iter) for _ in range(accum)]
-        # every rank's gradient is scaled by world_size / (scored labels of the step on all ranks): DDP and FSDP
-        # average over ranks, so the update is the mean over all scored labels (a tensor: no host sync)
-        scored = torch.tensor(float(sum(int((b["labels"] != -100).sum()) for b in micro)), dtype=torch.float64,
-                              device=env.device)
-        scored = all_reduce_sum(scored, env)
-        scale = (env.world_size / scored.clamp(min=1.0)).float()
-        for i, batch in enumerate(micro):
-            last = i == accum - 1
-            if sharded:
-                model.set_requires_gradient_sync(last)
-            sync = contextlib.nullcontext() if last or not isinstance(model, nn.parallel.DistributedDataParallel) \
-                else model.no_sync()
-            with sync:
-                nll, _, _ = step_fn(batch)
-                (nll * scale).backward()
-            interval_nll += nll.detach().double()
-        grad_norm = _grad_norm(model, t.grad_clip)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens += tokens_per_step
-        elapsed = time.perf_counter() - t0
-        train_time += elapsed
-        interval_time += elapsed
-        interval_tokens += tokens_per_step
-        interval_count += scored
+    try:  # the progress bar is closed however the loop ends (Ctrl-C, a diverged loss)
+        while step < total_steps:
+            t0 = time.perf_counter()
+            micro = [next(train_iter) for _ in range(accum)]
+            # every rank's gradient is scaled by world_size / (scored labels of the step on all ranks): DDP and FSDP
+            # average over ranks, so the update is the mean over all scored labels (a tensor: no host sync)
+            scored = torch.tensor(float(sum(int((b["labels"] != -100).sum()) for b in micro)), dtype=torch.float64,
+                                  device=env.device)
+            scored = all_reduce_sum(scored, env)
+            scale = (env.world_size / scored.clamp(min=1.0)).float()
+            for i, batch in enumerate(micro):
+                last = i == accum - 1
+                if sharded:
+                    model.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext() if last or not isinstance(model, nn.parallel.DistributedDataParallel) \
+                    else model.no_sync()
+                with sync:
+                    nll, _, _ = step_fn(batch)
+                    (nll * scale).backward()
+                interval_nll += nll.detach().double()
+            grad_norm = _grad_norm(model, t.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += tokens_per_step
+            elapsed = time.perf_counter() - t0
+            train_time += elapsed
+            interval_time += elapsed
+            interval_tokens += tokens_per_step
+            interval_count += scored
 
-        if step % config.log.every == 0 or step == total_steps:
-            count = float(interval_count)
-            if count == 0:
-                raise ValueError(f"data: no scored label (all -100) in steps up to {step}")
-            loss = float(all_reduce_sum(interval_nll, env)) / count
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"train: the loss is {loss} at step {step}. {_last_good(ckpt_dir)}")
-            final_loss = loss
-            tps = interval_tokens / max(interval_time, 1e-9)
-            record = {"kind": "train", "step": step, "tokens": tokens, "loss": loss, "lr": lr,
-                      "grad_norm": float(grad_norm), "tokens_per_s": tps, "time_s": train_time}
-            if env.device.type == "cuda":  # this rank's peak, allocated by PyTorch since the run started
-                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
-            run_log.log(record)
-            run_log.advance(0, loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
-            interval_nll = torch.zeros((), dtype=torch.float64, device=env.device)
-            interval_count = torch.zeros((), dtype=torch.float64, device=env.device)
-            interval_tokens, interval_time = 0, 0.0
-        run_log.advance(1)
-        if t.eval_every and step % t.eval_every == 0 and step < total_steps:
-            metrics = validate(step)
-        out_of_time = t.max_time_s is not None and any_rank(train_time >= t.max_time_s, env)
-        if config.checkpoint.every and step % config.checkpoint.every == 0 and step < total_steps and not out_of_time:
-            last_ckpt = checkpoint(step) or last_ckpt
-        if out_of_time and step < total_steps:
-            stopped_early = True
-            break
-    run_log.close()
+            if step % config.log.every == 0 or step == total_steps:
+                count = float(interval_count)
+                if count == 0:
+                    raise ValueError(f"data: no scored label (all -100) in steps up to {step}")
+                loss = float(all_reduce_sum(interval_nll, env)) / count
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"train: the loss is {loss} at step {step}. {_last_good(ckpt_dir)}")
+                final_loss = loss
+                tps = interval_tokens / max(interval_time, 1e-9)
+                record = {"kind": "train", "step": step, "tokens": tokens, "loss": loss, "lr": lr,
+                          "grad_norm": float(grad_norm), "tokens_per_s": tps, "time_s": train_time}
+                if env.device.type == "cuda":  # this rank's peak, allocated by PyTorch since the run started
+                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
+                run_log.log(record)
+                run_log.advance(0, loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+                interval_nll = torch.zeros((), dtype=torch.float64, device=env.device)
+                interval_count = torch.zeros((), dtype=torch.float64, device=env.device)
+                interval_tokens, interval_time = 0, 0.0
+            run_log.advance(1)
+            if t.eval_every and step % t.eval_every == 0 and step < total_steps:
+                metrics = validate(step)
+            out_of_time = t.max_time_s is not None and any_rank(train_time >= t.max_time_s, env)
+            every = config.checkpoint.every
+            if every and step % every == 0 and step < total_steps and not out_of_time:
+                last_ckpt = checkpoint(step) or last_ckpt
+            if out_of_time and step < total_steps:
+                stopped_early = True
+                break
+    finally:
+        run_log.close()
 
     metrics = validate(step) or metrics
     last_ckpt = checkpoint(step) or last_ckpt

@@ -106,3 +106,24 @@ def test_dla_eval_bad_input(ckpt, tmp_path, capsys):
 
     assert main(["eval", str(tmp_path / "nope"), "--tasks", "piqa"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_lm_eval_entry_point_resolves_model_dla(ckpt):
+    """The ``lm_eval.models`` entry point (pyproject.toml) that lm-eval releases after 0.4.13 scan: lm-eval puts it
+    in its model registry as a lazy placeholder and loads it when ``--model dla`` is asked for."""
+    import importlib.metadata as md
+
+    from lm_eval.api import registry
+    from lm_eval.api.model import LM
+
+    entry = md.entry_points(group="lm_eval.models")["dla"]
+    assert entry.value == "dla.eval.lm_eval_model:DLALM" and entry.load() is DLALM
+    if hasattr(registry, "load_plugins"):  # a release with plugin discovery: the real thing, in a fresh process
+        proc = subprocess.run([sys.executable, "-c", "from lm_eval.api.registry import get_model\n"
+                               "print(get_model('dla').__module__)"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.split()[-1] == "dla.eval.lm_eval_model", proc.stderr[-2000:]
+    else:  # lm-eval 0.4.13: the same lazy placeholder in a registry of its own
+        models = registry.Registry("model", base_cls=LM)
+        models.register("dla", target=entry)
+        lm = models.get("dla").create_from_arg_string(f"pretrained={ckpt},max_length=64,device=cpu")
+        assert isinstance(lm, DLALM) and lm.max_length == 64

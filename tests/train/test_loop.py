@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from dla.train import config_from_dict, train
 from dla.train.checkpoint import list_checkpoints, load_checkpoint
@@ -203,3 +204,21 @@ def test_nan_in_the_weights_stops_before_a_checkpoint_and_keeps_the_good_ones(ti
     good = load_checkpoint(ckpts / "step_00000002.pt")["model"]
     assert all(bool(torch.isfinite(t).all()) for t in good.values())
     assert not (config.output_dir / "final").exists()
+
+
+def test_resume_with_changed_settings_refuses_unless_told_and_keeps_the_record(tiny):
+    first = tiny(train={"max_steps": 4}, checkpoint={"every": 2})
+    train(first)
+    out = first.output_dir
+    recorded = (out / "config.yaml").read_text()
+    longer = tiny(train={"max_steps": 6}, checkpoint={"every": 2})
+    with pytest.raises(ValueError, match=r"^resume: settings differ .*\(train\.max_steps: 4 -> 6\).*--allow-changes"):
+        train(longer, resume=True)
+    with pytest.raises(ValueError, match="is at step 4, and this run ends at step 3"):
+        train(tiny(train={"max_steps": 3}), resume=True, allow_changes=True)
+    result = train(longer, resume=True, allow_changes=True)
+    assert result.steps == 6 and result.final_loss is not None
+    assert (out / "config.yaml").read_text() == recorded  # the run's record is never rewritten
+    assert yaml.safe_load((out / "config.resume-00000004.yaml").read_text())["train"]["max_steps"] == 6
+    resumes = [r for r in read_log(out / "log.jsonl") if r["kind"] == "resume"]
+    assert resumes[-1]["step"] == 4 and resumes[-1]["changed"] == {"max_steps": [4, 6]}
