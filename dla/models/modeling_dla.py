@@ -166,6 +166,85 @@ def check_safetensors_dir(directory: Union[str, os.PathLike], argument: str = "p
         check_safetensors(file, argument)
 
 
+def _check_offsets(name: str, offsets: torch.Tensor, total: int, rows: int, T: int) -> torch.Tensor:
+    """``offsets`` as int64 after checking it is ``[N + 1]`` non-decreasing from 0 to ``total`` with every row start
+    among them (a document never spans two rows)."""
+    if not isinstance(offsets, torch.Tensor) or offsets.dim() != 1 or offsets.numel() < 2 or \
+            offsets.is_floating_point():
+        raise ValueError(f"{name}: expected a 1-D integer tensor [N + 1] of document offsets, got {offsets!r}")
+    offsets = offsets.to(torch.int64)
+    values = offsets.tolist()
+    if values[0] != 0 or values[-1] != total or any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{name}: expected non-decreasing offsets from 0 to {total} (the tokens of all rows), "
+                         f"got {values}")
+    if rows > 1 and not set(range(0, total, T)) <= set(values):
+        raise ValueError(f"{name}: with {rows} rows every row must start a document; got {values}")
+    return offsets
+
+
+def _starts_to_offsets(starts: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool document starts -> ``[N + 1]`` int64 offsets over the ``B * T`` tokens (every row starts
+    one)."""
+    starts = starts.clone()
+    starts[:, 0] = True
+    flat = starts.reshape(-1)
+    return torch.cat([flat.nonzero().squeeze(-1), flat.new_tensor([flat.numel()], dtype=torch.int64)])
+
+
+def document_offsets(B: int, T: int, *, cu_seqlens: Optional[torch.Tensor] = None,
+                     cu_seq_lens_q: Optional[torch.Tensor] = None, cu_seq_lens_k: Optional[torch.Tensor] = None,
+                     seq_idx: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None
+                     ) -> Optional[torch.Tensor]:
+    """Where packed documents start, from whichever of transformers' padding-free conventions the caller used:
+    ``cu_seqlens`` (ours) or ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (flash-attention's offsets, which must be equal
+    for a causal LM), ``seq_idx`` (Mamba's document index per token) or ``position_ids`` that restart inside a row
+    (``DataCollatorWithFlattening``'s default). Every source given must agree.
+
+    Returns:
+        ``[N + 1]`` int64 offsets over the ``B * T`` tokens taken row after row, or ``None`` when nothing marks a
+        document inside a row (position_ids counting up, or none given).
+
+    Raises:
+        ValueError: naming the argument, for a malformed one or two that disagree.
+    """
+    found = []
+    total = B * T
+    if cu_seqlens is not None:
+        found.append(("cu_seqlens", _check_offsets("cu_seqlens", cu_seqlens, total, B, T)))
+    if cu_seq_lens_q is not None or cu_seq_lens_k is not None:
+        q = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+        k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
+        q, k = (_check_offsets(n, x, total, B, T) for n, x in (("cu_seq_lens_q", q), ("cu_seq_lens_k", k)))
+        if not torch.equal(q, k):
+            raise ValueError(f"cu_seq_lens_q, cu_seq_lens_k: a causal LM attends within each document, so the query "
+                             f"and key offsets must be equal; got {q.tolist()} and {k.tolist()}")
+        found.append(("cu_seq_lens_q", q))
+    if seq_idx is not None:
+        if not isinstance(seq_idx, torch.Tensor) or seq_idx.is_floating_point() or seq_idx.numel() != total or \
+                seq_idx.dim() != 2:
+            raise ValueError(f"seq_idx: expected [B, T] = {(B, T)} integer document indices, got "
+                             f"{tuple(seq_idx.shape) if isinstance(seq_idx, torch.Tensor) else seq_idx!r}")
+        seq = seq_idx.reshape(B, T)
+        found.append(("seq_idx", _starts_to_offsets(F.pad(seq[:, 1:] != seq[:, :-1], (1, 0)))))
+    if position_ids is not None and T > 1:
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or \
+                position_ids.shape[1] != T or position_ids.shape[0] not in (1, B):
+            shape = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else position_ids
+            raise ValueError(f"position_ids: expected [B, T] or [1, T] with T={T}, got {shape!r}")
+        pos = position_ids.expand(B, T)
+        restarts = F.pad(pos[:, 1:] != pos[:, :-1] + 1, (1, 0))
+        if found or bool(restarts.any()):
+            found.append(("position_ids", _starts_to_offsets(restarts)))
+    if not found:
+        return None
+    (name, offsets), *others = found
+    for other, theirs in others:
+        if not torch.equal(theirs.to(offsets.device), offsets):
+            raise ValueError(f"{name}, {other}: they mark different document starts ({offsets.tolist()} and "
+                             f"{theirs.tolist()})")
+    return offsets
+
+
 class DLAPreTrainedModel(PreTrainedModel):
     """Weight init, config class and generation flags shared by the DLA models.
 
@@ -239,17 +318,32 @@ class DLAModel(DLAPreTrainedModel):
                 position_ids: Optional[torch.LongTensor] = None, past_key_values: Optional[DLACache] = None,
                 inputs_embeds: Optional[torch.Tensor] = None, use_cache: Optional[bool] = None,
                 cu_seqlens: Optional[torch.Tensor] = None, output_hidden_states: Optional[bool] = None,
-                return_dict: Optional[bool] = None, **kwargs) -> Union[BaseModelOutputWithPast, Tuple]:
+                return_dict: Optional[bool] = None, cu_seq_lens_q: Optional[torch.Tensor] = None,
+                cu_seq_lens_k: Optional[torch.Tensor] = None, max_length_q: Optional[int] = None,
+                max_length_k: Optional[int] = None, seq_idx: Optional[torch.Tensor] = None,
+                **kwargs) -> Union[BaseModelOutputWithPast, Tuple]:
         """Run the blocks over ``input_ids [B, T]`` (or ``inputs_embeds [B, T, D]``).
+
+        Packed documents (padding-free training, as ``DataCollatorWithFlattening`` builds it): ``cu_seqlens``,
+        ``cu_seq_lens_q`` / ``cu_seq_lens_k``, ``seq_idx`` or ``position_ids`` that restart inside a row mark where
+        documents start (:func:`document_offsets`); every document is then run as if alone: recurrent states and
+        short convolutions restart, attention stays inside it with RoPE positions from 0. Such a call builds no
+        cache and takes no padding mask.
 
         Args:
             attention_mask: ``[B, S]`` 1 for tokens, 0 for (left) padding, ``S >= T``; as in transformers it may
                 cover the cached tokens too: only its last ``T`` columns are read (the cache remembers the rest).
             position_ids: RoPE positions ``[B, T]`` of the attention layers; default: real tokens counted from 0
-                (padding takes no position).
+                (padding takes no position). Without ``attention_mask`` and cache, a restart inside a row
+                (``[0, 1, 2, 0, 1]``) starts a new document.
             past_key_values: a :class:`DLACache` to continue from, updated in place.
-            use_cache: build and return a cache; default ``config.use_cache`` when not training.
-            cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one (training; no cache, no mask).
+            use_cache: build and return a cache; default ``config.use_cache`` when not training (never for packed
+                documents).
+            cu_seqlens: ``[N + 1]`` offsets of packed documents over the ``B * T`` tokens, row after row (training;
+                no cache, no mask).
+            cu_seq_lens_q, cu_seq_lens_k: the same offsets under flash-attention's names (equal for a causal LM);
+                ``max_length_q`` / ``max_length_k`` come with them and are not needed.
+            seq_idx: ``[B, T]`` document index of every token (Mamba's convention); a change starts a document.
             output_hidden_states: also return the input of every block and the final normed output.
             return_dict: return a ``BaseModelOutputWithPast`` (default) or a tuple.
         """
@@ -262,16 +356,22 @@ class DLAModel(DLAPreTrainedModel):
             raise ValueError(f"inputs_embeds: expected [B, T, D] with T >= 1, got shape {tuple(inputs_embeds.shape)}")
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = hidden.shape[:2]
+        if past_key_values is not None and not isinstance(past_key_values, DLACache):
+            raise ValueError(f"past_key_values: expected a DLACache, got {type(past_key_values).__name__}")
+        inferred = attention_mask is None and past_key_values is None  # else positions are generate()'s own
+        offsets = document_offsets(B, T, cu_seqlens=cu_seqlens, cu_seq_lens_q=cu_seq_lens_q,
+                                   cu_seq_lens_k=cu_seq_lens_k, seq_idx=seq_idx,
+                                   position_ids=position_ids if inferred else None)
+        if offsets is not None:
+            if past_key_values is not None or attention_mask is not None or use_cache:
+                raise ValueError("cu_seqlens: packed documents are run without a cache (use_cache=False, no "
+                                 "past_key_values) and without attention_mask")
+            return self._forward_packed(hidden, offsets, output_hidden_states, return_dict)
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if past_key_values is not None and not isinstance(past_key_values, DLACache):
-            raise ValueError(f"past_key_values: expected a DLACache, got {type(past_key_values).__name__}")
         cache = past_key_values if past_key_values is not None else (DLACache(self.config) if use_cache else None)
-        if cu_seqlens is not None and (cache is not None or attention_mask is not None):
-            raise ValueError("cu_seqlens: packed sequences are run without a cache (use_cache=False) and without "
-                             "attention_mask")
         mask = None
         if attention_mask is not None:
             if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
@@ -287,6 +387,23 @@ class DLAModel(DLAPreTrainedModel):
         if all_hidden is not None:
             all_hidden += (hidden,)
         out = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden)
+        return out if (return_dict if return_dict is not None else self.config.return_dict) else out.to_tuple()
+
+    def _forward_packed(self, hidden: torch.Tensor, offsets: torch.Tensor, output_hidden_states: Optional[bool],
+                        return_dict: Optional[bool]) -> Union[BaseModelOutputWithPast, Tuple]:
+        """The blocks over the ``B * T`` tokens as one row of documents delimited by ``offsets``."""
+        B, T, D = hidden.shape
+        flat = hidden.reshape(1, B * T, D)
+        offsets = offsets.to(hidden.device)
+        all_hidden = () if output_hidden_states else None
+        for block in self.layers:
+            if all_hidden is not None:
+                all_hidden += (flat.view(B, T, D),)
+            flat = block(flat, cu_seqlens=offsets)
+        flat = self.norm(flat).view(B, T, D)
+        if all_hidden is not None:
+            all_hidden += (flat,)
+        out = BaseModelOutputWithPast(last_hidden_state=flat, past_key_values=None, hidden_states=all_hidden)
         return out if (return_dict if return_dict is not None else self.config.return_dict) else out.to_tuple()
 
 
@@ -366,4 +483,4 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
 
 
 __all__ = ["DLACache", "DLAModel", "DLAForCausalLM", "DLAPreTrainedModel", "DLABlock", "MIXERS", "build_mixer",
-           "check_safetensors", "check_safetensors_dir"]
+           "check_safetensors", "check_safetensors_dir", "document_offsets"]
