@@ -1,4 +1,5 @@
-"""Data pipeline of the trainer: corpus sources, tokenizer, packing into fixed-length sequences, loaders.
+"""Data pipeline of the trainer: corpus sources, tokenizer, packing into fixed-length sequences, loaders, and the
+synthetic MQAR task (``dla.data.mqar``: generated, no corpus).
 
 Needs ``numpy``, ``torch`` and ``tokenizers``; ``datasets`` (hub sources), ``pyarrow`` (parquet files) and
 ``transformers`` (non-``tokenizer.json`` tokenizers) are imported only when used. Independent of ``dla.ops``.
@@ -6,6 +7,7 @@ Needs ``numpy``, ``torch`` and ``tokenizers``; ``datasets`` (hub sources), ``pya
 
 from dla.data.corpus import CorpusSource, TokenCorpus, write_corpus
 from dla.data.loader import LoaderConfig, PackedLoader, batch_cu_seqlens
+from dla.data.mqar import MQARConfig, generate_mqar, mqar_splits
 from dla.data.packing import (PackedSequences, PackedSplits, PackingConfig, is_validation_document,
                               load_token_streams, pack_corpus, sequence_cu_seqlens, write_token_streams)
 from dla.data.pipeline import DataBundle, DataConfig, build_data, build_loaders
@@ -22,4 +24,5 @@ __all__ = [
     "LoaderConfig", "PackedLoader", "batch_cu_seqlens",
     "DataConfig", "DataBundle", "build_data", "build_loaders",
     "CorpusSource", "TokenCorpus", "write_corpus",
+    "MQARConfig", "generate_mqar", "mqar_splits",
 ]

@@ -47,6 +47,8 @@ class DLAConfig(PretrainedConfig):
         expand: Mamba-2 inner width ``expand * hidden_size`` (used when ``head_v_dim`` is ``None``).
         expand_v: Gated DeltaNet value expansion ``V / K`` (used when ``head_v_dim`` is ``None``).
         conv_size: width of the short causal depthwise convolution of the recurrent mixers.
+        skip_init: Mamba-2's per-head skip ``D`` in ``o + D x``: its initial value (trained), or ``None`` for no
+            skip term (Mamba-2 uses 1; docs/results.md measures what it does to recall).
         policy: memory policy of the recurrent mixers: ``single`` (the backbone), ``fenwick`` (Log-Linear),
             ``dla``, and the ablations ``fixed`` and ``dla_unbounded`` (docs/design.md section 3.1).
         capacity: ``C``, the most live states per head (``dla``, ``fixed``; ``lam`` entries of ``dla_unbounded``).
@@ -95,6 +97,7 @@ class DLAConfig(PretrainedConfig):
     expand: int = 2
     expand_v: float = 2.0
     conv_size: int = 4
+    skip_init: Optional[float] = 1.0
     policy: str = "dla"
     capacity: int = 30
     tau: float = 0.6
@@ -179,6 +182,10 @@ class DLAConfig(PretrainedConfig):
             raise ValueError(f"tau: expected a finite number >= 0, got {tau!r}")
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init) or init < 0:
             raise ValueError(f"initializer_range: expected a finite number >= 0, got {init!r}")
+        skip = self.skip_init
+        if skip is not None and (isinstance(skip, bool) or not isinstance(skip, (int, float))
+                                 or not math.isfinite(skip)):
+            raise ValueError(f"skip_init: expected a finite number or None (no skip term), got {skip!r}")
         if self.mixer not in MIXER_NAMES:
             raise ValueError(f"mixer: unknown {self.mixer!r}; allowed: {', '.join(MIXER_NAMES)}")
         if self.policy not in POLICIES:

@@ -45,7 +45,7 @@ def build_mixer(config: DLAConfig, layer_idx: int) -> nn.Module:
         return cls(config.hidden_size, num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads,
                    rope_theta=config.rope_theta, max_position_embeddings=config.max_position_embeddings,
                    layer_idx=layer_idx)
-    extra = {"use_qk_l2norm": config.use_qk_l2norm} if name == "gdn" else {}
+    extra = {"skip_init": config.skip_init} if name == "mamba2" else {"use_qk_l2norm": config.use_qk_l2norm}
     return cls(config.hidden_size, num_heads=config.num_heads, head_k_dim=config.head_k_dim,
                head_v_dim=config.value_dim(name), num_qk_heads=config.qk_heads(name), conv_size=config.conv_size,
                norm_eps=config.rms_norm_eps, policy=config.policy, capacity=config.capacity, tau=config.tau,

@@ -35,7 +35,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import yaml
 
 from dla.data import SourceConfig, TokenizerConfig
-from dla.eval.synthetic import MQARConfig
+from dla.data.mqar import MQARConfig
+from dla.train.model import ModelSpec, build_model_config
 from dla.train.recipes import CONFIG_SUFFIXES, resolve_recipe
 
 TASKS = ("lm", "mqar")
@@ -43,24 +44,6 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "float32", "bfloat16")
 PARALLELISMS = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A transformers model config: ``type`` is its ``model_type`` (``dla``, ``llama``, ...), ``options`` its fields.
-
-    ``options`` may leave out ``vocab_size`` (then taken from the data) and ``eos_token_id`` (from the tokenizer).
-    The fields are validated by building the config (``build_model_config``); names the config class does not
-    define are an error, as transformers would otherwise store them silently.
-    """
-
-    type: str = "dla"  # model_type registered with transformers' AutoConfig
-    options: dict = field(default_factory=dict)  # fields of that config class
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.type, str) or not self.type:
-            raise ValueError(f"type: expected a model_type such as 'dla' or 'llama', got {self.type!r}")
-        object.__setattr__(self, "options", dict(self.options))
 
 
 @dataclass(frozen=True)
@@ -345,8 +328,6 @@ def _join(where: str, key: str) -> str:
 def config_from_dict(data: Mapping) -> RunConfig:
     """A validated ``RunConfig`` from plain data (a parsed recipe, ``base`` already resolved); the model section
     is checked by building its transformers config (``vocab_size`` / ``eos_token_id`` may still be missing)."""
-    from dla.train.model import build_model_config
-
     config = from_dict(RunConfig, data)
     build_model_config(config.model)
     return config

@@ -3,6 +3,7 @@ both behind the resumable, sharded ``PackedLoader``."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from dla.data import DataConfig, LoaderConfig, PackedLoader, PackingConfig, TextTokenizer, build_data, build_loaders
-from dla.eval.synthetic import mqar_splits
+from dla.data.mqar import MQARConfig, mqar_splits
 from dla.train.config import DataSection
 from dla.train.distributed import DistEnv, barrier
 
@@ -56,6 +57,16 @@ class TaskData:
     description: dict  # sizes, for the run log
 
 
+@functools.lru_cache(maxsize=2)
+def _mqar_arrays(train: MQARConfig, val: MQARConfig, seed: int):
+    """The MQAR splits, generated once per process for the runs that share them (a sweep's cells of one task);
+    read-only, since several loaders may hold them."""
+    splits = mqar_splits(train, val, seed=seed)
+    for array in (*splits[0], *splits[1]):
+        array.flags.writeable = False
+    return splits
+
+
 def build_task_data(config: DataSection, batch_size: int, seed: int, env: DistEnv) -> TaskData:
     """Read, tokenize and pack the corpus (or generate MQAR) and wrap both splits in loaders of ``batch_size``
     sequences per rank. Rank 0 fills the cache first; the others then read it.
@@ -66,8 +77,7 @@ def build_task_data(config: DataSection, batch_size: int, seed: int, env: DistEn
     """
     loader_config = LoaderConfig(batch_size=batch_size, seed=seed, rank=env.rank, world_size=env.world_size)
     if config.task == "mqar":
-        train_cfg, val_cfg = config.mqar.build(config.seq_len)
-        train, val = mqar_splits(train_cfg, val_cfg, seed=config.mqar.seed)
+        train, val = _mqar_arrays(*config.mqar.build(config.seq_len), config.mqar.seed)
         train_set, val_set = ExampleSet(*train, split="train"), ExampleSet(*val, split="val")
         return TaskData(ExampleLoader(train_set, loader_config),
                         ExampleLoader(val_set, replace(loader_config, shuffle=False, epochs=1)),

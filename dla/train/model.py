@@ -1,15 +1,33 @@
-"""The model side of the trainer: a transformers config from a ``ModelSpec``, the causal LM, and what its forward
-takes. Works with any transformers causal LM; ``dla`` models are registered by importing ``dla.models``."""
+"""The model side of the trainer: the recipe's ``model`` section (``ModelSpec``), the transformers config built from
+it, the causal LM, and what its forward takes. Works with any transformers causal LM; ``dla`` models are registered
+by importing ``dla.models``."""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from dla.train.config import ModelSpec
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A transformers model config: ``type`` is its ``model_type`` (``dla``, ``llama``, ...), ``options`` its fields.
+
+    ``options`` may leave out ``vocab_size`` (then taken from the data) and ``eos_token_id`` (from the tokenizer).
+    The fields are validated by building the config (``build_model_config``); names the config class does not
+    define are an error, as transformers would otherwise store them silently.
+    """
+
+    type: str = "dla"  # model_type registered with transformers' AutoConfig
+    options: dict = field(default_factory=dict)  # fields of that config class
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, str) or not self.type:
+            raise ValueError(f"type: expected a model_type such as 'dla' or 'llama', got {self.type!r}")
+        object.__setattr__(self, "options", dict(self.options))
 
 
 def _register(model_type: str) -> None:
@@ -82,5 +100,5 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
             if getattr(p, "_no_weight_decay", False) or p.ndim < 2 or name.endswith(".bias")}
 
 
-__all__ = ["build_model_config", "build_model", "forward_accepts", "num_parameters", "block_modules",
+__all__ = ["ModelSpec", "build_model_config", "build_model", "forward_accepts", "num_parameters", "block_modules",
            "no_weight_decay_names"]

@@ -16,7 +16,7 @@ One example of length ``T`` with ``N`` key-value pairs::
   uniformly from the whole vocabulary, or 0 when ``random_non_queries=False``.
 
 Zoology's train mix (vocab 8192) is ``(T, N)`` = (64, 4), (128, 8), (256, 16/32/64); its test set adds up to
-(1024, 256). On 2 CPU cores, ``T=64, N=8, vocab_size=256`` is learnt in minutes (EVAL.md section 5).
+(1024, 256). On 2 CPU cores, ``T=64, N=8, vocab_size=256`` is learnt in minutes (docs/results.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import IGNORE_INDEX, Seed, TokenBatch, check_int, make_rng, sample_rows
+from dla.data.synthetic import IGNORE_INDEX, Seed, TokenBatch, check_int, make_rng, sample_rows
 
 
 @dataclass(frozen=True)
@@ -137,3 +137,6 @@ def mqar_splits(train: MQARConfig, test: MQARConfig, seed: int = 0) -> tuple[Tok
     """
     check_int("seed", seed, 0)
     return generate_mqar(train, (seed, 0)), generate_mqar(test, (seed, 1))
+
+
+__all__ = ["MQARConfig", "generate_mqar", "mqar_splits", "query_distance_weights"]
