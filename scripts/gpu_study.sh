@@ -22,8 +22,9 @@ root=${STUDY_ROOT:-runs/study}
 results=${STUDY_RESULTS:-docs/results}
 . scripts/gpu_common.sh
 gpu_env "$out"
-study=$(python3 -c 'import sys; from dla.study.sweep import load_sweep; print(load_sweep(sys.argv[1], validate=False).study)' \
-  "$sweep") || { echo "cannot read $sweep" | tee "$out/study.log"; exit 2; }
+study=$(python3 -c 'import sys; from dla.study.sweep import load_sweep
+print(load_sweep(sys.argv[1], validate=False).study)' "$sweep") \
+  || { echo "cannot read $sweep" | tee "$out/study.log"; exit 2; }
 # the limit of the run itself is MINUTES; the outer timeout only guards against a hang
 timeout $((${minutes%.*} * 60 + 180)) python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" \
   --max-minutes "$minutes" --no-progress "$@" 2>&1 | tee "$out/study.log"

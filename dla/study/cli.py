@@ -37,10 +37,11 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"dla study: error: {e}", file=sys.stderr)
         return 2
-    left = len(summary["left"])
+    left = len(summary["left"]) + len(summary["failed"])
     print(f"{sweep.study}: {len(summary['done'])} cells finished, {len(summary['diverged'])} diverged, "
-          f"{len(summary['skipped'])} already done, {left} left" + (" (rerun to continue)" if left else ""))
-    return 0
+          f"{len(summary['failed'])} failed, {len(summary['skipped'])} already done, {left} left"
+          + (" (rerun to continue)" if left else ""))
+    return 1 if summary["failed"] else 0
 
 
 def _report(args: argparse.Namespace) -> int:

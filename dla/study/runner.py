@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from statistics import median
 from typing import Callable, Optional, Sequence, Union
@@ -182,18 +183,19 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
         echo: where one line per cell goes.
 
     Returns:
-        ``{"done": [...], "skipped": [...], "paused": cell id or None, "diverged": [...], "left": [...]}``.
+        ``{"done", "skipped", "diverged", "failed", "left": [cell ids], "paused": cell id or None}``. A cell that
+        raises (other than a diverged loss, which is a result) is reported in ``failed`` with its error through
+        ``echo``, gets no result JSON, and the sweep goes on.
 
     Raises:
-        ValueError: a result JSON written for another config of the same cell, or a cell that fails before its
-            first step (bad data, a config the trainer rejects).
+        ValueError: a result JSON written for another config of the same cell.
     """
     from dla.train.loop import train
 
     piece = Piece(max_minutes, reserve_s)
     cells = sweep.select(only)
     step_s = _measured_step_s(Path(root) / sweep.study / "measure.json")
-    summary: dict = {"done": [], "skipped": [], "paused": None, "diverged": [], "left": []}
+    summary: dict = {"done": [], "skipped": [], "paused": None, "diverged": [], "failed": [], "left": []}
     for i, cell in enumerate(cells):
         tag = f"[{i + 1}/{len(cells)}] {cell.id}"
         out, res = run_dir(root, cell), result_path(results, cell)
@@ -229,6 +231,10 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
             summary["diverged"].append(cell.id)
             echo(f"{tag}: diverged ({e})")
             continue
+        except Exception as e:  # noqa: BLE001 - one cell's failure (a kernel, memory) must not end the piece
+            summary["failed"].append(cell.id)
+            echo(f"{tag}: failed, no result written (a rerun tries again):\n{traceback.format_exc().rstrip()}")
+            continue
         if result.stopped_early:
             summary["paused"] = cell.id
             summary["left"] += [c.id for c in cells[i:] if not result_path(results, c).is_file()]
@@ -249,7 +255,7 @@ def _measured_step_s(path: Path) -> dict:
     if not path.is_file():
         return {}
     rows = json.loads(path.read_text()).get("rows", [])
-    return {(r["model"], r["setting"], r["seq_len"]): r["step_ms"] / 1000 for r in rows}
+    return {(r["model"], r["setting"], r["seq_len"]): r["step_ms"] / 1000 for r in rows if "step_ms" in r}
 
 
 def _write(path: Path, record: dict) -> None:
@@ -347,7 +353,14 @@ def measure_sweep(sweep: Sweep, root: Union[str, Path], *, only: Sequence[str] =
                                        "checkpoint": {"every": 0},
                                        "log": {"every": 1, "progress": progress, "tensorboard": False,
                                                "plot": False}})
-            result = train(config)
+            try:
+                result = train(config)
+            except Exception as e:  # noqa: BLE001 - report the shape that fails, measure the others
+                rows.append({"group": f"{cell.model} / {cell.setting} / T={config.data.seq_len}",
+                             "model": cell.model, "setting": cell.setting, "seq_len": config.data.seq_len,
+                             "cells": len(members), "error": f"{type(e).__name__}: {e}", "minutes": 0.0})
+                echo(f"{rows[-1]['group']}: failed: {rows[-1]['error']}")
+                continue
             times = [r["time_s"] for r in read_log(out / "log.jsonl") if r.get("kind") == "train"]
             deltas = [b - a for a, b in zip(times, times[1:])][warmup - 1:] if warmup > 0 else \
                 [times[0]] + [b - a for a, b in zip(times, times[1:])]

@@ -23,9 +23,9 @@ A sweep file (YAML, JSON or TOML; ``base:`` merges another file underneath, as r
 
 A cell is one ``(task, model, setting, lr, seed)``; its config is the recipe with ``overrides``, the task's, the
 model's, the setting's (a setting may change what a model sets, e.g. its policy in an ablation), the model's
-``per_setting`` entry for that setting, then ``train.lr`` and ``train.seed`` applied in that order. Its id is ``<task>__<model>__<setting>__lr<lr>__s<seed>``. A cell listed by several grids
-is one cell. Every enabled cell's config is built and validated when the sweep is loaded, so a typo fails before
-anything trains.
+``per_setting`` entry for that setting, then ``train.lr`` and ``train.seed`` applied in that order. Its id is
+``<task>__<model>__<setting>__lr<lr>__s<seed>``. A cell listed by several grids is one cell. Every enabled cell's
+config is built and validated when the sweep is loaded, so a typo fails before anything trains.
 """
 
 from __future__ import annotations

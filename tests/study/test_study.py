@@ -16,7 +16,8 @@ def test_run_interrupt_resume_skip_and_report(toy_sweep, tmp_path, monkeypatch):
     sweep = load_sweep(toy_sweep)
     root, results = tmp_path / "runs", tmp_path / "results"
     first, second = sweep.cells
-    assert [c.id for c in sweep.cells] == ["T16-kv2__transformer__d16__lr3e-3__s0", "T16-kv2__dla-mamba2__d16__lr3e-3__s0"]
+    assert [c.id for c in sweep.cells] == ["T16-kv2__transformer__d16__lr3e-3__s0",
+                                           "T16-kv2__dla-mamba2__d16__lr3e-3__s0"]
 
     # a piece whose time is (nearly) up: the first cell stops after its first step with a checkpoint
     monkeypatch.setattr(runner_mod.Piece, "left_s", lambda self: 1e-4)
@@ -96,3 +97,27 @@ def test_measure_times_each_model_shape(toy_sweep, tmp_path):
         assert row["minutes"] == pytest.approx((6 * row["step_ms"] / 1000 + row["first_step_s"]) / 60, abs=2e-3)
     assert report["total_minutes"] == pytest.approx(sum(r["minutes"] for r in report["rows"]), abs=2e-3)
     assert not any((tmp_path / "runs").iterdir())  # the timing runs are removed
+
+
+def test_diverged_and_failed_cells(toy_sweep, tmp_path, monkeypatch):
+    toy_sweep.write_text(toy_sweep.read_text().replace("lrs: [3.0e-3]", "lrs: [3.0e-3, 1.0e+4]"))
+    sweep = load_sweep(toy_sweep)
+    root, results = tmp_path / "runs", tmp_path / "results"
+    from dla.train import loop
+
+    real = loop.train
+
+    def flaky(config, **kw):  # the Transformer's kernels "fail" at the usable lr
+        if "transformer" in config.name and "lr3e-3" in config.name:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(config, **kw)
+
+    monkeypatch.setattr(loop, "train", flaky)
+    lines = []
+    summary = run_sweep(sweep, root, results, only=["*transformer*"], progress=False, echo=lines.append)
+    assert summary["failed"] == ["T16-kv2__transformer__d16__lr3e-3__s0"]
+    assert summary["diverged"] == ["T16-kv2__transformer__d16__lr1e4__s0"]
+    assert any("illegal memory access" in line for line in lines)
+    record = json.loads(result_path(results, sweep.cells[1]).read_text())
+    assert record["status"] == "diverged" and record["accuracy"] is None and record["error"].startswith("train:")
+    assert not result_path(results, sweep.cells[0]).exists()
