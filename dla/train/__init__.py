@@ -1,7 +1,8 @@
 """Pre-training: typed recipes (``configs/*.yaml``), the training loop, checkpoints and torchrun data parallelism.
 
 - ``load_config(path, overrides)`` -> ``RunConfig`` (validated); ``train(config, resume=...)`` -> ``TrainResult``.
-- ``dla.train.checkpoint``: atomic, keep-last-N checkpoint files with RNG states.
+- ``dla.train.checkpoint``: atomic, keep-last-N checkpoints with RNG states: one file from one process, a
+  sharded ``torch.distributed.checkpoint`` directory from several (resumable on any number of processes).
 - ``dla.train.distributed``: torchrun process groups, DDP and FSDP2 wrapping.
 - ``dla.train.quickstart``: tiny DLA models and baselines trained and compared on CPU in minutes.
 - ``dla.train.cli``: the ``dla train`` and ``dla quickstart`` subcommands.

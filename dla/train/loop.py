@@ -9,11 +9,16 @@ takes ``cu_seqlens``, a ``[B, T]`` batch runs as ``[1, B*T]`` with document offs
 
 Around the step: bfloat16 autocast on GPU, AdamW (fused on GPU), warmup + cosine schedule, gradient clipping,
 optional activation checkpointing and ``torch.compile``, DDP or FSDP2, validation every ``eval_every`` steps,
-checkpoints every ``checkpoint.every`` steps and at the end, ``log.jsonl`` + TensorBoard + a progress bar, and the
-loss-curve PNG, the final model (``save_pretrained``, with the tokenizer) and ``summary.json`` at the end.
+checkpoints every ``checkpoint.every`` steps and at the end (one file from one process; a sharded
+``torch.distributed.checkpoint`` directory from several, written by every rank without a gather; the loss and the
+weights are checked for NaN/inf first), ``log.jsonl`` + TensorBoard + a progress bar, and the loss-curve PNG, the
+final model (``save_pretrained``, with the tokenizer) and ``summary.json`` at the end.
 
 Resuming (``resume=True``) loads the latest checkpoint of the run directory: weights, optimizer, scheduler, every
-rank's data position and RNG states. The continued run computes exactly what an uninterrupted one would have.
+rank's data position and RNG states. On the same number of processes the continued run computes exactly what an
+uninterrupted one would have. On another number (a run saved by ``N`` ranks resumed by ``M``, one included) the
+state is resharded and the data continue at the same global position (:func:`loader_position`); only the
+reduction order of the sums differs.
 
 Example:
     >>> result = train(load_config("configs/tiny.yaml", ["train.max_steps=50"]))
@@ -38,11 +43,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dla.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dla.train.checkpoint import (is_sharded, latest_checkpoint, load_checkpoint, load_sharded_state, rng_state,
+                                  save_checkpoint, save_sharded_checkpoint, set_rng_state)
 from dla.train.config import RunConfig, dump_config, to_plain
 from dla.train.data import TaskData, build_task_data, rewind
-from dla.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, any_rank, destroy_distributed,
-                                   init_distributed, unwrap, wrap_model)
+from dla.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, any_rank, barrier,
+                                   destroy_distributed, init_distributed, unwrap, wrap_model)
 from dla.train.logs import RunLogger, plot_loss_curves
 from dla.train.model import (block_modules, build_model, build_model_config, forward_accepts, no_weight_decay_names,
                              num_parameters)
@@ -232,9 +238,6 @@ def _check_resumable(saved: dict, config: RunConfig, env: DistEnv, path: Path, a
     ``{name: [old, new]}`` (only with ``allow_changes``; without, changed settings raise)."""
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume: {path} has checkpoint format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    if saved["world_size"] != env.world_size:
-        raise ValueError(f"resume: {path} was written by {saved['world_size']} processes, this run has "
-                         f"{env.world_size}; exact resumption needs the same number")
     current = config.to_dict()
     for section in ("model", "data"):
         if saved["config"][section] != current[section]:
@@ -251,6 +254,29 @@ def _check_resumable(saved: dict, config: RunConfig, env: DistEnv, path: Path, a
         raise ValueError(f"resume: {path} is at step {saved['step']}, and this run ends at step {total_steps} "
                          f"(train.max_steps / train.max_tokens): nothing is left to train")
     return changed
+
+
+def loader_position(saved: dict, current: dict, rank: int, path: Path) -> dict:
+    """The ``state_dict`` for this rank's training loader (``current`` is its own) that continues where the saved
+    run's loaders stopped. The same number of ranks: each rank's own position. Another number: the saved global
+    position (every rank had consumed ``batch * batch_size * world_size`` sequences of the epoch's order) cut into
+    this run's global batches, so no sequence is seen twice or skipped.
+
+    Raises:
+        ValueError: the position does not fall on one of this run's batch boundaries (the global batch changed).
+    """
+    states = saved["data"]
+    if len(states) == current["world_size"] and states[rank]["batch_size"] == current["batch_size"]:
+        return states[rank]
+    old = states[0]
+    consumed = old["batch"] * old["batch_size"] * old["world_size"]
+    per_batch = current["batch_size"] * current["world_size"]
+    if consumed % per_batch:
+        raise ValueError(f"resume: {path} stopped after {consumed} sequences of epoch {old['epoch']}, not a multiple "
+                         f"of this run's {current['world_size']} ranks x {current['batch_size']} sequences; keep "
+                         f"train.global_batch_size and choose micro_batch_size so that they divide it")
+    return {**current, "epoch": old["epoch"], "batch": consumed // per_batch,
+            **{k: old[k] for k in ("seed", "shuffle", "num_sequences")}}
 
 
 def _save_final_model(model: nn.Module, model_state: dict, model_config, data: TaskData, out: Path,
@@ -316,7 +342,7 @@ def _train(config: RunConfig, env: DistEnv, resume, allow_changes: bool) -> Trai
     _check_model_fits(model_config, config)
     saved, changed = None, {}
     if resume_path is not None:
-        saved = load_checkpoint(resume_path)
+        saved = load_checkpoint(resume_path, tensors=False)  # a directory's tensors load resharded, below
         changed = _check_resumable(saved, config, env, resume_path, allow_changes, total_steps)
 
     seed_everything(t.seed)
@@ -346,11 +372,17 @@ def _train(config: RunConfig, env: DistEnv, resume, allow_changes: bool) -> Trai
 
     start_step, tokens, train_time = 0, 0, 0.0
     if saved is not None:
-        set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
+        if is_sharded(resume_path):  # DCP reshards the N ranks' shards onto this run's layout
+            model_state, optim_state = get_state_dict(model, optimizer)
+            state = {"model": model_state, "optimizer": optim_state}
+            load_sharded_state(resume_path, state)
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        else:
+            set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
+                           options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(saved["scheduler"])
-        data.train.load_state_dict(saved["data"][env.rank])
-        set_rng_state(saved["rng"][env.rank])
+        data.train.load_state_dict(loader_position(saved, data.train.state_dict(), env.rank, resume_path))
+        set_rng_state(saved["rng"][env.rank if env.rank < len(saved["rng"]) else 0])
         start_step, tokens, train_time = saved["step"], saved["tokens"], saved["train_time_s"]
         saved = None
 
@@ -373,17 +405,20 @@ def _train(config: RunConfig, env: DistEnv, resume, allow_changes: bool) -> Trai
     state_options = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def checkpoint(step: int) -> Optional[Path]:
+        """One file from a single process; a DCP directory (every rank its shard, no gather) from several."""
         check_finite(model, interval_nll, env, step, ckpt_dir)
-        model_state, optim_state = get_state_dict(model, optimizer, options=state_options)
         per_rank = all_gather_objects({"data": data.train.state_dict(), "rng": rng_state()}, env)
-        path = None
-        if env.is_main:
-            state = {"format": CHECKPOINT_FORMAT, "step": step, "tokens": tokens, "train_time_s": train_time,
-                     "world_size": env.world_size, "model": model_state, "optimizer": optim_state,
-                     "scheduler": scheduler.state_dict(), "data": [r["data"] for r in per_rank],
-                     "rng": [r["rng"] for r in per_rank], "config": config.to_dict()}
-            path = save_checkpoint(state, ckpt_dir, step, config.checkpoint.keep_last)
-        return path
+        meta = {"format": CHECKPOINT_FORMAT, "step": step, "tokens": tokens, "train_time_s": train_time,
+                "world_size": env.world_size, "scheduler": scheduler.state_dict(),
+                "data": [r["data"] for r in per_rank], "rng": [r["rng"] for r in per_rank],
+                "config": config.to_dict()}
+        keep = config.checkpoint.keep_last
+        if env.distributed:
+            model_state, optim_state = get_state_dict(model, optimizer)
+            return save_sharded_checkpoint({"model": model_state, "optimizer": optim_state}, meta, ckpt_dir, step,
+                                           keep, rank=env.rank, barrier=lambda: barrier(env))
+        model_state, optim_state = get_state_dict(model, optimizer, options=state_options)
+        return save_checkpoint({**meta, "model": model_state, "optimizer": optim_state}, ckpt_dir, step, keep)
 
     def validate(step: int) -> dict:
         if data.val is None:
@@ -485,4 +520,4 @@ def _train(config: RunConfig, env: DistEnv, resume, allow_changes: bool) -> Trai
     return result
 
 
-__all__ = ["train", "evaluate", "TrainResult", "check_fit", "check_finite", "seed_everything"]
+__all__ = ["train", "evaluate", "TrainResult", "check_fit", "check_finite", "loader_position", "seed_everything"]

@@ -1,5 +1,5 @@
-"""Checkpoint files: round trip, keep-last-N, RNG states, and atomicity (a failed or killed write leaves the
-previous checkpoint as the latest loadable one)."""
+"""Checkpoints, one file or a sharded DCP directory: round trip, keep-last-N, RNG states, and atomicity (a failed
+or killed write leaves the previous checkpoint as the latest loadable one)."""
 
 import random
 import signal
@@ -98,5 +98,67 @@ def test_process_killed_while_writing_leaves_previous_loadable(tmp_path):
     assert latest.name == "step_00000001.pt"
     assert torch.equal(load_checkpoint(latest)["w"], torch.ones(3))
     save_checkpoint({"step": 3}, tmp_path, 3)  # the next save clears the leftover
+    assert list(tmp_path.glob(".tmp-step_*")) == []
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 3]
+
+
+def sharded_state(step: int) -> tuple[dict, dict]:
+    tensors = {"model": {"w": torch.full((4, 3), float(step)), "b": torch.arange(3.0)},
+               "optimizer": {"state": {"w": {"exp_avg": torch.ones(4, 3) * step}}, "param_groups": [{"lr": 0.1}]}}
+    return tensors, {"step": step, "world_size": 1, "data": [{"batch": step}]}
+
+
+def test_sharded_round_trip_mixed_layouts_and_keep_last(tmp_path):
+    save_checkpoint(state(1), tmp_path, 1)
+    for step in (2, 3):
+        path = ckpt.save_sharded_checkpoint(*sharded_state(step), tmp_path, step, keep_last=2)
+        assert path == tmp_path / f"step_{step:08d}" and (path / ckpt.META_FILE).is_file()
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+    latest = latest_checkpoint(tmp_path)
+    assert ckpt.is_sharded(latest) and not ckpt.is_sharded(tmp_path / "step_00000001.pt")
+    meta = load_checkpoint(latest, tensors=False)
+    assert meta == {"step": 3, "world_size": 1, "data": [{"batch": 3}]}
+    full = load_checkpoint(latest)
+    assert torch.equal(full["model"]["w"], torch.full((4, 3), 3.0))
+    assert torch.equal(full["optimizer"]["state"]["w"]["exp_avg"], torch.full((4, 3), 3.0))
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        (tmp_path / "step_00000009").mkdir()  # a directory without trainer.pt is no checkpoint
+        load_checkpoint(tmp_path / "step_00000009")
+    assert latest_checkpoint(tmp_path) == latest
+
+
+KILLED_SHARDED_WRITER = """
+import sys, time
+import torch
+import dla.train.checkpoint as ckpt
+
+def slow_write(obj, path):  # the shards are written; the process dies before trainer.pt and the rename
+    print("WRITING", flush=True)
+    time.sleep(60)
+
+tensors = {"model": {"w": torch.ones(3)}}
+ckpt.save_sharded_checkpoint(tensors, {"step": 1}, sys.argv[1], 1)
+ckpt._write = slow_write
+ckpt.save_sharded_checkpoint({"model": {"w": torch.zeros(3)}}, {"step": 2}, sys.argv[1], 2)
+"""
+
+
+def test_process_killed_while_writing_shards_leaves_previous_loadable(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SHARDED_WRITER, str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "WRITING", proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    leftovers = list(tmp_path.glob(".tmp-step_*"))
+    assert len(leftovers) == 1 and any(leftovers[0].iterdir())  # the killed writer's shards
+    latest = latest_checkpoint(tmp_path)
+    assert latest.name == "step_00000001"
+    assert torch.equal(load_checkpoint(latest)["model"]["w"], torch.ones(3))
+    ckpt.save_sharded_checkpoint({"model": {"w": torch.zeros(3)}}, {"step": 3}, tmp_path, 3)
     assert list(tmp_path.glob(".tmp-step_*")) == []
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 3]

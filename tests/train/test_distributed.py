@@ -1,5 +1,6 @@
 """Data parallelism under torchrun on CPU (gloo, 2 processes): DDP and FSDP2 keep the ranks identical, learn, and
-match one process with the same global batch; an FSDP2 run stopped and resumed lands on the same weights."""
+match one process with the same global batch; sharded checkpoints reshard: an FSDP2 run stopped at 2 ranks, resumed
+by one process, stopped again and resumed at 2 ranks lands on the same weights."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from dla.train import config_from_dict, train
-from dla.train.checkpoint import load_checkpoint
+from dla.train.checkpoint import list_checkpoints, load_checkpoint
 from dla.train.logs import read_log
 
 from .conftest import REPO, tiny_dict
@@ -52,18 +53,32 @@ def test_two_processes_agree_learn_and_match_one(parallelism, tmp_path, corpus_d
     assert rel_err(rank0, reference) < 1e-4, rel_err(rank0, reference)
     losses = [r["loss"] for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "train"]
     assert len(losses) == 5 and losses[-1] < losses[0], losses
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000005.pt")
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000005")  # sharded: a DCP directory
     assert saved["world_size"] == 2 and [d["rank"] for d in saved["data"]] == [0, 1]
     assert rel_err({k: v for k, v in saved["model"].items()}, reference) < 1e-4
 
 
-def test_fsdp_stop_and_resume_matches_one_process(tmp_path, corpus_dir, cache_dir, reference):
-    stopped = {**SECTIONS, "train": {**SECTIONS["train"], "parallelism": "fsdp", "max_time_s": 1e-6}}
-    torchrun(tiny_dict(tmp_path / "run", corpus_dir, cache_dir, **stopped), tmp_path / "first")
+def test_checkpoints_reshard_two_processes_to_one_and_back(tmp_path, corpus_dir, cache_dir, reference):
+    """FSDP on 2 ranks stops after step 1 (a DCP directory), one process resumes it and stops after step 2 (one
+    file), 2 ranks resume that to the end: the weights land where one uninterrupted process does."""
+    run = tmp_path / "run"
+    stop = {"max_time_s": 1e-6}  # stops after the next step (training time is counted over resumes)
+    fsdp = {**SECTIONS, "train": {**SECTIONS["train"], "parallelism": "fsdp"}}
+    torchrun(tiny_dict(run, corpus_dir, cache_dir, **{**fsdp, "train": {**fsdp["train"], **stop}}), tmp_path / "first")
+    ckpts = run / "checkpoints"
+    assert [p.name for _, p in list_checkpoints(ckpts)] == ["step_00000001"]
+    saved = load_checkpoint(ckpts / "step_00000001")  # the shards gathered into full tensors, one process
+    assert saved["world_size"] == 2 and [d["rank"] for d in saved["data"]] == [0, 1]
     first = torch.load(tmp_path / "first_rank0.pt")
-    assert rel_err(first, reference) > 1e-3  # stopped after one step, far from the end
-    resumed = {**SECTIONS, "train": {**SECTIONS["train"], "parallelism": "fsdp"}}
-    torchrun(tiny_dict(tmp_path / "run", corpus_dir, cache_dir, **resumed), tmp_path / "second", "resume")
-    rank0, rank1 = (torch.load(tmp_path / f"second_rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(saved["model"][k], first[k]) for k in first)
+
+    one = train(config_from_dict(tiny_dict(run, corpus_dir, cache_dir, **{**fsdp, "train": {**fsdp["train"], **stop}})),
+                resume=True)
+    assert one.steps == 2 and [p.name for _, p in list_checkpoints(ckpts)] == ["step_00000001", "step_00000002.pt"]
+
+    torchrun(tiny_dict(run, corpus_dir, cache_dir, **fsdp), tmp_path / "last", "resume")
+    rank0, rank1 = (torch.load(tmp_path / f"last_rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert rel_err(rank0, reference) < 1e-4, rel_err(rank0, reference)
+    steps = [r["step"] for r in read_log(run / "log.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5]
