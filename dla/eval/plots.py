@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported when first needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -49,7 +50,7 @@ def needle_heatmap(cells: Sequence[Tuple[int, float, float]], path: Union[str, o
         cells: ``(length, depth_percent, score in [0, 1])`` per example (averaged per cell).
         train_length: draw a line between the lengths up to and past it.
     """
-    plt = _pyplot()
+    plt = pyplot()
     lengths, depths, grid = needle_grid(cells)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths)))
     im = ax.imshow(grid * 100, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
@@ -84,7 +85,7 @@ def loss_curves(results: Sequence, path: Union[str, os.PathLike], *, title: str 
     """
     if not results:
         raise ValueError("results: expected at least one PerplexityResult")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         edges = np.asarray(r.edges)

@@ -172,9 +172,9 @@ def write_png(tokens: Sequence[str], layer: LayerSegmentation, path: Union[str, 
               heads: Optional[Sequence[int]] = None, title: str = "") -> Path:
     """Strips per head of ``layer``: token cells coloured by final slot, boundary lines (solid: survives, dashed:
     merged away), red markers at merges; the tokens label the x axis when there are at most 120."""
-    from dla.eval.plots import _pyplot
+    from dla.eval.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     heads = list(heads if heads is not None else range(layer.seg.boundary.shape[2]))

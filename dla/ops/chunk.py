@@ -117,8 +117,12 @@ def chunk_dla(
                          pol.block_size, pol.score, chunk_size, "auto" if backend is None else backend,
                          "auto" if precision is None else precision, _tuning_list(tuning))
         return o, None
+    bounds = None  # the packed sequences' offsets (the q checks come first if q is no [B, T, G, K] tensor)
+    if cu_seqlens is not None and isinstance(q, Tensor) and q.dim() == 4:
+        bounds = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
+    longest = None if bounds is None else max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
     dims = check_dla_args(q, k, v, g, lam, beta, policy=pol, scale=scale, initial_state=initial_state,
-                          check_finite=check_values)
+                          check_finite=check_values, longest=longest)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
     impl = select_backend(backend, v, chunk_size)
@@ -128,7 +132,7 @@ def chunk_dla(
     run = _Run(impl, cfg, pol, dims.scale, chunk_size, output_final_state, return_segmentation)
     if cu_seqlens is None:
         return run(q, k, v, g, lam, beta, initial_state, dims.R)
-    return _packed(run, q, k, v, g, lam, beta, initial_state, dims.R, cu_seqlens)
+    return _packed(run, q, k, v, g, lam, beta, initial_state, dims.R, bounds)
 
 
 def select_backend(backend: Optional[str], v: Tensor, chunk_size: int) -> ModuleType:
@@ -263,10 +267,9 @@ class _Run:
         return o, final, empty_segmentation(B, 0, H, R, dt, v.device)
 
 
-def _packed(run: _Run, q, k, v, g, lam, beta, init, R, cu_seqlens):
-    """:class:`_Run` over packed sequences: the rows of right-padded batches, one per length bucket (one batch
-    when a state goes in or out), scattered back to the packed order."""
-    bounds = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
+def _packed(run: _Run, q, k, v, g, lam, beta, init, R, bounds: List[int]):
+    """:class:`_Run` over packed sequences (offsets ``bounds``): the rows of right-padded batches, one per length
+    bucket (one batch when a state goes in or out), scattered back to the packed order."""
     lens = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
     if init is not None and init.slots.shape[0] != len(lens):
         raise ValueError(f"initial_state: packed sequences take one row per sequence ({len(lens)}), got batch "

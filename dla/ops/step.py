@@ -1,6 +1,6 @@
 """The public decode step: one token for a whole batch, constant memory and time in the context length
-(``docs/design.md`` section 6). Validates once, picks the backend once: :func:`dla.ops.chunked.step.step`
-(PyTorch) or :func:`dla.ops.triton.step.step` (two kernels; the default for CUDA float32 caches)."""
+(``docs/design.md`` section 6). Validates once, picks the backend once: :func:`dla.ops.chunked.decode.step`
+(PyTorch) or :func:`dla.ops.triton.decode.step` (two kernels; the default for CUDA float32 caches)."""
 
 from __future__ import annotations
 

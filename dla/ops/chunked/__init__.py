@@ -13,10 +13,10 @@ Stages (what :func:`dla.ops.chunk_dla` runs, in order):
 
 from dla.ops.chunked.backbone_gdn import backbone_gdn_bwd, backbone_gdn_fwd
 from dla.ops.chunked.backbone_mamba2 import backbone_mamba2_bwd, backbone_mamba2_fwd
+from dla.ops.chunked.decode import step
 from dla.ops.chunked.layout import heads_copy
 from dla.ops.chunked.readout import combine_bwd, combine_fwd, lam_bwd, lam_fwd, readout_bwd, readout_fwd
-from dla.ops.chunked.scan import scan
-from dla.ops.chunked.step import step
+from dla.ops.chunked.segmentation import scan
 
 NAME = "torch"
 

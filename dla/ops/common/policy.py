@@ -32,7 +32,7 @@ CAPACITY = 30
 
 def num_levels(num_tokens: int) -> int:
     """Levels Log-Linear attention needs for ``num_tokens`` positions: ``ceil(log2 T) + 1`` (1 for T <= 1)."""
-    return max(int(num_tokens - 1).bit_length(), 0) + 1
+    return max(int(num_tokens) - 1, 0).bit_length() + 1
 
 
 def fenwick_level(counts: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """What a segmentation scan returns (:class:`ScanResult`) and the slot table it keeps (:class:`SlotTable`), shared
-by the PyTorch scan (:mod:`dla.ops.chunked.scan`) and the Triton scan (:mod:`dla.ops.triton.scan`); and the
+by the PyTorch scan (:mod:`dla.ops.chunked.segmentation`) and the Triton scan (:mod:`dla.ops.triton.segmentation`); and the
 records of the data-independent policies, which need no scan (:func:`fixed_schedule`)."""
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ one :class:`~dla.ops.utils.tuning.Tuning`; the ``tl.dot`` operand mode from :mod
 
 from dla.ops.triton.backbone_gdn import backbone_gdn_bwd, backbone_gdn_fwd
 from dla.ops.triton.backbone_mamba2 import backbone_mamba2_bwd, backbone_mamba2_fwd
+from dla.ops.triton.decode import step
 from dla.ops.triton.layout import combine_bwd, combine_fwd, heads_copy, lam_bwd, lam_fwd
-from dla.ops.triton.readout_bwd import readout_bwd
-from dla.ops.triton.readout_fwd import readout_fwd
-from dla.ops.triton.scan import scan
-from dla.ops.triton.step import step
+from dla.ops.triton.readout import readout_fwd
+from dla.ops.triton.readout_backward import readout_bwd
+from dla.ops.triton.segmentation import scan
 
 NAME = "triton"
 

@@ -1,4 +1,4 @@
-"""What the readout's Triton kernels share (:mod:`dla.ops.triton.readout_fwd`, :mod:`dla.ops.triton.readout_bwd`):
+"""What the readout's Triton kernels share (:mod:`dla.ops.triton.readout`, :mod:`dla.ops.triton.readout_backward`):
 the query chunk's per-rank tables, the coefficients of one candidate key chunk, the decay between two chunks.
 
 For query chunk ``i`` and a candidate key chunk ``c`` (``docs/math.md`` section 7), token ``t`` reads

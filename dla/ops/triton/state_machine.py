@@ -1,5 +1,5 @@
 """The state machine's scalar rules as Triton device functions, shared by the segmentation scan
-(:mod:`dla.ops.triton.scan`) and the decode step (:mod:`dla.ops.triton.step`): the information score, the merge
+(:mod:`dla.ops.triton.segmentation`) and the decode step (:mod:`dla.ops.triton.decode`): the information score, the merge
 choice and the slot bookkeeping in registers, the ``lam`` index rule. Each computes what its PyTorch counterpart in
 :mod:`dla.ops.common` computes, operation for operation, so that decisions agree near the threshold.
 

@@ -86,10 +86,12 @@ def wants_value_check(check: Optional[bool], *tensors) -> bool:
 
 
 def check_dla_args(q, k, v, g, lam, beta, *, policy: Policy, scale, initial_state: Optional[DLAState],
-                   slot_transition: str = "additive", check_finite: Optional[bool] = None) -> Dims:
+                   slot_transition: str = "additive", check_finite: Optional[bool] = None,
+                   longest: Optional[int] = None) -> Dims:
     """Validate the inputs of ``naive_dla`` / ``masked_dla`` / ``chunk_dla`` (the policy is already a validated
     :class:`Policy`); return their sizes. ``check_finite``: look at the values too (``None``: see the module
-    docstring)."""
+    docstring). ``longest``: the longest sequence when ``T`` tokens hold several packed ones (what the ``lam``
+    levels of ``fenwick`` follow)."""
     if not isinstance(policy, Policy):
         raise ValueError(f"policy: expected a Policy, got {type(policy).__name__}")
     _check_tensor("q", q, 4, "[B, T, G, K]")
@@ -130,7 +132,7 @@ def check_dla_args(q, k, v, g, lam, beta, *, policy: Policy, scale, initial_stat
             policy.kind == "fenwick" else 0
         devices.add(initial_state.slots.device)
 
-    R = policy.lam_entries(seen + T)
+    R = policy.lam_entries(seen + (T if longest is None else longest))
     if lam is not None:
         _check_tensor("lam", lam, 4, "[B, T, H, R]")
         if tuple(lam.shape[:3]) != (B, T, H):

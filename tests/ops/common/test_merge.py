@@ -1,8 +1,8 @@
-"""The merge rule picks the documented pair, ties included; lam indexing per policy."""
+"""The merge rule picks the documented pair, ties included."""
 
 import torch
 
-from dla.ops.common.merge import lam_indices, pick_merge
+from dla.ops.common.merge import pick_merge
 
 
 def test_pick_merge_lowest_density():
@@ -26,22 +26,3 @@ def test_pick_merge_ignores_dead_slots_and_batches():
     counts = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     # row 0 has 2 live slots: the only pair is 0 even though dead entries look 'cheaper'
     assert pick_merge(info, counts, torch.tensor([2, 4])).tolist() == [0, 2]
-
-
-def test_lam_indices_per_policy():
-    counts = torch.tensor([1, 1, 2, 8, 16])  # newest first
-    assert lam_indices("dla", counts, 30).tolist() == [0, 1, 2, 3, 4]
-    assert lam_indices("dla_unbounded", counts, 3).tolist() == [0, 1, 2, 2, 2]
-    assert lam_indices("fenwick", counts, 30).tolist() == [0, 1, 2, 4, 5]
-    assert lam_indices("single", counts[:1], 30).tolist() == [0]
-
-
-def test_wants_boundary_per_policy():
-    from dla.ops.common.merge import wants_boundary
-    info = torch.tensor([0.1, 0.7], dtype=torch.float64)
-    pos = torch.tensor([4, 5])
-    assert wants_boundary("dla", info, 0.6, pos, 4, 8).tolist() == [False, True]
-    assert wants_boundary("dla", info, 0.6, pos, 4, 1).tolist() == [False, False]  # C == 1 absorbs
-    assert wants_boundary("fixed", info, 0.6, pos, 4, 8).tolist() == [True, False]
-    assert wants_boundary("fenwick", info, 0.6, pos, 4, 8).tolist() == [True, True]
-    assert wants_boundary("single", info, 0.6, pos, 4, 8).tolist() == [False, False]

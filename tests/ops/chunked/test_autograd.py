@@ -1,14 +1,16 @@
-"""The chunked form's own pieces: closed-form chunk states, the chunk-state recurrence and the boundary readout
-with their hand-written backwards (float64, gradcheck at tiny shapes)."""
+"""The PyTorch stages: closed-form chunk states, the chunk-state recurrence, the backbones and the boundary readout
+with their backwards (float64, gradcheck at tiny shapes)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dla.ops import DLAState, chunk_dla, naive_dla
-from dla.ops.dla.chunk_torch import (_backbone, _block_segsum, _ChunkStates, _decayed_states, boundary_terms,
-                                     dla_scan)
+from dla.ops import DLAState, chunk_dla, chunked, naive_dla
+from dla.ops.chunked.backbone_gdn import chunk_states
+from dla.ops.chunked.backbone_mamba2 import decayed_states
+from dla.ops.utils.tuning import StageConfig, Tuning
 from tests.conftest import make_inputs, rel_err
+from tests.ops import stages
 
 f64 = dict(dtype=torch.float64)
 
@@ -23,7 +25,7 @@ def test_decayed_states_equal_the_recurrence(N, block, record):
     gen = _gen(N)
     tot = -torch.rand(2, 3, N, generator=gen, **f64) * 2
     X, X0 = torch.randn(2, 3, N, 5, generator=gen, **f64), torch.randn(2, 3, 5, generator=gen, **f64)
-    Y = _decayed_states(tot, X, X0, block)
+    Y = decayed_states(tot, X, X0, block)
     ref, S = [X0], X0
     for c in range(N):
         S = torch.exp(tot[..., c, None]) * S + X[..., c, :]
@@ -37,7 +39,7 @@ def test_decayed_states_gradcheck():
     args = (-torch.rand(1, 1, 7, generator=gen, **f64), torch.randn(1, 1, 7, 2, generator=gen, **f64),
             torch.randn(1, 1, 2, generator=gen, **f64))
     args = tuple(a.requires_grad_() for a in args)
-    assert torch.autograd.gradcheck(lambda t, x, x0: _decayed_states(t, x, x0, 2), args)
+    assert torch.autograd.gradcheck(lambda t, x, x0: decayed_states(t, x, x0, 2), args)
 
 
 def test_chunk_states_gradcheck_and_values():
@@ -45,13 +47,13 @@ def test_chunk_states_gradcheck_and_values():
     A = (torch.eye(3, **f64) * 0.9 - 0.2 * torch.randn(1, 2, 5, 3, 3, generator=gen, **f64)).requires_grad_()
     X = torch.randn(1, 2, 5, 3, 2, generator=gen, **f64).requires_grad_()
     S0 = torch.randn(1, 2, 3, 2, generator=gen, **f64).requires_grad_()
-    P, S = _ChunkStates.apply(A, X, S0)
+    P, S = chunk_states(A, X, S0)
     ref, cur = [], S0
     for c in range(5):
         ref.append(cur)
         cur = A[:, :, c] @ cur + X[:, :, c]
     assert rel_err(P, torch.stack(ref, 2)) < 1e-15 and rel_err(S, cur) < 1e-15
-    assert torch.autograd.gradcheck(lambda *a: _ChunkStates.apply(*a), (A, X, S0))
+    assert torch.autograd.gradcheck(chunk_states, (A, X, S0))
 
 
 def _token_recurrence(q, k, v, g, beta, S0):
@@ -81,20 +83,20 @@ def test_backbone_values_and_gradcheck(gdn, init, record):
     v, g = torch.randn(B, H, T, V, generator=gen, **f64), -torch.rand(B, H, T, generator=gen, **f64)
     beta = torch.rand(B, H, T, generator=gen, **f64) if gdn else None
     S0 = torch.randn(B, H, K, V, generator=gen, **f64) if init else torch.zeros(B, H, K, V, **f64)
-    u, P, o, S, gl = _backbone(q, k, v, g, beta, S0, BT)
+    u, P, o, S, gl = stages.backbone(chunked, q, k, v, g, beta, S0, BT)
     Pt, St, ot = _token_recurrence(q, k, v, g, beta, S0)
     assert record("backbone chunk states vs token recurrence", rel_err(P, Pt[:, :, ::BT])) < 1e-14
     assert rel_err(S, St) < 1e-14 and rel_err(o, ot) < 1e-14
     leaves = tuple(t.clone().requires_grad_() for t in (q, k, v, g) + ((beta,) if gdn else ()) + (S0,))
 
     def fn(*a):
-        return _backbone(*a[:4], a[4] if gdn else None, a[-1], BT)[:4]
+        return stages.backbone(chunked, *a[:4], a[4] if gdn else None, a[-1], BT)[:4]
 
     assert torch.autograd.gradcheck(fn, leaves)
 
 
 def _readout_case(seed, T=11, BT=4, R=3, H=1, tau=0.0):
-    """A real segmentation (scan) and random readout inputs, head-major like chunk_dla_torch's."""
+    """A real segmentation (scan) and random readout inputs, head-major like chunk_dla's stages."""
     B, K, V = 1, 3, 2
     gen = _gen(seed)
     Tp = -(-T // BT) * BT
@@ -103,9 +105,9 @@ def _readout_case(seed, T=11, BT=4, R=3, H=1, tau=0.0):
     v = torch.randn(B, H, Tp, V, generator=gen, **f64)
     g = -torch.rand(B, H, Tp, generator=gen, **f64) * 0.3
     g[:, :, T:] = 0
-    u, P, _, _, gl = _backbone(q, k, v, g, None, torch.zeros(B, H, K, V, **f64), BT)
-    scan = dla_scan(k.reshape(B * H, Tp, K), u.reshape(B * H, Tp, V), g.reshape(B * H, Tp), T, chunk_size=BT,
-                    policy="dla", tau=tau, capacity=R, block_size=4, score="drift", R=R, initial_state=None)
+    u, P, _, _, gl = stages.backbone(chunked, q, k, v, g, None, torch.zeros(B, H, K, V, **f64), BT)
+    scan = stages.scan(chunked, k.reshape(B * H, Tp, K), u.reshape(B * H, Tp, V), g.reshape(B * H, Tp), T, BT,
+                       tau=tau, capacity=R)
     starts = scan.starts.view(B, H, T, R)
     x, real = starts[..., :-1], (scan.lam_index.view(B, H, T, R)[..., 1:] >= 0) & (starts[..., :-1] >= 0)
     dlam = torch.randn(B, H, T, R - 1, generator=gen, **f64) * real
@@ -118,20 +120,20 @@ def test_boundary_readout_gradcheck(group_bytes):
     assert bool(real.any())
     leaves = tuple(t.detach().clone().requires_grad_() for t in (q, k, u, gl, P, dlam))
 
+    cfg = StageConfig(tuning=Tuning(torch_group_bytes=group_bytes))
+
     def fn(q, k, u, gl, P, dlam):
-        seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
-        return boundary_terms(q, k, u, gl, P, seg, x, dlam, real, BT, group_bytes=group_bytes)
+        return stages.readout(chunked, q, k, u, gl, P, dlam, x, real, BT, cfg)
 
     assert torch.autograd.gradcheck(fn, leaves)
 
 
 def test_boundary_readout_group_size_changes_nothing():
     q, k, u, gl, P, dlam, x, real, BT = _readout_case(6, T=37, R=4, H=2)
-    seg = F.pad(_block_segsum(gl[..., -1]), (0, 1))
     res = []
     for gb in (1, 1 << 40):
-        leaves = [t.detach().clone().requires_grad_() for t in (q, k, u, gl, P, seg, dlam)]
-        out = boundary_terms(*leaves[:6], x, leaves[6], real, BT, group_bytes=gb)
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, u, gl, P, dlam)]
+        out = stages.readout(chunked, *leaves, x, real, BT, StageConfig(tuning=Tuning(torch_group_bytes=gb)))
         res.append([out] + list(torch.autograd.grad(out.square().sum(), leaves)))
     for a, b in zip(*res):
         assert rel_err(a, b) < 1e-14

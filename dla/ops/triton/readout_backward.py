@@ -1,5 +1,5 @@
 """The readout's backward as Triton kernels: the stage of :func:`dla.ops.chunked.readout.readout_bwd` (the
-forward is :mod:`dla.ops.triton.readout_fwd`).
+forward is :mod:`dla.ops.triton.readout`).
 
 For query chunk ``i``, each distinct candidate key chunk ``c`` adds to ``o[t]`` (``docs/math.md`` section 7.4)
 
@@ -224,7 +224,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, cand, jidx, off, BT: int, nee
     Args:
         grad: ``[B, H, T, V]``; q, k: ``[B, H, Tp, K]``, or ``[B, G, Tp, K]`` read by groups of ``H / G`` heads;
             u: ``[B, H, Tp, V]``; gl: ``[B, H, NT, BT]``; P: ``[B, H, NT, K, V]``; dlam: ``[B, H, T, R1]``;
-            cand, jidx, off: :func:`~dla.ops.triton.readout_fwd.boundary_plan`'s. Read in float32 (or 16 bits).
+            cand, jidx, off: :func:`~dla.ops.triton.readout.boundary_plan`'s. Read in float32 (or 16 bits).
         needs: six bools, which of ``q, k, u, gl, P, dlam`` need a gradient.
         cfg: the ``tl.dot`` mode, and the tuning's ``dq_block_v``, ``dq_warps``, ``key_block_v``, ``key_warps``,
             ``pair_tile_bytes``.
@@ -296,7 +296,7 @@ def boundary_terms_bwd(grad, q, k, u, gl, P, dlam, cand, jidx, off, BT: int, nee
 
 
 def readout_bwd(grad, q, k, u, gl, P, dlam, plan, meta, BT: int, needs, *, cfg: StageConfig, heads):
-    """Gradients ``(dqh, dkh, du, dgl, dP, ddlam)`` of :func:`~dla.ops.triton.readout_fwd.readout_fwd`; arguments
+    """Gradients ``(dqh, dkh, du, dgl, dP, ddlam)`` of :func:`~dla.ops.triton.readout.readout_fwd`; arguments
     as :func:`dla.ops.chunked.readout.readout_bwd` (``q, k`` the caller's tensors, ``heads(x)`` their per-head
     copies, built only when there are as many groups as heads)."""
     cand, jidx, off = plan

@@ -1,4 +1,4 @@
-"""The Triton boundary readout equals the PyTorch form (CPU: Triton's interpreter, float32, tiny shapes)."""
+"""The whole op on the Triton backend equals the PyTorch backend (CPU: Triton's interpreter, float32, tiny shapes)."""
 
 import os
 

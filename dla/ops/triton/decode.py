@@ -1,4 +1,4 @@
-"""One decode step as two Triton kernels (``docs/design.md`` section 6): what :func:`dla.ops.chunked.step.step`
+"""One decode step as two Triton kernels (``docs/design.md`` section 6): what :func:`dla.ops.chunked.decode.step`
 computes, decision for decision, without the dozens of small PyTorch launches per layer.
 
 Both kernels run one program per (value tile, batch x head), so a step uses ``B * H * ceil(V / BV)`` programs:
@@ -177,7 +177,7 @@ def _step_apply(
 def step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lam: Optional[torch.Tensor],
          beta: Optional[torch.Tensor], state: DLAState, policy: Policy, scale: float,
          cfg=None) -> Tuple[torch.Tensor, DLAState]:
-    """:func:`dla.ops.chunked.step.step` on the Triton kernels; arguments already checked and the state already of
+    """:func:`dla.ops.chunked.decode.step` on the Triton kernels; arguments already checked and the state already of
     the policy's width (``dla_step`` does both). Returns ``o [B, H, V]`` in the dtype of ``v`` and the new
     :class:`DLAState`."""
     if policy.kind == "dla_unbounded":

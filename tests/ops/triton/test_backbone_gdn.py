@@ -1,5 +1,4 @@
-"""The Triton Gated DeltaNet backbone equals the PyTorch ``_backbone`` (CPU: Triton's interpreter, float32, tiny
-shapes): outputs ``u, P, o, S`` and the gradients of ``q, k, v, g, beta, S0`` from each output alone and from all
+"""The Triton Gated DeltaNet backbone equals the PyTorch stage (CPU: Triton's interpreter, float32, tiny shapes): outputs ``u, P, o, S`` and the gradients of ``q, k, v, g, beta, S0`` from each output alone and from all
 of them, and the whole op through ``chunk_dla(..., backend="triton")``."""
 
 import os
@@ -7,9 +6,9 @@ import os
 import pytest
 import torch
 
-from dla.ops import chunk_dla
-from dla.ops.dla.chunk_torch import _backbone
+from dla.ops import chunk_dla, chunked
 from tests.conftest import make_inputs, rel_err
+from tests.ops import stages
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -30,9 +29,9 @@ def _inputs(B, H, NT, BT, K, V, decay, beta_max, seed):
     return [x.to(DEVICE).requires_grad_() for x in (q, k, v, g, beta, S0)]
 
 
-def _run(fn, x, BT, weights, used):
+def _run(impl, x, BT, weights, used, cfg=None):
     q, k, v, g, beta, S0 = x
-    outs = fn(q, k, v, g, beta, S0, BT)
+    outs = stages.backbone(impl, q, k, v, g, beta, S0, BT, cfg)
     loss = sum((outs[i] * weights[i].to(outs[i].dtype)).sum() for i in used)
     grads = torch.autograd.grad(loss, x, allow_unused=True)
     return outs, [gr if gr is not None else torch.zeros_like(t) for gr, t in zip(grads, x)]
@@ -58,17 +57,18 @@ def _check(record, name, a, ref32, ref64):
     (1, 1, 2, 128, 16, 8, 0.02, 1.0),  # 8 diagonal blocks in the inverse
 ])
 @pytest.mark.parametrize("used", [(0, 1, 2, 3, 4), (0,), (1,), (2,), (3,)], ids=["all", "du", "dP", "do", "dS"])
-def test_backbone_gdn_triton_matches_torch(B, H, NT, BT, K, V, decay, beta_max, used, nan_empty, record):
-    from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
+def test_backbone_gdn_triton_matches_torch(B, H, NT, BT, K, V, decay, beta_max, used, nan_empty, record,
+                                           tuning=None):
+    from dla.ops import triton as kernels
 
     x = _inputs(B, H, NT, BT, K, V, decay, beta_max, seed=NT * K + V)
     x64 = [t.detach().double().requires_grad_() for t in x]
     gen = torch.Generator().manual_seed(1)
-    shapes = _backbone(*(t.detach() for t in x[:5]), x[5].detach(), BT)
+    shapes = stages.backbone(chunked, *(t.detach() for t in x[:5]), x[5].detach(), BT)
     weights = [torch.randn(t.shape, generator=gen).to(DEVICE) for t in shapes]
-    out_tri, grad_tri = _run(backbone_gdn_triton, x, BT, weights, used)
-    out_ref, grad_ref = _run(_backbone, x, BT, weights, used)
-    out_64, grad_64 = _run(_backbone, x64, BT, weights, used)
+    out_tri, grad_tri = _run(kernels, x, BT, weights, used, stages.config(x[0], **(tuning or {})))
+    out_ref, grad_ref = _run(chunked, x, BT, weights, used)
+    out_64, grad_64 = _run(chunked, x64, BT, weights, used)
     for n, a, b, c in zip(NAMES, out_tri, out_ref, out_64):
         _check(record, n, a, b, c)
     for n, a, b, c in zip(("dq", "dk", "dv", "dg", "dbeta", "dS0"), grad_tri, grad_ref, grad_64):
@@ -76,24 +76,12 @@ def test_backbone_gdn_triton_matches_torch(B, H, NT, BT, K, V, decay, beta_max, 
 
 
 @pytest.mark.parametrize("max_tile, ut_tile", [(32, 64)])
-def test_backbone_gdn_triton_tiles(max_tile, ut_tile, monkeypatch, nan_empty, record):
-    """``MAX_TILE`` and the UT backward's ``UT_TILE`` other than their defaults (64, 32) at ``K = 80``,
+def test_backbone_gdn_triton_tiles(max_tile, ut_tile, nan_empty, record):
+    """``max_tile`` and the UT backward's ``ut_tile`` other than their defaults (64, 32) at ``K = 80``,
     ``V = 70`` (two or three key tiles, the last partly masked); outputs and gradients as with the defaults.
-    (16-wide tiles, which the knobs refuse, passed here under the interpreter but gave a wrong ``dk`` on an H200.)"""
-    import dla.ops.dla.backbone_gdn_triton as gdn
-    import dla.ops.dla.backbone_triton as backbone
-
-    monkeypatch.setattr(backbone, "MAX_TILE", max_tile)
-    monkeypatch.setattr(gdn, "UT_TILE", ut_tile)
-    test_backbone_gdn_triton_matches_torch(1, 1, 2, 64, 80, 70, 0.1, 1.0, (0, 1, 2, 3, 4), nan_empty, record)
-
-
-def test_backbone_gdn_triton_needs_beta():
-    from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
-
-    q, k, v, g, beta, S0 = (t.detach() for t in _inputs(1, 1, 1, 16, 4, 4, 0.3, 1.0, seed=0))
-    with pytest.raises(ValueError, match="beta"):
-        backbone_gdn_triton(q, k, v, g, None, S0, 16)
+    (16-wide tiles, which the tuning refuses, passed here under the interpreter but were wrong on Hopper.)"""
+    test_backbone_gdn_triton_matches_torch(1, 1, 2, 64, 80, 70, 0.1, 1.0, (0, 1, 2, 3, 4), nan_empty, record,
+                                           tuning=dict(max_tile=max_tile, ut_tile=ut_tile))
 
 
 @pytest.mark.parametrize("T,chunk_size", [(45, 16), (70, 32)])

@@ -4,19 +4,19 @@ the longest one. Same outputs, gradients and segmentation as separate calls, in 
 import pytest
 import torch
 
-import dla.ops.dla.chunk as chunk_mod
+import dla.ops.chunk as chunk_mod
 from dla.ops import chunk_dla, naive_dla, num_levels
-from dla.ops.dla.chunk import _length_buckets
+from dla.ops.utils.cu_seqlens import length_buckets
 from tests.conftest import make_inputs, rel_err
 
 CU = [0, 5, 135, 152, 452, 516, 517]  # lengths 5, 130, 17, 300, 64, 1
 
 
 def test_buckets_round_chunk_counts_up_to_powers_of_two():
-    assert _length_buckets([5, 130, 17, 300, 64, 1], 16) == [[0, 5], [2], [4], [1], [3]]
-    assert _length_buckets([64, 64, 63], 64) == [[0, 1, 2]]
+    assert length_buckets([5, 130, 17, 300, 64, 1], 16) == [[0, 5], [2], [4], [1], [3]]
+    assert length_buckets([64, 64, 63], 64) == [[0, 1, 2]]
     for lens in ([1], [1000, 1, 999, 2], list(range(1, 200, 7))):
-        groups = _length_buckets(lens, 16)
+        groups = length_buckets(lens, 16)
         assert sorted(n for grp in groups for n in grp) == list(range(len(lens)))
         for grp in groups:  # padding at most doubles a row's chunks
             longest = max(-(-lens[n] // 16) for n in grp)
@@ -30,8 +30,8 @@ def test_bucketed_packed_equals_separate_calls(gdn, policy, capacity, monkeypatc
     x = make_inputs(B=1, T=T, H=2, G=1, K=4, V=3, R=capacity, gdn=gdn, seed=5, requires_grad=True)
     kw = dict(policy=policy, capacity=capacity, tau=0.3, chunk_size=16)
     padded = []
-    run = chunk_mod.chunk_dla_torch
-    monkeypatch.setattr(chunk_mod, "chunk_dla_torch", lambda *a, **k: (padded.append(a[0].shape[:2]), run(*a, **k))[1])
+    run = chunk_mod._Run.__call__
+    monkeypatch.setattr(chunk_mod._Run, "__call__", lambda self, *a: (padded.append(a[0].shape[:2]), run(self, *a))[1])
     o, _, seg = chunk_dla(**x, **kw, cu_seqlens=torch.tensor(CU), return_segmentation=True)
     # five batches, 521 padded tokens (the 1-token row waits for the 5-token one); one batch would pad 6 rows to 300
     assert len(padded) == 5 and sum(n * t for n, t in padded) == T + 4

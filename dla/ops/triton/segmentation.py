@@ -1,5 +1,5 @@
 """The segmentation scan (``docs/design.md`` section 4, step 2) as three Triton kernels: what the PyTorch scan
-(:mod:`dla.ops.chunked.scan`) computes, decision for decision.
+(:mod:`dla.ops.chunked.segmentation`) computes, decision for decision.
 
 A token's score depends only on the open slot (its start and the tokens since), never on merges: so everything
 about a chunk that does not depend on where the open slot started is computed for every possible start, in
@@ -378,7 +378,7 @@ def dla_scan_kernel(
 def scan(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, T: int, *, policy: Policy, chunk_size: int, R: int,
          initial_state: Optional[DLAState], lengths: Optional[torch.Tensor] = None, heads_per_group: int = 1,
          cfg: Optional[StageConfig] = None) -> ScanResult:
-    """Decide boundaries and merges for ``N`` sequences; arguments and returns as :func:`dla.ops.chunked.scan.scan`
+    """Decide boundaries and merges for ``N`` sequences; arguments and returns as :func:`dla.ops.chunked.segmentation.scan`
     (integer fields equal, scores to rounding: matrix products and sums run in another order).
 
     Args:

@@ -1,6 +1,6 @@
 """What chunk_dla keeps for its backward: ``lam``'s gather and the readout's per-rank indices in int16 (with the
-gradients of torch's own gather), and on the Triton path the caller's ``q, k, v`` instead of the kernels' float32
-copies (:mod:`dla.ops.utils.saved`), visible to the caller's saved-tensor hooks and guarded by version checks."""
+gradients of torch's own gather), and the caller's ``q, k, v`` instead of the stages' float32 copies (rebuilt in
+the backward), visible to the caller's saved-tensor hooks and guarded by version checks."""
 
 import os
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dla.ops import chunk_dla
-from dla.ops.dla.chunk_torch import _GatherLast, _heads
-from dla.ops.utils.saved import compact_index
+from dla.ops import chunk_dla, chunked
+from dla.ops.chunk import _Heads, _Layout
+from dla.ops.chunked.readout import lam_bwd, lam_fwd
+from dla.ops.utils.index import compact_index
 from tests.conftest import make_inputs
 
 
@@ -22,23 +23,30 @@ def test_compact_index_dtypes():
     assert torch.equal(compact_index(idx, 30).long(), idx)
 
 
-def test_gather_last_matches_torch_gather():
+def test_lam_weights_equal_autograd_of_a_gather():
+    """The PyTorch ``lam`` stage's explicit backward (a scatter into the compact index) is bitwise autograd's of
+    ``torch.gather`` and the telescoping differences; several ranks reading one entry add up."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, generator=gen, requires_grad=True)
-    index = torch.randint(0, 9, (2, 3, 7, 12), generator=gen)  # repeats: their gradients add up
-    w = torch.randn(2, 3, 7, 12, dtype=torch.float64, generator=gen)
-    out = _GatherLast.apply(x, index)
-    assert torch.equal(out, torch.gather(x, -1, index))
-    (g,) = torch.autograd.grad((out * w).sum(), x, create_graph=True)
-    (g_ref,) = torch.autograd.grad((torch.gather(x, -1, index) * w).sum(), x, create_graph=True)
-    assert torch.equal(g, g_ref)
-    assert torch.autograd.gradcheck(lambda t: _GatherLast.apply(t, index), (x,))
-    assert torch.autograd.gradgradcheck(lambda t: _GatherLast.apply(t, index) ** 2, (x,))
+    lam = torch.rand(2, 7, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)  # [B, T, H, RL]
+    index = torch.randint(-1, 5, (2, 3, 7, 6), generator=gen)  # [B, H, T, R]: repeats and unused ranks
+    g0, gd = torch.randn(2, 3, 7, dtype=torch.float64, generator=gen), torch.randn(2, 3, 7, 5, dtype=torch.float64,
+                                                                                    generator=gen)
+    lam0, dlam, saved = lam_fwd(lam.detach(), index, torch.float64)
+    assert saved.dtype == torch.int16
+    lam_r = torch.gather(lam.transpose(1, 2), -1, index.clamp_min(0))
+    ref_dlam = torch.where(index[..., 1:] >= 0, lam_r[..., 1:] - lam_r[..., :-1], torch.zeros_like(lam_r[..., 1:]))
+    assert torch.equal(lam0, lam_r[..., 0].detach()) and torch.equal(dlam, ref_dlam.detach())
+    (ref,) = torch.autograd.grad((lam_r[..., 0] * g0).sum() + (ref_dlam * gd).sum(), lam)
+    assert torch.equal(lam_bwd(saved, g0, gd, lam.shape, lam.dtype), ref)
+
+
+def _heads(x, H, pad, dtype):
+    return _Heads.apply(x, _Layout(chunked, H, pad, dtype))
 
 
 @pytest.mark.parametrize("G, H, pad", [(1, 4, 3), (2, 6, 0), (3, 3, 5)])
 def test_heads_is_one_copy_of_the_repeat_form(G, H, pad):
-    """The kernels' head-major copy (one pass) equals repeat + transpose + pad + contiguous, values and gradient
+    """The stages' head-major copy (one pass) equals repeat + transpose + pad + contiguous, values and gradient
     bitwise (the gradient sums a group's heads in float32, not in the input's bf16)."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 5, G, 8, generator=gen).bfloat16().requires_grad_()
@@ -90,11 +98,12 @@ def _inputs(device, G=1):
 KW = dict(capacity=6, tau=0.3, block_size=5, chunk_size=16, backend="triton")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("gdn", [False, True])
-def test_triton_path_keeps_the_callers_qkv(gdn):
+def test_stages_keep_the_callers_qkv(gdn, backend):
     """No float32 head-major copy of q, k or v is kept; the caller's own tensors are, and the caller's saved-tensor
     hooks see them (so ``save_on_cpu`` and friends still apply)."""
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x = _inputs(device)
@@ -109,7 +118,7 @@ def test_triton_path_keeps_the_callers_qkv(gdn):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        o = chunk_dla(**x, **KW)[0]
+        o = chunk_dla(**x, **{**KW, "backend": backend})[0]
     ptrs = {t.data_ptr() for t in seen}
     for n in ("q", "k", "v"):
         assert x[n].data_ptr() in ptrs, n  # the source itself is saved

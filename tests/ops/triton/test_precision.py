@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dla.ops import chunk_dla
-from dla.ops.dla.chunk_torch import _backbone, _block_segsum, boundary_terms
+import dla.ops.chunk as chunk_mod
+from dla.ops import chunk_dla, chunked
 from dla.ops.utils.precision import min_tile, resolve_precision
+from dla.ops.utils.tuning import StageConfig
 from tests.conftest import rel_err
+from tests.ops import stages
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -60,25 +62,24 @@ def check(name, low, ieee, ref, tol, record, tag):
 @pytest.mark.parametrize("prec", LOW)
 @pytest.mark.parametrize("gdn", [False, True])
 def test_backbone_low_precision(gdn, prec, record):
-    from dla.ops.dla.backbone_gdn_triton import backbone_gdn_triton
-    from dla.ops.dla.backbone_triton import backbone_triton
+    from dla.ops import triton as kernels
 
     x = seq_inputs(T=64, gdn=gdn)
     names = ["q", "k", "v", "g"] + (["beta"] if gdn else []) + ["S0"]
-    # [B, H, T, *] as chunk_dla_torch hands them over
+    # [B, H, T, *] as chunk_dla's stages take them
     args = [x[n].transpose(1, 2).contiguous() for n in names[:-1]]
     args.append(0.1 * torch.randn(1, 2, 16, 32, generator=torch.Generator().manual_seed(2)).to(DEVICE))
-    fn = backbone_gdn_triton if gdn else backbone_triton
 
-    def run(f, dtype, **kw):
+    def run(impl, dtype, dot=None):
         leaves = [a.to(dtype).requires_grad_() for a in args]
         q, k, v, g, *rest = leaves
-        u, P, o, S, _ = f(q, k, v, g, rest[0] if gdn else None, rest[-1], 16, **kw)
+        cfg = StageConfig(dot) if dot is not None else None
+        u, P, o, S, _ = stages.backbone(impl, q, k, v, g, rest[0] if gdn else None, rest[-1], 16, cfg)
         return (u, P, o, S), grads_of((u, P, o, S), leaves)
 
-    ref_out, ref_grad = run(_backbone, torch.float64)
-    ieee_out, ieee_grad = run(fn, torch.float32, dot_precision="ieee")
-    low_out, low_grad = run(fn, torch.float32, dot_precision=prec)
+    ref_out, ref_grad = run(chunked, torch.float64)
+    ieee_out, ieee_grad = run(kernels, torch.float32, "ieee")
+    low_out, low_grad = run(kernels, torch.float32, prec)
     out_tol, grad_tol = TOL[prec]
     tag = f"{'gdn' if gdn else 'mamba2'} backbone {prec} vs float64"
     for n, lo, ie, ref in zip("uPoS", low_out, ieee_out, ref_out):
@@ -94,41 +95,32 @@ def test_backbone_low_precision(gdn, prec, record):
 
 
 @needs_triton
-@pytest.mark.parametrize("copies16,dq_do16", [(True, False), (False, False), (True, True)],
-                         ids=["copies16", "float32", "dq_do16"])
 @pytest.mark.parametrize("prec", LOW)
 @pytest.mark.parametrize("gdn", [False, True])
-def test_readout_low_precision(gdn, prec, copies16, dq_do16, monkeypatch, record):
-    """The readout in a 16-bit mode against float64 (and ``ieee``), its kernels reading 16-bit copies of their
-    operands (the default) or float32 ones; the ``dq`` kernel reading ``do`` in float32 or 16 bits."""
-    from dla.ops.dla import readout_bwd, readout_fwd
-    from dla.ops.dla.readout_fwd import BoundaryTerms
-
-    monkeypatch.setitem(readout_bwd.boundary_terms_bwd.__kwdefaults__, "copies16", copies16)
-    monkeypatch.setitem(readout_bwd.boundary_terms_bwd.__kwdefaults__, "dq_do16", dq_do16)
-    monkeypatch.setitem(readout_fwd.boundary_terms_fwd.__kwdefaults__, "copies16", copies16)
+def test_readout_low_precision(gdn, prec, monkeypatch, record):
+    """The readout in a 16-bit mode (its kernels reading 16-bit copies of their operands, ``do`` included) against
+    float64 and ``ieee``."""
+    from dla.ops import triton as kernels
 
     seen = []
-    apply = BoundaryTerms.apply
-    monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
+    apply = chunk_mod._Readout.apply
+    monkeypatch.setattr(chunk_mod._Readout, "apply", lambda *a: (seen.append(a), apply(*a))[1])
     chunk_dla(**seq_inputs(gdn=gdn, seed=3), **KW, backend="triton", precision="ieee")
-    monkeypatch.setattr(BoundaryTerms, "apply", apply)
-    *tensors, xb, real, BT, dot, _ = seen[0]  # the last: the Rebuild of the saved copies
-    assert dot == "ieee" and real.sum() > 100  # the readout has work to do
+    monkeypatch.setattr(chunk_mod._Readout, "apply", apply)
+    impl, cfg, layout, *tensors, xb, real, BT, q, k, v = seen[0]
+    assert cfg.dot == "ieee" and real.sum() > 100  # the readout has work to do
     leaves = [t.detach().double().requires_grad_() for t in tensors]
-    q, k, u, gl, P, dlam = leaves
-    ref = boundary_terms(q, k, u, gl, P, F.pad(_block_segsum(gl[..., -1]), (0, 1)), xb, dlam, real, BT)
+    ref = stages.readout(chunked, *leaves, xb, real, BT)
     ref_grad = grads_of([ref], leaves)
 
     def run(mode):
         lv = [t.detach().float().requires_grad_() for t in tensors]
-        out = BoundaryTerms.apply(*lv, xb, real, BT, mode)
+        out = stages.readout(kernels, *lv, xb, real, BT, StageConfig(mode))
         return out, grads_of([out], lv)
 
     (ieee, ieee_grad), (low, low_grad) = run("ieee"), run(prec)
     out_tol, grad_tol = TOL[prec]
-    tag = (f"{'gdn' if gdn else 'mamba2'} readout {prec}{'' if copies16 else ' (float32 operands)'}"
-           f"{' (dq reads do in 16 bits)' if dq_do16 else ''} vs float64")
+    tag = f"{'gdn' if gdn else 'mamba2'} readout {prec} vs float64"
     check("o", low, ieee, ref, out_tol, record, tag)
     for n, lo, ie, rf in zip(("q", "k", "u", "gl", "P", "dlam"), low_grad, ieee_grad, ref_grad):
         check("d" + n, lo, ie, rf, grad_tol, record, tag)
@@ -159,7 +151,7 @@ def test_chunk_dla_low_precision_vs_ieee(gdn, prec, record):
     if not gdn:  # the torch.library op carries the mode through
         o_op = torch.ops.dla.chunk_dla(*(x[n] for n in ("q", "k", "v", "g", "lam", "beta")), None, None, KW["tau"],
                                        KW["capacity"], "dla", KW["block_size"], "drift", KW["chunk_size"], "triton",
-                                       prec)
+                                       prec, None)
         assert torch.equal(o_op, o_lo.detach())
 
 
@@ -208,9 +200,5 @@ def test_bad_precision_is_a_value_error(backend):
         chunk_dla(**x, **KW, backend=backend, precision="float8")
     with pytest.raises(ValueError, match=r"^precision: .* got 'TF32'"):
         chunk_dla(**x, **KW, backend=backend, precision="TF32")
-    if backend == "triton":
-        from dla.ops.dla.backbone_triton import backbone_triton
-
-        q = x["q"].transpose(1, 2).contiguous()
-        with pytest.raises(ValueError, match=r"^dot_precision: .* got 'half'"):
-            backbone_triton(q, q, q, q[..., 0], None, q.new_zeros(1, 2, 16, 16), 16, dot_precision="half")
+    with pytest.raises(ValueError, match=r"^precision: .* got 'half'"):
+        chunk_dla(**x, **KW, backend=backend, precision="half")

@@ -14,7 +14,7 @@ KW = dict(capacity=4, tau=0.3, chunk_size=16, block_size=8)
 
 def _args(x, cu_seqlens=None):
     return (x["q"], x["k"], x["v"], x["g"], x["lam"], x["beta"], cu_seqlens, None, KW["tau"], KW["capacity"],
-            "dla", KW["block_size"], "drift", KW["chunk_size"], "auto", "auto")
+            "dla", KW["block_size"], "drift", KW["chunk_size"], "auto", "auto", None)
 
 
 @pytest.mark.parametrize("gdn", [False, True])
@@ -85,3 +85,16 @@ def test_compiled_bad_input_names_the_argument():
     f = torch.compile(lambda **x: chunk_dla(**x, **{**KW, "capacity": 0})[0], backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match="capacity"):
         f(**x)
+
+
+def test_compiled_call_takes_the_tuning():
+    """A :class:`Tuning` travels through the op as a list of its fields (``None`` fields included)."""
+    from dla.ops import Tuning
+    from dla.ops.chunk import _tuning_list, _tuning_of
+
+    t = Tuning(torch_group_bytes=1 << 12, dq_warps=None, scan_block_v=16)
+    assert _tuning_of(_tuning_list(t)) == t and _tuning_of(None) is None
+    x = make_inputs(B=1, T=40, H=2, G=1, K=8, V=8, R=4, dtype=torch.float32, seed=6)
+    torch._dynamo.reset()
+    f = torch.compile(lambda **x: chunk_dla(**x, **KW, tuning=t)[0], backend="aot_eager", fullgraph=True)
+    assert rel_err(f(**x), chunk_dla(**x, **KW)[0]) < 1e-6

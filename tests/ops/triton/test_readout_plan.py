@@ -5,12 +5,13 @@ import os
 import pytest
 import torch
 
-from dla.ops.dla.chunk_torch import boundary_candidates
-from dla.ops.dla.scan import dla_scan
+from dla.ops import chunked
+from dla.ops.chunked.readout import boundary_candidates
 from tests.conftest import make_inputs
+from tests.ops import stages
 
 pytest.importorskip("triton")
-from dla.ops.dla.readout_fwd import boundary_plan  # noqa: E402
+from dla.ops.triton.readout import boundary_plan  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -24,8 +25,7 @@ def _records(T, BT, tau, capacity, policy="dla", H=3, seed=0):
     k = pad(x["k"].transpose(1, 2).expand(1, H, T, 8)).reshape(H, Tp, 8)
     u = pad(x["v"].transpose(1, 2)).reshape(H, Tp, 4)
     g = torch.nn.functional.pad(x["g"].transpose(1, 2), (0, Tp - T)).reshape(H, Tp)
-    res = dla_scan(k, u, g, T, chunk_size=BT, policy=policy, tau=tau, capacity=capacity, block_size=3,
-                   score="drift", R=capacity, initial_state=None)
+    res = stages.scan(chunked, k, u, g, T, BT, policy=policy, tau=tau, capacity=capacity, block_size=3)
     starts, lam_index = res.starts.view(1, H, T, -1), res.lam_index.view(1, H, T, -1)
     xb = starts[..., :-1]  # a strided view, as the readout passes it
     real = (lam_index[..., 1:] >= 0) & (xb >= 0)

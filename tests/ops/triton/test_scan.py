@@ -1,4 +1,4 @@
-"""The Triton segmentation scan == the vectorised PyTorch scan (``dla_scan``) on the same inputs.
+"""The Triton segmentation scan == the vectorised PyTorch scan (:func:`dla.ops.chunked.segmentation.scan`) on the same inputs.
 
 On a GPU both run on it; without one, under ``TRITON_INTERPRET=1`` (set by conftest). Integer and bool fields must
 be equal, scores, information sums and the open slot's norm equal to 1e-6 (float32) / 1e-12 (float64) relative.
@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dla.ops.common.state import DLAState, num_levels
-from dla.ops.dla.chunk import chunk_dla
-from dla.ops.dla.scan import dla_scan
+from dla.ops import DLAState, Policy, Tuning, chunk_dla, chunked, num_levels
+from dla.ops.utils.tuning import StageConfig
 from tests.conftest import make_inputs, rel_err
 
 pytest.importorskip("triton")
-from dla.ops.dla.scan_triton import dla_scan_triton  # noqa: E402
+from dla.ops import triton as kernels  # noqa: E402
+from dla.ops.triton.segmentation import table_rows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -29,9 +29,17 @@ TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 HEAD = 7  # tokens summarised by an initial state
 
 
+def _scan(impl, k, u, g, T, *, chunk_size, policy, tau, capacity, block_size, score, R, initial_state, lengths=None,
+          heads_per_group=1, tuning=None):
+    """The scan stage of ``impl`` with the policy's fields as keywords (``tuning``: changes of the defaults)."""
+    return impl.scan(k, u, g, T, policy=Policy(policy, tau, capacity, block_size, score), chunk_size=chunk_size, R=R,
+                     initial_state=initial_state, lengths=lengths, heads_per_group=heads_per_group,
+                     cfg=StageConfig(tuning=Tuning(**(tuning or {}))))
+
+
 def _case(policy, *, T=70, chunk_size=16, dtype=torch.float64, init=False, tau=0.6, capacity=4, block_size=3,
           score="drift", K=4, V=6, H=2, decay=0.3, seed=0, values=None):
-    """Scan inputs as ``chunk_dla_torch`` builds them (``u = v``, heads expanded, zero padding) and the kwargs."""
+    """Scan inputs as ``chunk_dla`` builds them (``u = v``, heads expanded, zero padding) and the kwargs."""
     x = make_inputs(B=1, T=T + (HEAD if init else 0), H=H, G=1, K=K, V=V, dtype=dtype, decay=decay, seed=seed)
     if values is not None:
         x["v"] = values(x["v"])
@@ -53,8 +61,8 @@ def _case(policy, *, T=70, chunk_size=16, dtype=torch.float64, init=False, tau=0
 
 
 def _check(inputs, args, record, name):
-    ref = dla_scan(*inputs, **{n: a for n, a in args.items() if n not in ("block_k", "block_v")})
-    out = dla_scan_triton(*inputs, **args)
+    ref = _scan(chunked, *inputs, **{n: a for n, a in args.items() if n != "tuning"})
+    out = _scan(kernels, *inputs, **args)
     for field in EXACT:
         a, b = getattr(out, field), getattr(ref, field)
         assert a.dtype == b.dtype and a.shape == b.shape, field
@@ -110,11 +118,11 @@ def test_state_tiles(block_k, block_v, record):
     """The open slot's state in other tiles (``block_k x block_v``: five key tiles and three value tiles, the last
     of each partly masked; or one value tile wider than ``V``): the same decisions, scores to rounding."""
     inputs, args = _case("dla", T=40, chunk_size=16, K=80, V=40, H=2, init=True, tau=0.7)
-    ref = _check(inputs, {**args, "block_k": block_k, "block_v": block_v}, record,
+    ref = _check(inputs, {**args, "tuning": dict(scan_block_k=block_k, scan_block_v=block_v)}, record,
                  f"scan, state tiles {block_k}x{block_v}")
     assert 0 < int(ref.boundary.sum()) < ref.boundary.numel()
-    with pytest.raises(ValueError, match="block_v"):
-        dla_scan_triton(*inputs, **{**args, "block_v": 24})
+    with pytest.raises(ValueError, match="tuning.scan_block_v"):
+        Tuning(scan_block_v=24)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -177,35 +185,29 @@ def test_right_padded_rows(policy, record):
 def test_rejects_what_it_does_not_implement():
     (k, u, g, T), args = _case("dla", T=5)
     with pytest.raises(ValueError, match="chunk_size"):
-        dla_scan_triton(k, u, g, T, **{**args, "chunk_size": 3})
+        _scan(kernels, k, u, g, T, **{**args, "chunk_size": 3})
     with pytest.raises(ValueError, match="float32 or float64"):
-        dla_scan_triton(k, u.half(), g, T, **args)
+        _scan(kernels, k, u.half(), g, T, **args)
     with pytest.raises(ValueError, match="K <= 256"):
-        dla_scan_triton(torch.zeros(2, 16, 257, dtype=u.dtype, device=u.device), u, g, T, **args)
+        _scan(kernels, torch.zeros(2, 16, 257, dtype=u.dtype, device=u.device), u, g, T, **args)
 
 
 @pytest.mark.parametrize("window", [1, 2])
 @pytest.mark.parametrize("policy", ["dla", "fenwick", "dla_unbounded", "fixed"])
-def test_score_table_windows(policy, window, record, monkeypatch):
-    """The chunk score tables in windows of ``window`` chunks (``SCAN_TABLE_BYTES``): the slots, the open slot's
-    state and its norm continue from one window's launch to the next, and nothing else changes."""
-    import dla.ops.dla.scan_triton as scan_triton
-
+def test_score_table_windows(policy, window, record):
+    """The chunk score tables in windows of ``window`` chunks (``tuning.scan_table_bytes``): the slots, the open
+    slot's state and its norm continue from one window's launch to the next, and nothing else changes."""
     (k, u, g, T), args = _case(policy, T=75, H=3, init=True, tau=0.4)
-    per_chunk = k.shape[0] * scan_triton.table_rows(16, scan_triton.LAZY_OPEN) * 16 * u.element_size()
-    monkeypatch.setattr(scan_triton, "SCAN_TABLE_BYTES", window * per_chunk)
+    per_chunk = k.shape[0] * table_rows(16) * 16 * u.element_size()
     lengths = torch.tensor([75, 40, 3], device=k.device)
     live = (torch.arange(k.shape[1], device=k.device)[None] < lengths[:, None])
     k, u, g = k * live[..., None], u * live[..., None], g * live
-    timing = torch.zeros(3, 3, dtype=torch.int64, device=k.device) if DEVICE == "cuda" else None
-    ref = dla_scan(k, u, g, T, **args, lengths=lengths)
-    out = scan_triton.dla_scan_triton(k, u, g, T, **args, lengths=lengths, timing=timing)
+    ref = _scan(chunked, k, u, g, T, **args, lengths=lengths)
+    out = _scan(kernels, k, u, g, T, **args, lengths=lengths, tuning=dict(scan_table_bytes=window * per_chunk))
     for field in EXACT:
         assert torch.equal(getattr(out, field), getattr(ref, field)), field
     for field in CLOSE:
         assert record(f"scan, windows of {window}, {field}", rel_err(getattr(out, field), getattr(ref, field))) <= 1e-12
-    if timing is not None:  # phases summed over the windows' launches
-        assert bool((timing > 0).all())
 
 
 @pytest.mark.parametrize("policy", ["dla", "fenwick"])
@@ -218,31 +220,29 @@ def test_grouped_keys(policy, record):
     kg[:, T:] = 0  # padding, as chunk_dla's copies have it
     k_heads = kg.repeat_interleave(2, 0)  # heads 0, 1 read group 0; heads 2, 3 group 1
     _check((k_heads, u, g, T), args, record, f"triton scan, per-head keys of two groups ({policy})")
-    per_head = dla_scan_triton(k_heads, u, g, T, **args)
-    grouped = dla_scan_triton(kg, u, g, T, heads_per_group=2, **args)
+    per_head = _scan(kernels, k_heads, u, g, T, **args)
+    grouped = _scan(kernels, kg, u, g, T, heads_per_group=2, **args)
     assert per_head.boundary.any() and not torch.equal(per_head.score[0], per_head.score[2])
     for field in EXACT + CLOSE:
         assert torch.equal(getattr(grouped, field), getattr(per_head, field)), field
+    ref = _scan(chunked, kg, u, g, T, heads_per_group=2, **args)  # the PyTorch scan reads grouped keys too
+    for field in EXACT:
+        assert torch.equal(getattr(ref, field), getattr(per_head, field)), field
     with pytest.raises(ValueError, match="heads_per_group"):
-        dla_scan_triton(kg, u, g, T, heads_per_group=4, **args)
+        _scan(kernels, kg, u, g, T, heads_per_group=4, **args)
 
 
-@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "moved"])
 @pytest.mark.parametrize("block_size, init, dtype", [(40, False, torch.float64), (40, True, torch.float64),
                                                       (23, False, torch.float32), (5, True, torch.float64)])
-def test_open_slot_state_paths(lazy, block_size, init, dtype, record, monkeypatch):
+def test_open_slot_state_paths(block_size, init, dtype, record):
     """The open slot's ``y`` at a chunk start by each path: a slot that started in the previous chunk (the
-    cross-chunk table, ``LAZY_OPEN``), two chunks back (its state built over both), three or more (moved chunk by
-    chunk), one from an initial state (negative start), and with ``LAZY_OPEN`` off the moved state every time.
-    ``fixed`` slots of ``block_size`` tokens over 16-token chunks make each path happen; its scores are still
-    computed, so ``score`` checks every token's ``y``."""
-    import dla.ops.dla.scan_triton as scan_triton
-
-    monkeypatch.setattr(scan_triton, "LAZY_OPEN", lazy)
+    cross-chunk table), two chunks back (its state built over both), three or more (moved chunk by chunk), one
+    from an initial state (negative start). ``fixed`` slots of ``block_size`` tokens over 16-token chunks make each
+    path happen; its scores are still computed, so ``score`` checks every token's ``y``."""
     (k, u, g, T), args = _case("fixed", T=130, chunk_size=16, block_size=block_size, init=init, dtype=dtype,
                                decay=0.05, capacity=3)
-    ref = _check((k, u, g, T), args, record, f"triton scan, open slot paths ({'lazy' if lazy else 'moved'}, "
-                 f"blocks of {block_size}{', initial state' if init else ''})")
+    ref = _check((k, u, g, T), args, record, f"triton scan, open slot paths (blocks of {block_size}"
+                 f"{', initial state' if init else ''})")
     starts = ref.pos[ref.pos >= 0]
     assert bool(ref.merged.ge(0).any())  # capacity 3: merges happen too
     if block_size == 40 and not init:  # slots [0, 40), [40, 80), ...: starts one and two chunks back at chunk starts

@@ -1,6 +1,6 @@
 """GPU checks (skipped without CUDA): the chunked op on the GPU against the float64 CPU references.
 
-Run on a GPU machine with ``python -m pytest tests/ops/dla/test_cuda.py``. Gradients are checked on the GPU
+Run on a GPU machine with ``python -m pytest tests/ops/triton/test_cuda.py``. Gradients are checked on the GPU
 because Triton 3.6 on Hopper has miscompiled gated backward kernels before (fla issue #640).
 """
 
@@ -24,14 +24,14 @@ def _to(x, dtype, device="cuda"):
     ("torch", torch.float64, None, 1e-12), ("torch", torch.float32, None, 2e-5), ("triton", torch.float32, None, 2e-5),
     ("triton", torch.bfloat16, "tf32x3", 2e-2), ("triton", torch.bfloat16, None, 2e-2)],
     ids=["torch-f64", "torch-f32", "triton-f32", "triton-bf16", "triton-bf16ops"])
-def test_cuda_matches_cpu_reference(policy, gdn, backend, dtype, precision, tol, record):
+def test_cuda_matches_cpu_reference(policy, gdn, backend, dtype, precision, tol, record, K=32, V=16, H=4, G=2):
     """``triton-bf16``: bfloat16 inputs, float32-accurate products; ``triton-bf16ops``: bfloat16 inputs with the
     default, bfloat16 operands in the backbone and readout products (Triton 3.6 on Hopper got these wrong before
     ``prec_dot_tc``, ``min_tile`` and the float32 UT backward; run them in their own process: an illegal memory
     access spoils every later test)."""
     T = 200
     R = num_levels(T) if policy == "fenwick" else 8
-    x = make_inputs(B=2, T=T, H=4, G=2, K=32, V=16, R=R, gdn=gdn, seed=3, requires_grad=True)
+    x = make_inputs(B=2, T=T, H=H, G=G, K=K, V=V, R=R, gdn=gdn, seed=3, requires_grad=True)
     kw = dict(policy=policy, capacity=R, tau=0.5, block_size=16)
     with torch.no_grad():
         seg = naive_dla(**_to(x, torch.float64, "cpu"), **kw, return_segmentation=True)[2]
@@ -59,3 +59,13 @@ def test_cuda_matches_cpu_reference(policy, gdn, backend, dtype, precision, tol,
     assert record(f"{name} output", rel_err(o.detach().cpu(), o_ref.detach())) < tol
     for n, a, b in zip(names, g, g_ref):
         assert record(f"{name} gradient d{n}", rel_err(a.cpu(), b)) < tol * 5, n
+
+
+@pytest.mark.parametrize("K, V, H, G", [(128, 64, 4, 1), (128, 128, 2, 2)], ids=["ll_mamba2", "h16"])
+@pytest.mark.parametrize("gdn", [False, True])
+@pytest.mark.parametrize("backend,dtype,precision,tol", [
+    ("triton", torch.float32, None, 2e-5), ("triton", torch.bfloat16, None, 2e-2)], ids=["triton-f32", "triton-bf16ops"])
+def test_cuda_head_dims_of_the_benchmarks(K, V, H, G, gdn, backend, dtype, precision, tol, record):
+    """The benchmarks' head dimensions (one key group of 128 read by every head with ``V = 64``; ``K = V = 128``)
+    against the float64 CPU references: the kernels' widest tiles."""
+    test_cuda_matches_cpu_reference("dla", gdn, backend, dtype, precision, tol, record, K=K, V=V, H=H, G=G)

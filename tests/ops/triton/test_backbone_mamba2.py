@@ -1,14 +1,14 @@
-"""The Triton scalar-decay backbone equals the PyTorch ``_backbone`` (CPU: Triton's interpreter, float32, tiny
-shapes): outputs and the gradients of ``q, k, v, g, S0``, alone and through the whole op."""
+"""The Triton scalar-decay backbone equals the PyTorch stage (CPU: Triton's interpreter, float32, tiny shapes):
+outputs and the gradients of ``q, k, v, g, S0``, alone and through the whole op."""
 
 import os
 
 import pytest
 import torch
 
-from dla.ops import chunk_dla
-from dla.ops.dla.chunk_torch import _backbone
+from dla.ops import Tuning, chunk_dla, chunked
 from tests.conftest import make_inputs, rel_err
+from tests.ops import stages
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -27,8 +27,8 @@ def _inputs(B, H, NT, BT, K, V, decay, seed):
     return [x.to(DEVICE).requires_grad_() for x in (q, k, v, g, S0)]
 
 
-def _run(fn, q, k, v, g, S0, BT, weights, used):
-    outs = fn(q, k, v, g, None, S0, BT)
+def _run(impl, q, k, v, g, S0, BT, weights, used, cfg=None):
+    outs = stages.backbone(impl, q, k, v, g, None, S0, BT, cfg)
     loss = sum((outs[i] * weights[i]).sum() for i in used)
     return outs, torch.autograd.grad(loss, [q, k, v, g, S0])
 
@@ -42,15 +42,15 @@ def _run(fn, q, k, v, g, S0, BT, weights, used):
     (2, 2, 2, 64, 16, 16, 0.05),
 ])
 @pytest.mark.parametrize("used", [(0, 1, 2, 3, 4), (2,), (1, 2)])
-def test_backbone_triton_matches_torch(B, H, NT, BT, K, V, decay, used, nan_empty, record):
-    from dla.ops.dla.backbone_triton import backbone_triton
+def test_backbone_triton_matches_torch(B, H, NT, BT, K, V, decay, used, nan_empty, record, tuning=None):
+    from dla.ops import triton as kernels
 
     x = _inputs(B, H, NT, BT, K, V, decay, seed=NT * K + V)
     gen = torch.Generator().manual_seed(1)
-    shapes = _backbone(*(t.detach() for t in x[:4]), None, x[4].detach(), BT)
+    shapes = stages.backbone(chunked, *(t.detach() for t in x[:4]), None, x[4].detach(), BT)
     weights = [torch.randn(t.shape, generator=gen).to(DEVICE) for t in shapes]
-    out_tri, grad_tri = _run(backbone_triton, *x, BT, weights, used)
-    out_ref, grad_ref = _run(_backbone, *x, BT, weights, used)
+    out_tri, grad_tri = _run(kernels, *x, BT, weights, used, stages.config(x[0], **(tuning or {})))
+    out_ref, grad_ref = _run(chunked, *x, BT, weights, used)
     for n, a, b in zip(NAMES, out_tri, out_ref):
         assert record(f"triton backbone vs torch, {n}", rel_err(a, b)) < 1e-5, n
     for n, a, b in zip("qkvg", grad_tri, grad_ref):
@@ -58,26 +58,17 @@ def test_backbone_triton_matches_torch(B, H, NT, BT, K, V, decay, used, nan_empt
     assert record("triton backbone vs torch, dS0", rel_err(grad_tri[4], grad_ref[4])) < 1e-5
 
 
-def test_backbone_triton_narrow_tiles(monkeypatch, nan_empty, record):
-    """``MAX_TILE = 32`` (the default is 64) at ``K = 80``, ``V = 70``: three key and value tiles, the last of each
+def test_backbone_triton_narrow_tiles(nan_empty, record):
+    """``max_tile = 32`` (the default is 64) at ``K = 80``, ``V = 70``: three key and value tiles, the last of each
     partly masked; outputs and gradients as with the default tiles. Caps below 32 are refused."""
-    import dla.ops.dla.backbone_triton as backbone
+    from dla.ops.triton.backbone_mamba2 import tiles
 
-    assert backbone._tiles(80, "ieee") == 64
-    monkeypatch.setattr(backbone, "MAX_TILE", 32)
-    assert backbone._tiles(80, "ieee") == 32 and backbone._tiles(80, "ieee", 64) == 64
-    test_backbone_triton_matches_torch(1, 1, 2, 16, 80, 70, 0.1, (0, 1, 2, 3, 4), nan_empty, record)
+    assert tiles(80, "ieee", Tuning().max_tile) == 64 and tiles(80, "ieee", 32) == 32
+    test_backbone_triton_matches_torch(1, 1, 2, 16, 80, 70, 0.1, (0, 1, 2, 3, 4), nan_empty, record,
+                                       tuning=dict(max_tile=32))
     for bad in (16, 48):
-        with pytest.raises(ValueError, match="tile cap"):
-            backbone._tiles(80, "ieee", bad)
-
-
-def test_backbone_triton_rejects_beta():
-    from dla.ops.dla.backbone_triton import backbone_triton
-
-    q, k, v, g, S0 = (t.detach() for t in _inputs(1, 1, 1, 16, 4, 4, 0.3, seed=0))
-    with pytest.raises(ValueError, match="beta"):
-        backbone_triton(q, k, v, g, torch.rand_like(g), S0, 16)
+        with pytest.raises(ValueError, match="tuning.max_tile"):
+            Tuning(max_tile=bad)
 
 
 @pytest.mark.parametrize("T,chunk_size", [(45, 16), (70, 32)])

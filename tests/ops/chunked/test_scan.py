@@ -4,9 +4,10 @@ or a state: their closed-form live-slot records equal the scan's, and so do the 
 import pytest
 import torch
 
-from dla.ops import chunk_dla, num_levels
-from dla.ops.dla.scan import dla_scan, fixed_schedule
+from dla.ops import Policy, chunk_dla, chunked, num_levels
+from dla.ops.common.record import fixed_schedule
 from tests.conftest import make_inputs
+from tests.ops import stages
 
 
 @pytest.mark.parametrize("policy", ["single", "fenwick"])
@@ -20,9 +21,8 @@ def test_schedule_equals_the_scan(policy, T, spare):
     gen = torch.Generator().manual_seed(T)
     k, u = torch.randn(N, Tp, K, generator=gen), torch.randn(N, Tp, V, generator=gen)
     g = -torch.rand(N, Tp, generator=gen)
-    scan = dla_scan(k, u, g, T, chunk_size=BT, policy=policy, tau=0.5, capacity=R, block_size=8, score="drift",
-                    R=R, initial_state=None)
-    starts, lam_index = fixed_schedule(policy, T, R)
+    scan = stages.scan(chunked, k, u, g, T, BT, policy=policy, tau=0.5, capacity=R, block_size=8, R=R)
+    starts, lam_index = fixed_schedule(Policy(policy), T, R)
     assert torch.equal(scan.starts, starts.expand(N, T, R))
     assert torch.equal(scan.lam_index, lam_index.expand(N, T, R))
 
@@ -56,4 +56,4 @@ def test_packed_sequences_without_scan():
 
 def test_other_policies_are_refused():
     with pytest.raises(ValueError, match="policy: fixed_schedule covers 'single' and 'fenwick', got 'dla'"):
-        fixed_schedule("dla", 10, 4)
+        fixed_schedule(Policy("dla"), 10, 4)

@@ -4,13 +4,17 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from dla.ops import chunk_dla, num_levels
-from dla.ops.dla.chunk_torch import _block_segsum, boundary_candidates, boundary_terms
-from dla.ops.dla.readout_bwd import boundary_terms_bwd, key_pairs, use_triton_bwd
-from dla.ops.dla.readout_fwd import BoundaryTerms
+import dla.ops.chunk as chunk_mod
+from dla.ops import chunk_dla, chunked, num_levels
+from dla.ops.chunked.readout import boundary_candidates
 from tests.conftest import make_inputs, rel_err
+from tests.ops import stages
+
+pytest.importorskip("triton")
+from dla.ops import triton as kernels  # noqa: E402
+from dla.ops.triton import readout_backward  # noqa: E402
+from dla.ops.triton.readout_backward import boundary_terms_bwd, key_pairs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -24,27 +28,29 @@ def _poisoned(nan_empty):
 
 
 def readout_inputs(monkeypatch, x, whole=False, **kw):
-    """The arguments ``chunk_dla(backend="triton")`` passes to :class:`BoundaryTerms` but the trailing two, the
-    ``tl.dot`` mode and the saved copies' ``Rebuild`` (``whole``: all of them; ``None``: not called)."""
+    """What ``chunk_dla(backend="triton")`` hands its readout stage: ``q, k, u, gl, P, dlam`` (head-major copies),
+    ``x, real, BT`` and, with ``whole``, the caller's ``(q, k)`` too. ``None`` if the readout did not run."""
     seen = []
-    apply = BoundaryTerms.apply
-    monkeypatch.setattr(BoundaryTerms, "apply", lambda *a: (seen.append(a), apply(*a))[1])
+    apply = chunk_mod._Readout.apply
+    monkeypatch.setattr(chunk_mod._Readout, "apply", lambda *a: (seen.append(a), apply(*a))[1])
     chunk_dla(**x, **kw, backend="triton")
-    monkeypatch.setattr(BoundaryTerms, "apply", apply)
+    monkeypatch.setattr(chunk_mod._Readout, "apply", apply)
     assert len(seen) <= 1
-    return (seen[0] if whole else seen[0][:-2]) if seen else None
+    if not seen:
+        return None
+    impl, cfg, layout, *args, q, k, v = seen[0]
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    return (*args, (q.detach(), k.detach())) if whole else tuple(args)
 
 
 def check_grads(args, record=None, tag=""):
-    """Gradients of ``BoundaryTerms`` (Triton backward) against the PyTorch form's (:func:`boundary_terms`)."""
+    """Gradients of the Triton readout stage (forward and backward kernels) against the PyTorch stage's."""
     *tensors, x, real, BT = args
     leaves = [t.detach().clone().requires_grad_() for t in tensors]
-    assert use_triton_bwd(leaves[0])
-    out = BoundaryTerms.apply(*leaves, x, real, BT)
+    out = stages.readout(kernels, *leaves, x, real, BT)
     do = torch.randn_like(out)
     got = torch.autograd.grad(out, leaves, do)
-    q, k, u, gl, P, dlam = leaves
-    ref = boundary_terms(q, k, u, gl, P, F.pad(_block_segsum(gl[..., -1]), (0, 1)), x, dlam, real, BT)
+    ref = stages.readout(chunked, *leaves, x, real, BT)
     want = torch.autograd.grad(ref, leaves, do)
     for n, a, b in zip(NAMES, got, want):
         assert not a.isnan().any(), n
@@ -117,10 +123,11 @@ def test_triton_readout_backward_partial_needs(monkeypatch):
     q, k, u, gl, P, dlam, xb, real, BT = readout_inputs(monkeypatch, x, capacity=4, tau=0.3, chunk_size=16)
     cand, jidx, off = boundary_candidates(xb, real, BT)
     grad = torch.randn(*dlam.shape[:3], u.shape[-1], device=u.device)
-    full = boundary_terms_bwd(grad, q, k, u, gl, P, dlam, xb, real, cand, jidx, off, BT, (True,) * 6)
+    cfg = stages.config(q)
+    full = boundary_terms_bwd(grad, q, k, u, gl, P, dlam, cand, jidx, off, BT, (True,) * 6, cfg)
     for i in range(6):
         needs = tuple(j == i for j in range(6))
-        part = boundary_terms_bwd(grad, q, k, u, gl, P, dlam, xb, real, cand, jidx, off, BT, needs)
+        part = boundary_terms_bwd(grad, q, k, u, gl, P, dlam, cand, jidx, off, BT, needs, cfg)
         assert all((p is None) == (j != i) for j, p in enumerate(part)), NAMES[i]
         assert torch.equal(part[i], full[i]), NAMES[i]
 
@@ -131,9 +138,9 @@ def test_triton_readout_backward_value_tiles(monkeypatch):
     q, k, u, gl, P, dlam, xb, real, BT = readout_inputs(monkeypatch, x, capacity=4, tau=0.3, chunk_size=16)
     cand, jidx, off = boundary_candidates(xb, real, BT)
     grad = torch.randn(*dlam.shape[:3], u.shape[-1], device=u.device)
-    args = (grad, q, k, u, gl, P, dlam, xb, real, cand, jidx, off, BT, (True,) * 6)
-    one = boundary_terms_bwd(*args, block_v=64, block_v_du=64)  # V = 40: one tile of 64
-    tiled = boundary_terms_bwd(*args, block_v=16, block_v_du=16)  # 16 + 16 + 8
+    args = (grad, q, k, u, gl, P, dlam, cand, jidx, off, BT, (True,) * 6)
+    one = boundary_terms_bwd(*args, stages.config(q, dq_block_v=64, key_block_v=64))  # V = 40: one tile of 64
+    tiled = boundary_terms_bwd(*args, stages.config(q, dq_block_v=16, key_block_v=16))  # 16 + 16 + 8
     for n, a, b in zip(NAMES, tiled, one):
         assert rel_err(a, b) < 1e-6, n
     assert one[2].abs().sum() > 0 and one[4].abs().sum() > 0
@@ -143,20 +150,17 @@ def test_triton_readout_backward_value_tiles(monkeypatch):
 def test_triton_readout_backward_windows(monkeypatch, cap_pairs):
     """Pair tiles held for a window of heads at a time (one head a window, or a few): the same gradients, bitwise,
     as all heads in one window."""
-    from dla.ops.dla import readout_bwd
-
     x = inputs(70, 4, gdn=False, seed=5, B=2, H=3, K=8, V=12)
     q, k, u, gl, P, dlam, xb, real, BT = readout_inputs(monkeypatch, x, capacity=4, tau=0.3, chunk_size=16)
     cand, jidx, off = boundary_candidates(xb, real, BT)
     grad = torch.randn(*dlam.shape[:3], u.shape[-1], device=u.device)
-    args = (grad, q, k, u, gl, P, dlam, xb, real, cand, jidx, off, BT, (True,) * 6)
-    one = boundary_terms_bwd(*args)
+    args = (grad, q, k, u, gl, P, dlam, cand, jidx, off, BT, (True,) * 6)
+    one = boundary_terms_bwd(*args, stages.config(q))
     pair_bytes = 2 * BT * BT * 4 + BT * 4
     seen = []
-    windows = readout_bwd._windows
-    monkeypatch.setattr(readout_bwd, "_windows", lambda *a: (seen.append(windows(*a)), seen[-1])[1])
-    monkeypatch.setattr(readout_bwd, "PAIR_TILE_BYTES", cap_pairs * pair_bytes)
-    got = boundary_terms_bwd(*args)
+    windows = readout_backward.windows
+    monkeypatch.setattr(readout_backward, "windows", lambda *a: (seen.append(windows(*a)), seen[-1])[1])
+    got = boundary_terms_bwd(*args, stages.config(q, pair_tile_bytes=cap_pairs * pair_bytes))
     wins, most = seen[0]
     assert len(wins) > 1 and [w[0] for w in wins[1:]] == [w[1] for w in wins[:-1]] and wins[-1][1] == 6
     assert cap_pairs > 1 or all(b1 == b0 + 1 for b0, b1, _ in wins)
@@ -184,28 +188,31 @@ def test_key_pairs_inverts_candidate_lists():
                 assert [slot[b, h, e // J, e % J].item() for e in got] == list(range(ptr[n], ptr[n + 1]))
 
 
-def test_float64_backward_is_the_torch_form():
-    assert not use_triton_bwd(torch.zeros(1, dtype=torch.float64))
+def test_triton_backend_computes_in_float32():
+    x = make_inputs(B=1, T=20, H=2, G=1, K=4, V=4, R=4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="^backend: 'triton' computes in float32"):
+        chunk_dla(**{n: t.to(DEVICE) if t is not None else None for n, t in x.items()}, capacity=4, chunk_size=16,
+                  backend="triton")
 
 
 @pytest.mark.parametrize("G", [1, 2, 4])
 @pytest.mark.parametrize("dot", ["ieee", "fp16"])
 def test_triton_readout_grouped_qk(monkeypatch, record, G, dot):
-    """With the caller's grouped ``q, k`` at hand (``chunk_dla``'s ``Rebuild``), the readout kernels read one row
-    per group of heads instead of the per-head copies: the same output and gradients (``dq``, ``dk`` per head).
-    G = H: the per-head path either way."""
+    """With the caller's grouped ``q, k`` at hand, the readout kernels read one row per group of heads instead of
+    the per-head copies: the same output and gradients (``dq``, ``dk`` per head). G = H: the per-head path either
+    way."""
     x = make_inputs(B=2, T=70, H=4, G=G, K=8, V=12, R=4, dtype=torch.float32, seed=G)
     x = {n: (t.to(DEVICE) if t is not None else None) for n, t in x.items()}
-    *tensors, xb, real, BT, _, rebuild = readout_inputs(monkeypatch, x, whole=True, capacity=4, tau=0.3, chunk_size=16)
-    assert rebuild.source(tensors[0]) is not None and rebuild.source(tensors[0]).shape[2] == G
+    *tensors, xb, real, BT, sources = readout_inputs(monkeypatch, x, whole=True, capacity=4, tau=0.3, chunk_size=16)
+    assert sources[0].shape[2] == G
 
-    def run(rb):  # leaves that keep the copies' storage, so that the Rebuild recognises q and k
+    def run(src):
         leaves = [t.detach().requires_grad_() for t in tensors]
-        out = BoundaryTerms.apply(*leaves, xb, real, BT, dot, rb)
+        out = stages.readout(kernels, *leaves, xb, real, BT, stages.config(leaves[0], dot), sources=src)
         return out, torch.autograd.grad(out, leaves, do)
 
     do = torch.randn(*tensors[2].shape[:2], xb.shape[2], tensors[2].shape[-1], device=DEVICE)
-    (o_g, g_g), (o_h, g_h) = run(rebuild), run(None)
+    (o_g, g_g), (o_h, g_h) = run(sources), run(None)
     # the same values in the same order (fp16: q rounded on the host instead of inside the kernels, also RTNE)
     same = torch.equal if dot == "ieee" else (lambda a, b: rel_err(a, b) < 1e-6)
     assert same(o_g, o_h)
