@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The recall study on one GPU: `dla study run` of a sweep for at most MINUTES, then everything under OUT.
 # Usage (repository root, CUDA machine): bash scripts/gpu_study.sh SWEEP OUT MINUTES [dla study run options...]
-#   bash scripts/gpu_study.sh configs/study/capacity.yaml "$OUT" 8 --measure --only '*__lr1e-3__s0'
-#        step times of every model shape of the sweep, and the minutes each part of it needs
+#   bash scripts/gpu_study.sh configs/study/capacity.yaml "$OUT" 8 --measure
+#        step times of every model shape of the sweep and the minutes its cells need (results/<study>/measure.json,
+#        which later pieces plan with: commit it with the results)
 #   bash scripts/gpu_study.sh configs/study/calibration.yaml "$OUT" 20
 #        a piece of the sweep: finished cells (docs/results/<study>/*.json in the tree) are skipped; a cell is
 #        started only if its estimated time fits; on a warm machine a rerun resumes an interrupted cell
 # Writes OUT/env.txt (GPU, driver, torch, Triton, date), OUT/study.log (the run's output), OUT/status.txt (every
-# cell's status afterwards), OUT/measure.json (--measure), OUT/results/<study>/*.json (every result of the study:
-# copy them into docs/results/<study>/ and run `dla study report`) and OUT/logs/<cell>.jsonl (each cell's training
-# log). Installs nothing: torch, triton, transformers, tokenizers, safetensors, PyYAML, tqdm and matplotlib come
+# cell's status afterwards), OUT/results/<study>/*.json (every result of the study and measure.json: copy them into
+# docs/results/<study>/ and run `dla study report`) and OUT/logs/<cell>.jsonl (each cell's training log). Installs nothing: torch, triton, transformers, tokenizers, safetensors, PyYAML, tqdm and matplotlib come
 # with the machine. The commit recorded in the results is DLA_COMMIT when set (the machine's copy of the tree may
 # have no .git), else git's. STUDY_ROOT (default runs/study) and STUDY_RESULTS (default docs/results) move the run
 # directories and the result JSONs.
@@ -29,7 +29,6 @@ print(load_sweep(sys.argv[1], validate=False).study)' "$sweep") \
 timeout $((${minutes%.*} * 60 + 180)) python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" \
   --max-minutes "$minutes" --no-progress "$@" 2>&1 | tee "$out/study.log"
 python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" --list > "$out/status.txt" 2>&1
-[ -f "$root/$study/measure.json" ] && cp "$root/$study/measure.json" "$out/"
 if [ -d "$results/$study" ]; then
   mkdir -p "$out/results/$study"
   cp "$results/$study"/*.json "$out/results/$study/" 2>/dev/null

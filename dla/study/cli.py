@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dla.study.runner import cell_status, measure_sweep, run_sweep
+    from dla.study.runner import cell_status, measure_path, measure_sweep, merge_measures, run_sweep
     from dla.study.sweep import load_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
@@ -25,8 +25,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.measure:
             report = measure_sweep(sweep, args.root, only=args.only, steps=args.measure_steps,
                                    warmup=args.measure_warmup, max_minutes=args.max_minutes, progress=args.progress)
-            path = Path(args.root) / sweep.study / "measure.json"
+            path = measure_path(args.results, sweep.study)
             path.parent.mkdir(parents=True, exist_ok=True)
+            report = merge_measures(json.loads(path.read_text()) if path.is_file() else None, report)
             path.write_text(json.dumps(report, indent=1) + "\n")
             missing = f"; {len(report['not_measured'])} shapes not measured in time" if report["not_measured"] else ""
             print(f"{sweep.study}: about {report['total_minutes']:.1f} minutes for the measured cells on "
@@ -45,12 +46,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from dla.study.report import write_report
+    from dla.study.report import find_studies, write_report
 
     results = Path(args.results)
-    studies = list(args.studies)
-    if not studies and results.is_dir():
-        studies = sorted(p.name for p in results.iterdir() if p.is_dir())
+    studies = list(args.studies) or (find_studies(results) if results.is_dir() else [])
     if not studies:
         print(f"dla study report: error: no study under {results}", file=sys.stderr)
         return 2
@@ -86,7 +85,7 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="run only cells whose id matches one of these shell patterns (e.g. '*__dla-mamba2__*')")
     r.add_argument("--measure", action="store_true",
                    help="instead of training: time a few steps of every model shape and estimate the sweep's "
-                        "minutes (ROOT/<study>/measure.json)")
+                        "minutes (RESULTS/<study>/measure.json, which later pieces plan with)")
     r.add_argument("--measure-steps", type=int, default=20, help="timed steps per shape (default 20)")
     r.add_argument("--measure-warmup", type=int, default=5, help="untimed steps before them (default 5)")
     r.add_argument("--list", action="store_true", help="list the cells and their status, then exit")
@@ -96,7 +95,8 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                        description="Write (or replace) one section per study in the markdown file: accuracy tables "
                                    "(mean and spread over seeds at the best lr, every lr listed), accuracy by pairs, "
                                    "the DLA models' segmentation, and a plot per study.")
-    s.add_argument("studies", nargs="*", help="studies to report (default: every folder under --results)")
+    s.add_argument("studies", nargs="*", help="studies to report (default: every folder of result JSONs under "
+                   "--results)")
     s.add_argument("--results", default="docs/results", help="where the result JSONs are (default docs/results)")
     s.add_argument("--out", default="docs/results.md", help="the markdown file (default docs/results.md)")
     s.set_defaults(fn=_report)

@@ -26,15 +26,20 @@ SEG_COLUMNS = (("boundary_rate_context", "bnd ctx"), ("boundary_rate_query", "bn
 """Segmentation statistics shown in the report (key, column title); the JSONs hold them all."""
 
 
+MEASURE_FILE = "measure.json"
+"""The step-time table ``dla study run --measure`` keeps beside a study's results (not a result)."""
+
+
 def load_results(results: Union[str, Path], study: str) -> list[dict]:
-    """The result JSONs of ``study`` under ``results`` (``<results>/<study>/*.json``), in sweep order.
+    """The result JSONs of ``study`` under ``results`` (``<results>/<study>/*.json`` but ``measure.json``), in
+    sweep order.
 
     Raises:
         FileNotFoundError: no result JSON for that study.
         ValueError: a file that is not a result JSON (the message names it).
     """
     folder = Path(results) / study
-    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    paths = sorted(p for p in folder.glob("*.json") if p.name != MEASURE_FILE) if folder.is_dir() else []
     if not paths:
         raise FileNotFoundError(f"results: no result JSON in {folder}; run `dla study run` first")
     out = []
@@ -47,6 +52,24 @@ def load_results(results: Union[str, Path], study: str) -> list[dict]:
             raise ValueError(f"results: {path} is not a result JSON of study {study!r}")
         out.append(record)
     return sorted(out, key=lambda r: (r.get("index", 0), r["cell"]))
+
+
+def find_studies(results: Union[str, Path]) -> list[str]:
+    """The folders under ``results`` that hold result JSONs of ``dla study run`` (others, such as benchmark or
+    language-model results kept beside them, are passed over)."""
+    out = []
+    for folder in sorted(p for p in Path(results).iterdir() if p.is_dir()):
+        for path in folder.glob("*.json"):
+            if path.name == MEASURE_FILE:
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(record, dict) and record.get("study") == folder.name and "cell" in record:
+                out.append(folder.name)
+                break
+    return out
 
 
 @dataclass
@@ -279,5 +302,5 @@ def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[s
     return out
 
 
-__all__ = ["load_results", "group_results", "Group", "accuracy_table", "pairs_table", "segmentation_table",
+__all__ = ["load_results", "find_studies", "group_results", "Group", "accuracy_table", "pairs_table", "segmentation_table",
            "plot_accuracy_vs_pairs", "study_section", "write_report", "SEG_COLUMNS"]

@@ -31,6 +31,7 @@ import torch
 
 import dla
 import dla.models  # noqa: F401 - registers model_type "dla" (a finished run's final model is read back)
+from dla.study.report import MEASURE_FILE
 from dla.study.segstats import has_segmentation, mqar_segmentation_stats
 from dla.study.sweep import Cell, Sweep
 from dla.train.checkpoint import latest_checkpoint
@@ -176,8 +177,8 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
         max_minutes: wall-clock limit of this invocation; the running cell stops between steps with a checkpoint
             when ``reserve_s`` seconds are left, and no cell starts after that. A cell whose estimated time does not
             fit in what is left is not started (it is left for the next piece, and later, shorter cells may run):
-            the estimate is its steps at the step time ``measure_sweep`` wrote to ``<root>/<study>/measure.json``
-            or that a finished cell of the same model, setting and length took. None = no limit.
+            the estimate is its steps at the step time in ``<results>/<study>/measure.json`` (``dla study run
+            --measure``) or that a finished cell of the same model, setting and length took. None = no limit.
         reserve_s: seconds kept for the last cell's final validation, checkpoint and result.
         progress: a progress bar per cell.
         echo: where one line per cell goes.
@@ -194,7 +195,7 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
 
     piece = Piece(max_minutes, reserve_s)
     cells = sweep.select(only)
-    step_s = _measured_step_s(Path(root) / sweep.study / "measure.json")
+    step_s = _measured_step_s(measure_path(results, sweep.study))
     summary: dict = {"done": [], "skipped": [], "paused": None, "diverged": [], "failed": [], "left": []}
     for i, cell in enumerate(cells):
         tag = f"[{i + 1}/{len(cells)}] {cell.id}"
@@ -247,6 +248,22 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
         echo(f"{tag}: accuracy {record['accuracy']:.3f}, {result.steps} steps, {result.train_time_s:.0f} s "
              f"training ({time.monotonic() - started:.0f} s in this piece)")
     return summary
+
+
+def measure_path(results: Union[str, Path], study: str) -> Path:
+    """``<results>/<study>/measure.json``: the step times of ``measure_sweep``, kept with the study's results so that
+    a later piece, on another machine, can plan with them."""
+    return Path(results) / study / MEASURE_FILE
+
+
+def merge_measures(old: Optional[dict], new: dict) -> dict:
+    """``new`` with the rows of ``old`` it did not measure again (rows are keyed by model, setting and length)."""
+    if not old:
+        return new
+    key = lambda r: (r["model"], r["setting"], r["seq_len"])  # noqa: E731
+    fresh = {key(r) for r in new["rows"]}
+    rows = [r for r in old.get("rows", []) if key(r) not in fresh] + new["rows"]
+    return {**new, "rows": rows, "total_minutes": round(sum(r.get("minutes", 0.0) for r in rows), 3)}
 
 
 def _measured_step_s(path: Path) -> dict:
@@ -303,8 +320,12 @@ def _record(sweep: Sweep, cell: Cell, config, result, status: str = "done", erro
         _, val_cfg = section.build(config.data.seq_len)
         _, (inputs, labels) = mqar_splits(val_cfg, val_cfg, seed=section.seed)  # the held-out split the trainer scores
         n = min(sweep.segmentation_examples, len(inputs))
-        record["segmentation"] = mqar_segmentation_stats(result.model, inputs[:n], labels[:n], section.num_kv_pairs,
-                                                         batch_size=config.train.micro_batch_size)
+        try:
+            record["segmentation"] = mqar_segmentation_stats(result.model, inputs[:n], labels[:n],
+                                                             section.num_kv_pairs,
+                                                             batch_size=config.train.micro_batch_size)
+        except Exception as e:  # noqa: BLE001 - the accuracy stands without the statistics; the error is kept
+            record["segmentation_error"] = f"{type(e).__name__}: {e}"
     return record
 
 
@@ -387,5 +408,5 @@ def measure_sweep(sweep: Sweep, root: Union[str, Path], *, only: Sequence[str] =
             "rows": rows, "total_minutes": round(sum(r["minutes"] for r in rows), 3), "not_measured": not_measured}
 
 
-__all__ = ["run_sweep", "measure_sweep", "cell_status", "result_path", "run_dir", "git_commit", "device_name",
+__all__ = ["run_sweep", "measure_sweep", "merge_measures", "measure_path", "cell_status", "result_path", "run_dir", "git_commit", "device_name",
            "state_floats", "RESULT_FORMAT"]

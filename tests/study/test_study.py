@@ -7,7 +7,7 @@ import pytest
 
 from dla.study import load_sweep, run_sweep
 from dla.study import runner as runner_mod
-from dla.study.report import load_results, write_report
+from dla.study.report import find_studies, load_results, write_report
 from dla.study.runner import cell_status, measure_sweep, result_path, run_dir
 from dla.train.logs import read_log
 
@@ -73,6 +73,9 @@ def test_run_interrupt_resume_skip_and_report(toy_sweep, tmp_path, monkeypatch):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy_vs_pairs.png" in text
     assert [r["cell"] for r in load_results(results, "toy")] == [first.id, second.id]
+    (results / "lm").mkdir()
+    (results / "lm" / "run.json").write_text('{"rows": []}')  # other results kept beside the studies
+    assert find_studies(results) == ["toy"]
 
 
 def test_stale_result_is_refused(toy_sweep, tmp_path):
@@ -97,6 +100,22 @@ def test_measure_times_each_model_shape(toy_sweep, tmp_path):
         assert row["minutes"] == pytest.approx((6 * row["step_ms"] / 1000 + row["first_step_s"]) / 60, abs=2e-3)
     assert report["total_minutes"] == pytest.approx(sum(r["minutes"] for r in report["rows"]), abs=2e-3)
     assert not any((tmp_path / "runs").iterdir())  # the timing runs are removed
+    # kept beside the results, merged with an earlier table, and used to plan a piece
+    from dla.study.runner import measure_path, merge_measures
+
+    older = {"rows": [{"model": "gdn", "setting": "d16", "seq_len": 16, "step_ms": 1.0, "minutes": 0.5},
+                      {**report["rows"][0], "step_ms": 999.0}]}
+    merged = merge_measures(older, report)
+    assert [r["model"] for r in merged["rows"]] == ["gdn", "transformer", "dla-mamba2"]
+    assert merged["rows"][1]["step_ms"] == report["rows"][0]["step_ms"]
+    path = measure_path(tmp_path / "results", "toy")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"rows": [{**r, "step_ms": 1e6} for r in report["rows"]]}))  # 1,000 s a step
+    lines = []
+    summary = run_sweep(sweep, tmp_path / "runs", tmp_path / "results", max_minutes=5, progress=False,
+                        echo=lines.append)
+    assert summary["done"] == [] and len(summary["left"]) == 2 and "left for the next piece" in lines[0]
+    assert load_sweep(toy_sweep) and not find_studies(tmp_path / "results")  # measure.json is not a result
 
 
 def test_diverged_and_failed_cells(toy_sweep, tmp_path, monkeypatch):
