@@ -1,36 +1,28 @@
-"""Time the chunked PyTorch form (``chunk_dla_torch``) stage by stage, forward and forward+backward.
+"""Time the chunked form stage by stage, forward and forward+backward, on either backend.
 
 Usage (repo root):
-    python scripts/cpu_profile_chunk.py [--device cpu|cuda] [--B 2 --T 2048 --H 4 --K 64 --V 64]
-                                        [--capacity 30 --tau 0.6] [--baseline REV] [--no-memory]
-e.g. before/after on a GPU at the H100 shape of the measurement that started this (bf16 inputs):
-    python scripts/cpu_profile_chunk.py --device cuda --B 16 --T 4096 --H 16 --K 128 --V 128 --dtype bfloat16 \
-        --baseline 037f734
+    python scripts/cpu_profile_chunk.py [--device cpu|cuda] [--backend torch|triton] [--B 2 --T 2048 --H 4 --K 64
+                                        --V 64] [--capacity 30 --tau 0.6] [--no-memory]
+e.g. on a GPU at the H100 shape with bf16 inputs:
+    python scripts/cpu_profile_chunk.py --device cuda --backend triton --B 16 --T 4096 --H 16 --K 128 --V 128 \
+        --dtype bfloat16
 
-Stages, for both backbones (Mamba-2: ``beta=None``; Gated DeltaNet): ``_backbone`` alone, the readout alone
-(``_readout`` with a fixed segmentation), the segmentation scan (no gradient), and the whole ``chunk_dla_torch``
+Stages, for both backbones (Mamba-2: ``beta=None``; Gated DeltaNet), through the stage functions of
+``dla.ops.chunked`` or ``dla.ops.triton`` (head-major, as the tests drive them: ``tests/ops/stages.py``): the backbone alone, the segmentation scan (no gradient), the readout
+alone (``lam`` weights, boundary terms and the combination, on a fixed segmentation), and the whole ``chunk_dla``
 (policy ``dla``), each forward (no grad) and forward+backward. Times are the minimum over ``--reps`` runs after one
-warm-up (the minimum is the least disturbed by other processes on a shared machine); computation in float32 (inputs
-of ``--dtype``; the stages run on their float32 head-major copies, as ``chunk_dla_torch`` does). Peak memory is
-what torch allocated above the inputs during one forward+backward: ``torch.cuda.max_memory_allocated`` on CUDA,
-the profiler's allocation events on CPU (the profiler records every op: for the whole op, whose scan runs a
-per-token loop, the profiler itself held ~8 GB at ``T = 4096``, so on CPU the whole op's memory is measured only
-for ``T <= 4096``).
-
-``--baseline REV`` also times ``dla/ops/dla/chunk_torch.py`` and ``readout_fwd.py`` as they were at git revision
-``REV`` (loaded under other module names; the rest of the package is the working tree's), and prints both columns.
-``--backend triton`` runs the Triton scan and boundary readout (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+warm-up (the least disturbed by other processes on a shared machine); computation in float32 (inputs of
+``--dtype``). Peak memory is what torch allocated above the inputs during one forward+backward:
+``torch.cuda.max_memory_allocated`` on CUDA, the profiler's allocation events on CPU (for ``T <= 4096``: the
+profiler records every op of the scan's token loop). To compare two revisions, run this in a ``git worktree`` of
+each.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import subprocess
 import sys
-import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -39,23 +31,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def load_revision(rev: str) -> types.ModuleType:
-    """``chunk_torch`` (and ``readout_fwd``) as of git revision ``rev``, importable side by side with the tree's.
-
-    The two files are written to a temporary folder (Triton reads kernel sources from files) under module names
-    of their own; the rest of the package is the working tree's.
-    """
-    tag = "dla_rev_" + "".join(ch if ch.isalnum() else "_" for ch in rev)
-    folder = Path(tempfile.mkdtemp(prefix=tag))
-    for name in ("chunk_torch", "readout_fwd"):
-        src = subprocess.run(["git", "show", f"{rev}:dla/ops/dla/{name}.py"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout
-        for other in ("chunk_torch", "readout_fwd"):
-            src = src.replace(f"dla.ops.dla.{other}", f"{tag}_{other}")
-        (folder / f"{tag}_{name}.py").write_text(src)
-    sys.path.insert(0, str(folder))
-    return importlib.import_module(f"{tag}_chunk_torch")  # readout_fwd is imported lazily, as in the package
+from dla.ops import Policy, chunk_dla, chunked  # noqa: E402
+from dla.ops.chunk import select_backend  # noqa: E402
+from dla.ops.utils.precision import resolve_precision  # noqa: E402
+from dla.ops.utils.tuning import StageConfig  # noqa: E402
+from tests.ops import stages as stage_fns  # noqa: E402
 
 
 def inputs(B, T, H, K, V, C, gdn, device, decay=0.3, dtype=torch.float32, seed=0):
@@ -110,58 +90,58 @@ def peak_mib(fn, device):
     return peak / 2 ** 20
 
 
-def stages(ct, x, args, gdn):
-    """``({stage: fn(grad)}, slots opened per head)`` for the chunk_torch module ``ct``: ``fn(False)`` runs the
-    forward (the caller disables grad), ``fn(True)`` forward and backward."""
+def stages(x, args, gdn):
+    """``({stage: fn(grad)}, slots opened per head)``: ``fn(False)`` runs the forward (the caller disables grad),
+    ``fn(True)`` forward and backward."""
     B, T, H, K, V, C, BT = args.B, args.T, args.H, args.K, args.V, args.capacity, 64
+    impl = select_backend(args.backend, x["v"], BT)
+    cfg = StageConfig(resolve_precision(None, x["v"].is_cuda, dtype=x["v"].dtype))
     dev = x["v"].device
     pad = (-T) % BT
-    head = lambda t: t.float().transpose(1, 2).contiguous()  # noqa: E731
-    qh, kh, vh = (F.pad(head(x[n]), (0, 0, 0, pad)) for n in ("q", "k", "v"))
-    gh = F.pad(head(x["g"]), (0, pad))
-    bh = F.pad(head(x["beta"]), (0, pad)) if gdn else None
+    head = lambda t: F.pad(t.float().transpose(1, 2), (0, 0, 0, pad) if t.dim() == 4 else (0, pad)).contiguous()  # noqa: E731
+    qh, kh, vh, gh = (head(x[n]) for n in ("q", "k", "v", "g"))
+    bh = head(x["beta"]) if gdn else None
     S0 = torch.zeros(B, H, K, V, device=dev)
-    kw = dict(policy="dla", capacity=C, tau=args.tau, backend=args.backend)
     leaves = {n: (t.detach().requires_grad_(True) if t is not None else None) for n, t in x.items()}
-    bb_leaves = [t.detach().requires_grad_(True) for t in (qh, kh, vh, gh) + ((bh,) if gdn else ())]
-
+    bb_in = [qh, kh, vh, gh] + ([bh] if gdn else [])
+    bb_leaves = [t.detach().requires_grad_(True) for t in bb_in]
     N = B * H
-    scan_impl = ct.dla_scan
-    if args.backend == "triton":
-        from dla.ops.dla.scan_triton import dla_scan_triton as scan_impl
-
-    def scan_fn(grad=False):
-        with torch.no_grad():
-            return scan_impl(kh.reshape(N, -1, K), u.reshape(N, -1, V), gh.reshape(N, -1), T, chunk_size=BT,
-                             policy="dla", tau=args.tau, capacity=C, block_size=64, score="drift", R=C,
-                             initial_state=None)
 
     with torch.no_grad():
-        u, P, o_base, S_last, gl = ct._backbone(qh, kh, vh, gh, bh, S0, BT)
+        u, P, o_base, S_last, gl = stage_fns.backbone(impl, qh, kh, vh, gh, bh, S0, BT, cfg)
+
+    def scan_fn(grad=False):
+        return impl.scan(kh.reshape(N, -1, K), u.reshape(N, -1, V), gh.reshape(N, -1), T,
+                         policy=Policy("dla", args.tau, C), chunk_size=BT, R=C, initial_state=None, cfg=cfg)
+
     scan = scan_fn()
     starts, lam_index = scan.starts.view(B, H, T, C), scan.lam_index.view(B, H, T, C)
-    lamh = head(x["lam"])
-    ro_leaves = [t.detach().requires_grad_(True) for t in (qh, kh, u, gl, P, o_base, lamh)]
+    x_b = starts[..., :-1]
+    real = (lam_index[..., 1:] >= 0) & (x_b >= 0)
+    ro_leaves = [t.detach().requires_grad_(True) for t in (qh, kh, u, gl, P, o_base, x["lam"])]
 
     def bb(grad):
-        args_ = bb_leaves if grad else (qh, kh, vh, gh)
-        u, P, o, S, _ = ct._backbone(*args_[:4], (args_[4] if grad else bh) if gdn else None, S0, BT)
+        args_ = bb_leaves if grad else bb_in
+        u, P, o, S, _ = stage_fns.backbone(impl, *args_[:4], args_[4] if gdn else None, S0, BT, cfg)
         if grad:
-            (o.sum() + u.sum() + P.sum() + S.sum()).backward()
+            (o.sum() + P.sum() + S.sum() + (u.sum() if gdn else 0)).backward()
 
     def ro(grad):
-        q_, k_, u_, gl_, P_, ob_, lam_ = ro_leaves if grad else (qh, kh, u, gl, P, o_base, lamh)
-        seg = F.pad(ct._block_segsum(gl_[..., -1]), (0, 1))
-        out = ct._readout(q_, k_, u_, gl_, P_, ob_, lam_, starts, lam_index, seg, None, BT, T, args.backend)
+        q_, k_, u_, gl_, P_, ob_, lam_ = ro_leaves if grad else (qh, kh, u, gl, P, o_base, x["lam"])
+        from dla.ops.chunk import _Combine, _LamWeights
+
+        lam0, dlam = _LamWeights.apply(impl, lam_, lam_index, torch.float32)
+        terms = stage_fns.readout(impl, q_, k_, u_, gl_, P_, dlam, x_b, real, BT, cfg)
+        out = _Combine.apply(impl, lam0, ob_, terms, K ** -0.5, torch.float32)
         if grad:
             out.sum().backward()
 
     def whole(grad):
-        o = ct.chunk_dla_torch(**(leaves if grad else x), **kw)[0]
+        o = chunk_dla(**(leaves if grad else x), policy="dla", capacity=C, tau=args.tau, backend=args.backend)[0]
         if grad:
             o.backward(torch.ones_like(o))
 
-    out = {"backbone": bb, "readout": ro, "chunk_dla_torch": whole, "scan (no grad)": scan_fn}
+    out = {"backbone": bb, "readout": ro, "chunk_dla": whole, "scan (no grad)": scan_fn}
     return {name: fn for name, fn in out.items() if name.split()[0] in args.stages}, \
         float(scan.boundary.float().sum()) / N
 
@@ -177,48 +157,33 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="input dtype")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--baseline", metavar="REV", help="also time chunk_torch.py as of this git revision")
     ap.add_argument("--backbones", nargs="+", default=["mamba2", "gdn"], choices=["mamba2", "gdn"])
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    ap.add_argument("--stages", nargs="+", default=["backbone", "readout", "chunk_dla_torch", "scan"],
-                    choices=["backbone", "readout", "chunk_dla_torch", "scan"])
+    ap.add_argument("--stages", nargs="+", default=["backbone", "readout", "chunk_dla", "scan"],
+                    choices=["backbone", "readout", "chunk_dla", "scan"])
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from dla.ops.dla import chunk_torch
-    impls = {"current": chunk_torch}
-    if args.baseline:
-        impls = {f"at {args.baseline}": load_revision(args.baseline), "current": chunk_torch}
     print(f"device {args.device}, backend {args.backend}, B={args.B} T={args.T} H={args.H} K={args.K} V={args.V} "
           f"C={args.capacity} tau={args.tau} decay={args.decay}, {args.dtype} inputs, "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}; ms = min of {args.reps}", flush=True)
-    cols = [f"{name} {what}" for name in impls for what in ("fwd ms", "fwd+bwd ms")
-            ] + ([f"{name} peak MiB" for name in impls] if not args.no_memory else [])
-    cols += ["speed-up fwd", "speed-up fwd+bwd"] if args.baseline else []
+    cols = ["fwd ms", "fwd+bwd ms"] + ([] if args.no_memory else ["peak MiB"])
     print("| backbone | stage | " + " | ".join(cols) + " |")
     print("| --- | --- |" + " --- |" * len(cols), flush=True)
     for bb in args.backbones:
         gdn = bb == "gdn"
         x = inputs(args.B, args.T, args.H, args.K, args.V, args.capacity, gdn, args.device, args.decay,
                    getattr(torch, args.dtype))
-        results, slots = {}, None
-        for name, ct in impls.items():
-            fns, slots = stages(ct, x, args, gdn)
-            for stage, fn in fns.items():
-                fwd = timed(lambda: (torch.no_grad()(fn))(False), args.device, args.reps)
-                fb = None if stage.startswith("scan") else timed(lambda: fn(True), args.device, args.reps)
-                skip = args.no_memory or stage.startswith("scan") or (
-                    stage == "chunk_dla_torch" and args.device == "cpu" and args.T > 4096)
-                mem = None if skip else peak_mib(lambda: fn(True), args.device)
-                results.setdefault(stage, {})[name] = (fwd, fb, mem)
-        for stage, per in results.items():
-            vals = [f"{per[n][0]:.1f}" if i == 0 else ("-" if per[n][1] is None else f"{per[n][1]:.1f}")
-                    for n in impls for i in (0, 1)]
+        fns, slots = stages(x, args, gdn)
+        for stage, fn in fns.items():
+            fwd = timed(lambda: (torch.no_grad()(fn))(False), args.device, args.reps)
+            fb = None if stage.startswith("scan") else timed(lambda: fn(True), args.device, args.reps)
+            skip = args.no_memory or stage.startswith("scan") or (
+                stage == "chunk_dla" and args.device == "cpu" and args.T > 4096)
+            mem = None if skip else peak_mib(lambda: fn(True), args.device)
+            vals = [f"{fwd:.1f}", "-" if fb is None else f"{fb:.1f}"]
             if not args.no_memory:
-                vals += ["-" if per[n][2] is None else f"{per[n][2]:.0f}" for n in impls]
-            if args.baseline:
-                (b0, b1, _), (c0, c1, _) = per.values()
-                vals += [f"{b0 / c0:.1f}x", "-" if b1 is None else f"{b1 / c1:.1f}x"]
+                vals.append("-" if mem is None else f"{mem:.0f}")
             print(f"| {bb} | {stage} | " + " | ".join(vals) + " |", flush=True)
         print(f"({bb}: {slots:.1f} slots opened per head)", flush=True)
 

@@ -2,28 +2,38 @@
 
 Usage (CUDA machine, repo root):
     python scripts/gpu_kernel_table.py OUT.json [--shape ll_mamba2] [--T 16384] [--tokens 65536] [--gdn]
-        [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--block-v-du N] [--bwd-warps N]
-        [--key-warps N] [--merge-dp 0|1] [--max-tile N] [--ut-tile N] [--recurrence-warps N]
-        [--copies16 0|1] [--fwd-warps N] [--grouped-qk 0|1] [--dq-do16 0|1] [--reps N] [--ncu]
+        [--policy dla] [--tau 0.6] [--capacity 30] [--precision auto] [--tuning FIELD=VALUE ...] [--reps N]
+        [--ncu]
 
 Runs the op on ``dla bench ops``' inputs (bf16, the named shape, ``tokens / T`` sequences), warms it up, then
 records one forward + backward with ``torch.profiler`` and writes each kernel's CUDA time (summed over its calls)
-and share, sorted, with the GPU, the versions, the shape and the date. ``--ncu``: instead of the profiler, runs
-the recorded step between ``cudaProfilerStart`` and ``cudaProfilerStop`` once, for
-``ncu --profile-from-start off`` (hardware counters of the Triton kernels; see ``scripts/gpu_session.sh``).
+and share, sorted, with the GPU, the versions, the shape, the tuning and the date. ``--tuning`` changes fields of
+:class:`dla.ops.Tuning` (e.g. ``--tuning max_tile=32 key_warps=4``), for A/B runs of launch parameters.
+``--ncu``: instead of the profiler, runs the recorded step between ``cudaProfilerStart`` and ``cudaProfilerStop``
+once, for ``ncu --profile-from-start off`` (hardware counters of the Triton kernels; ``scripts/gpu_ncu_source.sh``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
 
 import torch
 
-from dla.bench.ops import _inputs
-from dla.ops import chunk_dla
+from dla.bench.ops import op_inputs
+from dla.ops import Tuning, chunk_dla
+
+
+def parse_tuning(items) -> Tuning:
+    """``["field=value", ...]`` as a :class:`Tuning` (``None`` for ``value`` ``none``)."""
+    changes = {}
+    for item in items or ():
+        name, _, value = item.partition("=")
+        changes[name] = None if value.lower() == "none" else int(value)
+    return Tuning().replace(**changes)
 
 
 def main(argv=None):
@@ -37,53 +47,14 @@ def main(argv=None):
     ap.add_argument("--tau", type=float, default=0.6)
     ap.add_argument("--capacity", type=int, default=30)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--tuning", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="fields of dla.ops.Tuning to change (launch parameters)")
     ap.add_argument("--ncu", action="store_true")
     ap.add_argument("--reps", type=int, default=1, help="unprofiled steps timed (the median is reported)")
-    ap.add_argument("--block-v-du", type=int, default=None,
-                    help="value columns per program of the readout backward's key-side kernels (default: its own)")
-    ap.add_argument("--bwd-warps", type=int, default=None,
-                    help="warps per program of the readout backward's dq kernel (default: its own)")
-    ap.add_argument("--key-warps", type=int, default=None,
-                    help="warps per program of the readout backward's key-side kernels (default: its own)")
-    ap.add_argument("--merge-dp", type=int, default=None,
-                    help="1: dk, du, dP in one key-side launch; 0: dP apart (default: the backward's own)")
-    ap.add_argument("--copies16", type=int, default=None,
-                    help="1: 16-bit operand copies for the readout kernels in 16-bit modes; 0: float32 (default 1)")
-    ap.add_argument("--fwd-warps", type=int, default=None,
-                    help="warps per program of the readout forward kernel (default: its own)")
-    ap.add_argument("--max-tile", type=int, default=None,
-                    help="widest key/value tile of the backbone kernels (default: backbone_triton.MAX_TILE)")
-    ap.add_argument("--ut-tile", type=int, default=None,
-                    help="widest key tile of the GDN UT backward (default: backbone_gdn_triton.UT_TILE)")
-    ap.add_argument("--recurrence-warps", type=int, default=None,
-                    help="warps of the GDN state recurrences (default: backbone_gdn_triton.RECURRENCE_WARPS)")
-    ap.add_argument("--grouped-qk", type=int, default=None,
-                    help="1: the readout and scan kernels read the caller's grouped q, k; 0: the per-head copies "
-                         "(default: readout_fwd.GROUPED_QK, scan_triton.GROUPED_KEYS)")
-    ap.add_argument("--dq-do16", type=int, default=None,
-                    help="1: the readout dq kernel reads a 16-bit copy of do in 16-bit modes (default: its own)")
     args = ap.parse_args(argv)
-    from dla.ops.dla import backbone_gdn_triton, backbone_triton, readout_bwd, readout_fwd, scan_triton
-    if args.max_tile is not None:
-        backbone_triton.MAX_TILE = args.max_tile
-    if args.ut_tile is not None:
-        backbone_gdn_triton.UT_TILE = args.ut_tile
-    if args.recurrence_warps is not None:
-        backbone_gdn_triton.RECURRENCE_WARPS = args.recurrence_warps
-    for kw, val in (("block_v_du", args.block_v_du), ("num_warps", args.bwd_warps),
-                    ("num_warps_key", args.key_warps), ("merge_dP", args.merge_dp), ("copies16", args.copies16),
-                    ("dq_do16", args.dq_do16)):
-        if val is not None:
-            flag = kw in ("merge_dP", "copies16", "dq_do16")
-            readout_bwd.boundary_terms_bwd.__kwdefaults__[kw] = bool(val) if flag else val
-    if args.grouped_qk is not None:
-        readout_fwd.GROUPED_QK = scan_triton.GROUPED_KEYS = bool(args.grouped_qk)
-    if args.copies16 is not None:
-        readout_fwd.boundary_terms_fwd.__kwdefaults__["copies16"] = bool(args.copies16)
-    if args.fwd_warps is not None:
-        readout_fwd.boundary_terms_fwd.__kwdefaults__["num_warps"] = args.fwd_warps
+    tuning = parse_tuning(args.tuning)
     B = max(args.tokens // args.T, 1)
-    x = _inputs(args.shape, B, args.T, args.capacity, args.gdn)
+    x = op_inputs(args.shape, B, args.T, args.capacity, args.gdn)
     for n in ("q", "k", "v", "g", "lam", "beta"):
         if x[n] is not None:
             x[n].requires_grad_(True)
@@ -91,7 +62,7 @@ def main(argv=None):
 
     def step():
         o = chunk_dla(**x, capacity=args.capacity, tau=args.tau, policy=args.policy, precision=prec,
-                      backend="triton")[0]
+                      backend="triton", tuning=tuning)[0]
         o.backward(torch.ones_like(o))
 
     for _ in range(2):  # compile and warm up
@@ -127,14 +98,7 @@ def main(argv=None):
             "triton": __import__("triton").__version__, "date": time.strftime("%F"), "shape": args.shape,
             "T": args.T, "B": B, "backbone": "gdn" if args.gdn else "mamba2", "policy": args.policy,
             "tau": args.tau, "capacity": args.capacity, "precision": args.precision,
-            "block_v_du": args.block_v_du, "bwd_warps": args.bwd_warps,
-            "key_warps": args.key_warps, "merge_dp": args.merge_dp, "copies16": args.copies16,
-            "fwd_warps": args.fwd_warps, "max_tile": backbone_triton.MAX_TILE,
-            "grouped_qk": readout_fwd.GROUPED_QK, "scan_grouped_keys": scan_triton.GROUPED_KEYS,
-            "dq_do16": args.dq_do16,
-            "ut_tile": backbone_gdn_triton.UT_TILE, "recurrence_warps": backbone_gdn_triton.RECURRENCE_WARPS,
-            "inputs": "dla bench ops (bf16)",
-            "kernel_ms_total": total,
+            "tuning": dataclasses.asdict(tuning), "inputs": "dla bench ops (bf16)", "kernel_ms_total": total,
             "wall_ms_unprofiled": wall_ms, "wall_ms_unprofiled_all": walls}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -26,15 +26,15 @@ for part in $parts; do
   case $part in
     tests)
       timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short \
-        tests/ops/dla/test_backbone_triton.py tests/ops/dla/test_backbone_gdn_triton.py \
-        tests/ops/dla/test_readout_bwd.py tests/ops/dla/test_triton_readout.py tests/ops/dla/test_precision.py \
-        tests/ops/dla/test_step_triton.py \
-        "tests/ops/dla/test_scan_triton.py::test_matches_reference_float32" tests/ops/dla/test_cuda.py \
+        tests/ops/triton/test_backbone_mamba2.py tests/ops/triton/test_backbone_gdn.py \
+        tests/ops/triton/test_readout_bwd.py tests/ops/triton/test_readout_fwd.py tests/ops/triton/test_precision.py \
+        tests/ops/triton/test_step.py tests/ops/triton/test_layout.py tests/ops/triton/test_readout_plan.py \
+        "tests/ops/triton/test_scan.py::test_matches_reference_float32" tests/ops/triton/test_cuda.py \
         -k "not bf16ops" > "$out/tests.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -15
       for gdn in False True; do  # 16-bit operands, one process per backbone (a fault would spoil the rest)
         CUDA_LAUNCH_BLOCKING=1 timeout "${T_BF16:-120}" python3 -m pytest -q -p no:cacheprovider --tb=short \
-          tests/ops/dla/test_cuda.py -k "bf16ops and $gdn" > "$out/tests_bf16ops_$gdn.log" 2>&1
+          tests/ops/triton/test_cuda.py -k "bf16ops and $gdn" > "$out/tests_bf16ops_$gdn.log" 2>&1
         grep -E "^(FAILED|ERROR)|passed|failed|rror" "$out/tests_bf16ops_$gdn.log" | tail -8
       done ;;
     kernels)

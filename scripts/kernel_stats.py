@@ -57,9 +57,9 @@ def record(args) -> list:
         return run(self, *a, grid=grid, warmup=warmup, **kw)
 
     InterpretedFunction.run = spy
-    if args.max_tile:
-        from dla.ops.dla import backbone_triton
-        backbone_triton.MAX_TILE = args.max_tile
+    from dla.ops import Tuning
+
+    tuning = Tuning(max_tile=args.max_tile) if args.max_tile else None
     torch.manual_seed(0)
     B, T, H, K, V, C = 1, args.T, 1, args.K, args.V, args.C
     for gdn in (False, True):
@@ -71,7 +71,7 @@ def record(args) -> list:
         beta = torch.rand(B, T, H) if gdn else None
         xs = [t.requires_grad_() for t in (q, k, v, g, lam) + ((beta,) if gdn else ())]
         # fp16 marks the kernels that take a 16-bit mode (the interpreter refuses bf16); the others record ieee
-        o, _ = chunk_dla(*xs[:5], xs[5] if gdn else None, capacity=C, tau=0.0, backend="triton",
+        o, _ = chunk_dla(*xs[:5], xs[5] if gdn else None, capacity=C, tau=0.0, backend="triton", tuning=tuning,
                          chunk_size=args.chunk_size, precision="fp16" if args.dot in ("bf16", "fp16") else "ieee")
         o.sum().backward()
     return launches
@@ -137,7 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, default=130, help="tokens of the recorded run (any; shapes set the kernels)")
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--dot", default="tf32x3", choices=["tf32x3", "ieee", "tf32", "bf16", "fp16"], help="products as on the GPU")
-    ap.add_argument("--max-tile", type=int, default=None, help="the backbone kernels' MAX_TILE (default: its own)")
+    ap.add_argument("--max-tile", type=int, default=None,
+                    help="the backbone kernels' widest tile (dla.ops.Tuning.max_tile; default: the default tuning)")
     ap.add_argument("--record-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the table as JSON here")
     args = ap.parse_args(argv)

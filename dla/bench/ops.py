@@ -47,7 +47,7 @@ def _time(fn: Callable[[], None], budget_s: float, reps: int = 10) -> float:
     return median_ms(fn, "cuda", reps=reps, budget_s=budget_s)
 
 
-def _inputs(shape: str, B: int, T: int, R: int, gdn: bool, seed: int = 0):
+def op_inputs(shape: str, B: int, T: int, R: int, gdn: bool, seed: int = 0):
     H, G, K, V = SHAPES[shape]
     gen = torch.Generator(device="cuda").manual_seed(seed)
     dev, dt = "cuda", torch.bfloat16
@@ -131,10 +131,10 @@ def run_ops_bench(lengths: List[int], tokens_per_call: int = 65536, shapes: List
                 R = num_levels(T) if policy == "fenwick" else C
                 kw = dict(policy=policy, capacity=R, tau=tau if tau is not None else 0.6, scale=1.0,
                           precision=precision)
-                _measure(row, lambda: _inputs(shape, B, T, R, gdn), lambda **x: chunk_dla(**x, **kw)[0], budget_s)
+                _measure(row, lambda: op_inputs(shape, B, T, R, gdn), lambda **x: chunk_dla(**x, **kw)[0], budget_s)
                 if policy == "dla":
                     with torch.no_grad():
-                        seg = chunk_dla(**_inputs(shape, 1, T, R, gdn), **kw, return_segmentation=True)[2]
+                        seg = chunk_dla(**op_inputs(shape, 1, T, R, gdn), **kw, return_segmentation=True)[2]
                     row.stats = _dla_stats(seg, T)
         except torch.cuda.OutOfMemoryError:
             row.note = "out of memory"
@@ -223,7 +223,7 @@ def _peer_ops() -> Dict[str, Callable]:
     def fla_ll(row, shape, B, T, budget_s):
         from dla.ops import num_levels
         L = num_levels(T)
-        _measure(row, lambda: {k: v for k, v in _inputs(shape, B, T, L, False).items() if k != "beta"},
+        _measure(row, lambda: {k: v for k, v in op_inputs(shape, B, T, L, False).items() if k != "beta"},
                  lambda q, k, v, g, lam: chunk_log_linear_attn(q, k, v, g, lam)[0], budget_s)
 
     def expand(x, H):
@@ -231,13 +231,13 @@ def _peer_ops() -> Dict[str, Callable]:
 
     def fla_gdn(row, shape, B, T, budget_s):
         H = SHAPES[shape][0]
-        _measure(row, lambda: _inputs(shape, B, T, 1, True),
+        _measure(row, lambda: op_inputs(shape, B, T, 1, True),
                  lambda q, k, v, g, lam, beta: chunk_gated_delta_rule(expand(q, H), expand(k, H), v, g, beta)[0],
                  budget_s)
 
     def fla_gla(row, shape, B, T, budget_s):
         H = SHAPES[shape][0]
-        _measure(row, lambda: _inputs(shape, B, T, 1, False),
+        _measure(row, lambda: op_inputs(shape, B, T, 1, False),
                  lambda q, k, v, g, lam, beta: chunk_simple_gla(expand(q, H), expand(k, H), v, g)[0], budget_s)
 
     ops["fla_chunk_log_linear_attn"] = lifted(fla_ll)

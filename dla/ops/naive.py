@@ -66,7 +66,7 @@ def naive_dla(
             ``dla_unbounded``); ignored by ``single`` and ``fenwick``. Default 30.
         block_size: the ``fixed`` policy opens a slot every ``block_size`` tokens (absolute positions). Default 64.
         score: ``drift`` (default, the paper's) or ``write``; see :mod:`dla.ops.common.score`.
-        slot_transition: ``additive`` (DESIGN 2.1: slots decay, the delta rule acts through the pseudo-value)
+        slot_transition: ``additive`` (``docs/design.md`` 2.1: slots decay, the delta rule acts through the pseudo-value)
             or ``per_slot`` (Log-Linear GDN: every slot gets ``a_t (I - beta_t k_t k_t^T)``). Same for ``beta=None``.
         initial_state: a :class:`DLAState` to continue from (e.g. the final state of a previous call).
         output_final_state: also return the final :class:`DLAState`.

@@ -1,4 +1,4 @@
-"""Information scores: how much a token's write changes the open slot (DESIGN.md section 3, step 4).
+"""Information scores: how much a token's write changes the open slot (``docs/design.md`` section 3, step 4).
 
 Every score is a function of four values: ``x = ||S_open||_F^2`` (after decay, before the write),
 ``y = <S_open, s_t>_F``, ``z = ||s_t||_F^2`` and ``n = K * V`` (the number of entries of a state). Keeping the
@@ -10,7 +10,7 @@ Both built-in scores compare weight-free RMS-normalised matrices, ``N(X) = X / s
 - ``drift`` (default, the paper's equation): ``||N(S_open + s_t) - N(S_open)|| / (||N(S_open)|| + eps)``.
 - ``write``: ``||N(s_t) - N(S_open)|| / (||N(S_open)|| + eps)``.
 
-The expansions in DESIGN.md define the values; here they are evaluated in a cancellation-free form
+The expansions in ``docs/design.md`` define the values; here they are evaluated in a cancellation-free form
 (derivation in ``docs/math.md``), the same in every implementation so that near-threshold decisions agree.
 """
 
@@ -21,7 +21,7 @@ from typing import Callable, Dict
 import torch
 
 EPS = 1e-6
-"""``eps`` of the denominator and ``eps_n`` of the RMS normalisation (DESIGN.md: both 1e-6)."""
+"""``eps`` of the denominator and ``eps_n`` of the RMS normalisation (``docs/design.md``: both 1e-6)."""
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -85,7 +85,7 @@ SCORES: Dict[str, ScoreFn] = {"drift": drift_score, "write": write_score}
 
 
 def expanded_score(kind: str, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, n: int) -> torch.Tensor:
-    """DESIGN.md's literal expansions (with cancellation). Used only by tests, in float64."""
+    """The design's literal expansions (``docs/design.md`` 3.3, with cancellation). Used only by tests, in float64."""
     rho = lambda w: torch.sqrt(w / n + EPS)  # noqa: E731
     if kind == "drift":
         a = x + 2 * y + z

@@ -26,8 +26,8 @@ def prec_dot_tc(a, b, DOT: tl.constexpr):
     ``tl.dot``): the 16-bit modes take float32 operands and one TF32 pass here.
 
     Why: fla traced wrong Hopper gradients on Triton 3.4-3.6 (its issue #640) to the shared-memory store of a
-    transposed 16-bit tensor-core result; float32 operands take another store path. A precaution (on an H200 this
-    form was wrong only where the untransposed one is too: 16-column tiles, which
+    transposed 16-bit tensor-core result; float32 operands take another store path. A precaution (on Hopper this form
+    was wrong only where the untransposed one is too: 16-column tiles, which
     :func:`dla.ops.utils.precision.min_tile` rules out), costing TF32 rate in these products; ``docs/benchmarks.md``
     (tuning decisions). The other modes are :func:`prec_dot`.
     """

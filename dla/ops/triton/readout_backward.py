@@ -80,7 +80,7 @@ def readout_bwd_dq_kernel(
         if j > 0:
             fresh = c != tl.load(p_cand + j - 1)  # sorted; a repeat holds no boundary
         if fresh:
-            # in the order that keeps the fewest [BT, *] tiles live at once (H200: 255 registers at 8 warps, one
+            # in the order that keeps the fewest [BT, *] tiles live at once (255 registers at 8 warps, one
             # program per SM): the P side inside the value loop, straight into dq (no [BT, BK] do P^T), then W and
             # the key chunk's products
             b_a = tl.exp(tl.load(seg + p_row + c) + b_gi)  # D(c BT - 1, t)
