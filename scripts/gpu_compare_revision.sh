@@ -13,12 +13,16 @@ shift 2
 mkdir -p "$out"
 here=$(pwd)
 read -r -a SAVE_ARGS <<< "${COMPARE_ARGS:-}"  # e.g. COMPARE_ARGS="--device cpu --T 64 --tokens 64"
-PYTHONPATH="$here/$old" python3 scripts/compare_outputs.py save "$out/outputs_old.pt" "${SAVE_ARGS[@]}" \
-  > "$out/save_old.log" 2>&1
-PYTHONPATH="$here" python3 scripts/compare_outputs.py save "$out/outputs_new.pt" "${SAVE_ARGS[@]}" \
-  > "$out/save_new.log" 2>&1
-python3 scripts/compare_outputs.py compare "$out/outputs_old.pt" "$out/outputs_new.pt" | tee "$out/compare.txt" | tail -3
-if [ $# -gt 0 ]; then
+if [ "${PARTS:-outputs bench}" != bench ]; then  # PARTS: "outputs", "bench" or both (the default)
+  PYTHONPATH="$here/$old" python3 scripts/compare_outputs.py save "$out/outputs_old.pt" "${SAVE_ARGS[@]}" \
+    > "$out/save_old.log" 2>&1 &
+  PYTHONPATH="$here" python3 scripts/compare_outputs.py save "$out/outputs_new.pt" "${SAVE_ARGS[@]}" \
+    > "$out/save_new.log" 2>&1 &
+  wait
+  python3 scripts/compare_outputs.py compare "$out/outputs_old.pt" "$out/outputs_new.pt" > "$out/compare.txt"
+  tail -2 "$out/compare.txt"
+fi
+if [ $# -gt 0 ] && [ "${PARTS:-outputs bench}" != outputs ]; then
   (cd "$old" && python3 -m dla.cli bench ops --out "$here/$out/ops_old.json" "$@") 2>&1 | grep -v Warning | tail -12
   python3 -m dla.cli bench ops --out "$out/ops_new.json" "$@" 2>&1 | grep -v Warning | tail -12
 fi

@@ -2,10 +2,10 @@
 # One GPU session's checks and timings, each part under its own time limit; results under OUT.
 # Usage (CUDA machine, repo root): bash scripts/gpu_session.sh OUT [PART...]
 # Parts (default: all but ncu, in this order):
-#   tests      OUT/tests.log: every Triton kernel against its PyTorch reference, and chunk_dla on the GPU against
+#   tests      OUT/tests_*.log: every Triton kernel against its PyTorch reference, and chunk_dla on the GPU against
 #              the float64 CPU references (outputs and every gradient; Triton 3.6 has miscompiled gated
-#              backward kernels on Hopper before); then bf16 operands, one process per backbone
-#              (OUT/tests_bf16ops_{False,True}.log)
+#              backward kernels on Hopper before), one process per file (and per policy for the latter), in
+#              parallel; then bf16 operands, one process per backbone (OUT/bf16ops_{False,True}.log)
 #   kernels    OUT/kernels_{mamba2,gdn}.json: every CUDA kernel of one fwd+bwd, ll_mamba2 T=16K
 #              (scripts/gpu_kernel_table.py)
 #   ncu        OUT/ncu_*: warp-stall samples per source line of the readout kernels, ll_mamba2 T=4K
@@ -25,17 +25,36 @@ for part in $parts; do
   echo "== $part"
   case $part in
     tests)
-      timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short \
-        tests/ops/triton/test_backbone_mamba2.py tests/ops/triton/test_backbone_gdn.py \
-        tests/ops/triton/test_readout_bwd.py tests/ops/triton/test_readout_fwd.py tests/ops/triton/test_precision.py \
-        tests/ops/triton/test_step.py tests/ops/triton/test_layout.py tests/ops/triton/test_readout_plan.py \
-        "tests/ops/triton/test_scan.py::test_matches_reference_float32" tests/ops/triton/test_cuda.py \
-        -k "not bf16ops" > "$out/tests.log" 2>&1
-      grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -15
+      # one pytest process per file, all at once (Triton's compiles and the CPU references run in parallel on the
+      # machine's cores; the GPU has room for all), then the bf16-operand cases, one process per backbone
+      pids=()
+      for f in tests/ops/triton/test_backbone_mamba2.py tests/ops/triton/test_backbone_gdn.py \
+               tests/ops/triton/test_readout_bwd.py tests/ops/triton/test_readout_fwd.py \
+               tests/ops/triton/test_precision.py tests/ops/triton/test_step.py tests/ops/triton/test_layout.py \
+               tests/ops/triton/test_readout_plan.py tests/ops/triton/test_scan.py tests/ops/test_saved.py; do
+        log="$out/tests_$(basename "$f" .py).log"
+        timeout "${T_TESTS:-400}" python3 -m pytest -q -p no:cacheprovider --tb=short "$f" > "$log" 2>&1 &
+        pids+=($!)
+      done
+      # the GPU against the float64 CPU references, one process per policy and one for the benchmarks' head dims
+      for part in "dla:dla and not dla_unbounded" fenwick:fenwick single:single fixed:fixed \
+                  dla_unbounded:dla_unbounded "head_dims:head_dims"; do
+        log="$out/tests_cuda_${part%%:*}.log"
+        timeout "${T_TESTS:-400}" python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/triton/test_cuda.py \
+          -k "not bf16ops and (${part#*:})" > "$log" 2>&1 &
+        pids+=($!)
+      done
+      wait "${pids[@]}"
+      for log in "$out"/tests_*.log; do
+        echo "$(basename "$log"): $(grep -E '^(FAILED|ERROR)|passed|failed' "$log" | tail -3 | tr '\n' ' ')"
+      done
       for gdn in False True; do  # 16-bit operands, one process per backbone (a fault would spoil the rest)
-        CUDA_LAUNCH_BLOCKING=1 timeout "${T_BF16:-120}" python3 -m pytest -q -p no:cacheprovider --tb=short \
-          tests/ops/triton/test_cuda.py -k "bf16ops and $gdn" > "$out/tests_bf16ops_$gdn.log" 2>&1
-        grep -E "^(FAILED|ERROR)|passed|failed|rror" "$out/tests_bf16ops_$gdn.log" | tail -8
+        CUDA_LAUNCH_BLOCKING=1 timeout "${T_BF16:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short \
+          tests/ops/triton/test_cuda.py -k "bf16ops and $gdn" > "$out/bf16ops_$gdn.log" 2>&1 &
+      done
+      wait
+      for gdn in False True; do
+        echo "bf16ops_$gdn: $(grep -E '^(FAILED|ERROR)|passed|failed|rror' "$out/bf16ops_$gdn.log" | tail -3 | tr '\n' ' ')"
       done ;;
     kernels)
       for bb in mamba2 gdn; do
