@@ -1,4 +1,4 @@
-"""The package's shape (docs/design.md, "Layout"): imports point one way (train/eval/bench -> models -> layers ->
+"""The package's shape (docs/design.md, section 7): imports point one way (train/eval/bench -> models -> layers ->
 ops), no module imports a private name of another, no import cycles (imports inside functions included), and the
 ops keep their stages apart: ``dla.ops.chunked`` never imports Triton."""
 
