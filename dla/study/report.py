@@ -302,5 +302,6 @@ def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[s
     return out
 
 
-__all__ = ["load_results", "find_studies", "group_results", "Group", "accuracy_table", "pairs_table", "segmentation_table",
-           "plot_accuracy_vs_pairs", "study_section", "write_report", "SEG_COLUMNS"]
+__all__ = ["load_results", "find_studies", "group_results", "Group", "accuracy_table", "pairs_table",
+           "segmentation_table", "plot_accuracy_vs_pairs", "study_section", "write_report", "SEG_COLUMNS",
+           "MEASURE_FILE"]

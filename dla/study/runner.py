@@ -408,5 +408,5 @@ def measure_sweep(sweep: Sweep, root: Union[str, Path], *, only: Sequence[str] =
             "rows": rows, "total_minutes": round(sum(r["minutes"] for r in rows), 3), "not_measured": not_measured}
 
 
-__all__ = ["run_sweep", "measure_sweep", "merge_measures", "measure_path", "cell_status", "result_path", "run_dir", "git_commit", "device_name",
-           "state_floats", "RESULT_FORMAT"]
+__all__ = ["run_sweep", "measure_sweep", "merge_measures", "measure_path", "cell_status", "result_path", "run_dir",
+           "git_commit", "device_name", "state_floats", "RESULT_FORMAT"]

@@ -42,8 +42,8 @@ def mqar_segmentation_stats(model: torch.nn.Module, inputs: np.ndarray, labels: 
         device: where to run (default: the model's).
 
     Returns:
-        one dict per recurrent layer, in layer order, with ``layer`` (module name), ``policy``, ``capacity``,
-        ``examples`` and, averaged over examples and heads:
+        one dict per recurrent layer, in layer order, with ``layer`` (module name), ``policy``, ``capacity`` (the
+        most live slots: ``C``, or the Fenwick levels), ``examples`` and, averaged over examples and heads:
 
         * ``boundary_rate_context`` / ``boundary_rate_query``: fraction of tokens that open a slot, in the context
           and in the query region;
