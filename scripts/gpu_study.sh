@@ -9,8 +9,9 @@
 #        started only if its estimated time fits; on a warm machine a rerun resumes an interrupted cell
 # Writes OUT/env.txt (GPU, driver, torch, Triton, date), OUT/study.log (the run's output), OUT/status.txt (every
 # cell's status afterwards), OUT/results/<study>/*.json (every result of the study and measure.json: copy them into
-# docs/results/<study>/ and run `dla study report`) and OUT/logs/<cell>.jsonl (each cell's training log). Installs nothing: torch, triton, transformers, tokenizers, safetensors, PyYAML, tqdm and matplotlib come
-# with the machine. The commit recorded in the results is DLA_COMMIT when set (the machine's copy of the tree may
+# docs/results/<study>/ and run `dla study report`) and OUT/logs/<cell>.jsonl (each cell's training log).
+# Installs nothing: torch, triton, transformers, tokenizers, safetensors, PyYAML, tqdm and matplotlib come with the
+# machine. The commit recorded in the results is DLA_COMMIT when set (the machine's copy of the tree may
 # have no .git), else git's. STUDY_ROOT (default runs/study) and STUDY_RESULTS (default docs/results) move the run
 # directories and the result JSONs.
 set -uo pipefail
