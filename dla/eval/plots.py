@@ -23,6 +23,16 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating its folder) and close it; returns the path."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out
+
+
 def needle_grid(cells: Sequence[Tuple[int, float, float]]) -> Tuple[List[int], List[float], np.ndarray]:
     """``(length, depth, score)`` records -> ``(lengths, depths, scores [len(depths), len(lengths)])``, mean score
     per cell (NaN where a cell has none); lengths and depths sorted."""
@@ -68,12 +78,7 @@ def needle_heatmap(cells: Sequence[Tuple[int, float, float]], path: Union[str, o
             ax.axvline(past[0] - 0.5, color="k", lw=1.5, ls="--")
     fig.colorbar(im, ax=ax, label="score (%)")
     ax.set_title(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=110)
 
 
 def loss_curves(results: Sequence, path: Union[str, os.PathLike], *, title: str = "Loss per position",
@@ -102,12 +107,7 @@ def loss_curves(results: Sequence, path: Union[str, os.PathLike], *, title: str 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=110)
 
 
 __all__ = ["needle_grid", "needle_heatmap", "loss_curves"]

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from dla.eval.checkpoint import context_limit
 from dla.eval.metrics import PositionLoss
 from dla.eval.perplexity import PerplexityResult
+from dla.eval.plots import pyplot, save_figure
 from dla.eval.scoring import score_tokens
 
 DEFAULT_EDGES = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -260,11 +261,7 @@ def plot_position_loss(groups: Mapping[str, Sequence[PositionCurve]], path: Unio
     training length dashed; positions before ``start`` are left out (one-token noise). Writes a PNG."""
     if not groups:
         raise ValueError("groups: expected at least one model's curves")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     train_lengths = set()
     for label, curves in groups.items():
@@ -283,12 +280,7 @@ def plot_position_loss(groups: Mapping[str, Sequence[PositionCurve]], path: Unio
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def position_table(groups: Mapping[str, Sequence[PositionCurve]], edges: Sequence[int] = DEFAULT_EDGES) -> str:

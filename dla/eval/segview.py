@@ -172,7 +172,7 @@ def write_png(tokens: Sequence[str], layer: LayerSegmentation, path: Union[str, 
               heads: Optional[Sequence[int]] = None, title: str = "") -> Path:
     """Strips per head of ``layer``: token cells coloured by final slot, boundary lines (solid: survives, dashed:
     merged away), red markers at merges; the tokens label the x axis when there are at most 120."""
-    from dla.eval.plots import pyplot
+    from dla.eval.plots import pyplot, save_figure
 
     plt = pyplot()
     from matplotlib.colors import ListedColormap
@@ -197,12 +197,7 @@ def write_png(tokens: Sequence[str], layer: LayerSegmentation, path: Union[str, 
     else:
         ax.set_xlabel("token position")
     ax.set_title(title or f"layer {layer.layer} ({layer.policy}): slots by colour, boundaries |, merges ▼")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def segment_view(model, tokenizer, text: str, out_dir: Union[str, os.PathLike], *, max_tokens: int = 512,

@@ -16,6 +16,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Optional, Sequence, Union
 
+from dla.eval.plots import pyplot, save_figure
 from dla.study.sweep import format_lr
 
 SEG_COLUMNS = (("boundary_rate_context", "bnd ctx"), ("boundary_rate_query", "bnd query"),
@@ -200,9 +201,7 @@ def plot_accuracy_vs_pairs(groups: Sequence[Group], path: Union[str, Path], titl
     """Accuracy at the best lr against key-value pairs, one line per model (error bars: min and max over seeds),
     one panel per ``(T, setting)``. Returns ``path``, or None when matplotlib is missing or nothing has pairs."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return None
     panels: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -231,12 +230,7 @@ def plot_accuracy_vs_pairs(groups: Sequence[Group], path: Union[str, Path], titl
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _relative(path: Path, start: Path) -> str:
