@@ -31,7 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dla.ops import Policy, chunk_dla, chunked  # noqa: E402
+from dla.ops import Policy, chunk_dla  # noqa: E402
 from dla.ops.chunk import select_backend  # noqa: E402
 from dla.ops.utils.precision import resolve_precision  # noqa: E402
 from dla.ops.utils.tuning import StageConfig  # noqa: E402

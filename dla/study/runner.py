@@ -232,7 +232,7 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
             summary["diverged"].append(cell.id)
             echo(f"{tag}: diverged ({e})")
             continue
-        except Exception as e:  # noqa: BLE001 - one cell's failure (a kernel, memory) must not end the piece
+        except Exception:  # noqa: BLE001 - one cell's failure (a kernel, memory) must not end the piece
             summary["failed"].append(cell.id)
             echo(f"{tag}: failed, no result written (a rerun tries again):\n{traceback.format_exc().rstrip()}")
             continue

@@ -1,7 +1,6 @@
 """``minimal_dla`` (the method in about a hundred lines) == the slot form (``naive_dla``, the specification)."""
 
 import pytest
-import torch
 
 from dla.ops import minimal_dla, naive_dla
 from tests.conftest import make_inputs, rel_err

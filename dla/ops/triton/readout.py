@@ -11,8 +11,6 @@ products round them so anyway): half the bytes.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
