@@ -25,19 +25,6 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line_errors(fn):
-    """``fn(args)``, with a ``ValueError`` (a bad argument, as the library words it) printed as one line
-    ``dla <command>: error: ...`` and exit status 2, instead of a traceback."""
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except ValueError as e:
-            print(f"dla {args.command}: error: {e}", file=sys.stderr)
-            return 2
-    run.__doc__ = fn.__doc__
-    return run
-
-
 def _check(args: argparse.Namespace) -> int:
     """Compare the chunked form with the slot form on random inputs and print the errors."""
     import torch
@@ -108,6 +95,8 @@ def _bench_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dla.eval.cli import add_eval_parser, one_line_errors
+
     parser = argparse.ArgumentParser(prog="dla", description="Dynamic Linear Attention: ops, models, training, "
                                      "evaluation and benchmarks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -120,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=_one_line_errors(_check))
+    p.set_defaults(fn=one_line_errors(_check))
 
     bench = sub.add_parser("bench", help="GPU benchmarks: DLA and its peers side by side").add_subparsers(
         dest="bench", metavar="BENCH", required=True)
@@ -151,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_bench_parser(bench)
 
     from dla.data.cli import add_data_parser
-    from dla.eval.cli import add_eval_parser
     from dla.study.cli import add_study_parser
     from dla.train.cli import add_quickstart_parser, add_train_parser
 

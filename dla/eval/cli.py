@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def one_line_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``fn(args)``, with a ``ValueError`` (a bad argument, as the library words it) printed as one line
+    ``dla <command>: error: ...`` and exit status 2, instead of a traceback."""
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
@@ -200,13 +202,13 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval_results")
     _model_options(p)
-    p.set_defaults(fn=_guard(_eval))
+    p.set_defaults(fn=one_line_errors(_eval))
 
     p = subparsers.add_parser("eval-report", help="one side-by-side table from several results.json")
     p.add_argument("results", nargs="+", help="results.json files or the directories holding them")
     p.add_argument("--suite", choices=list(SUITES), default=None, help="label rows as in this suite")
     p.add_argument("--out", default="eval_results")
-    p.set_defaults(fn=_guard(_report))
+    p.set_defaults(fn=one_line_errors(_report))
 
     p = subparsers.add_parser("eval-ppl", help="held-out perplexity and loss per position (+ curves PNG)")
     p.add_argument("checkpoints", nargs="+")
@@ -222,7 +224,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
                                                              "in every bucket)")
     p.add_argument("--out", default="eval_ppl")
     _model_options(p)
-    p.set_defaults(fn=_guard(_ppl))
+    p.set_defaults(fn=one_line_errors(_ppl))
 
     p = subparsers.add_parser("eval-needle", help="needle depth x length grid and heat map")
     p.add_argument("checkpoints", nargs="+")
@@ -235,7 +237,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval_needle")
     _model_options(p)
-    p.set_defaults(fn=_guard(_needle))
+    p.set_defaults(fn=one_line_errors(_needle))
 
     p = subparsers.add_parser("eval-segview", help="DLA boundaries and merges on a text (HTML + PNG)")
     p.add_argument("checkpoint")
@@ -246,13 +248,13 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=int, nargs="+", default=None)
     p.add_argument("--out", default="eval_segview")
     _model_options(p)
-    p.set_defaults(fn=_guard(_segview))
+    p.set_defaults(fn=one_line_errors(_segview))
 
     p = subparsers.add_parser("eval-cache", help="download a suite's datasets once (needs internet)")
     p.add_argument("--suite", choices=list(SUITES), default="paper")
     p.add_argument("--cache-dir", default=None, help="becomes HF_HOME (default: the current one)")
     p.add_argument("--nltk-dir", default=None, help="where to put NLTK punkt_tab (RULER essay tasks)")
-    p.set_defaults(fn=_guard(_cache))
+    p.set_defaults(fn=one_line_errors(_cache))
 
 
 def main(argv=None) -> int:
