@@ -1,6 +1,7 @@
 """Fixtures of the trainer tests: a small text corpus on disk and tiny run configs (CPU, float32)."""
 
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,22 @@ WORDS = ["def", "return", "class", "import", "for", "in", "range", "(", ")", ":"
          "None", "True", "alpha", "beta", "gamma", "\n", "    "]
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def kill_when_ready(args, ready: str) -> subprocess.Popen:
+    """Start ``python args...`` in the repo, wait for its first output line to be ``ready`` (else fail with its
+    stderr), SIGKILL it there and return the finished process."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == ready, proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc
 
 
 def make_documents(n: int, seed: int = 0) -> list[str]:

@@ -3,8 +3,6 @@ or killed write leaves the previous checkpoint as the latest loadable one)."""
 
 import random
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import dla.train.checkpoint as ckpt
 from dla.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
                                   set_rng_state)
 
-from .conftest import REPO
+from .conftest import kill_when_ready
 
 
 def state(step: int) -> dict:
@@ -82,16 +80,7 @@ ckpt.save_checkpoint({"step": 2, "w": torch.ones(3)}, sys.argv[1], 2)
 
 
 def test_process_killed_while_writing_leaves_previous_loadable(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "WRITING", proc.stderr.read()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = kill_when_ready(["-c", KILLED_WRITER, str(tmp_path)], "WRITING")
     assert proc.returncode == -signal.SIGKILL
     assert len(list(tmp_path.glob(".tmp-step_*"))) == 1  # the killed writer's leftover
     latest = latest_checkpoint(tmp_path)
@@ -144,16 +133,7 @@ ckpt.save_sharded_checkpoint({"model": {"w": torch.zeros(3)}}, {"step": 2}, sys.
 
 
 def test_process_killed_while_writing_shards_leaves_previous_loadable(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SHARDED_WRITER, str(tmp_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "WRITING", proc.stderr.read()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_ready(["-c", KILLED_SHARDED_WRITER, str(tmp_path)], "WRITING")
     leftovers = list(tmp_path.glob(".tmp-step_*"))
     assert len(leftovers) == 1 and any(leftovers[0].iterdir())  # the killed writer's shards
     latest = latest_checkpoint(tmp_path)

@@ -3,9 +3,6 @@ before the first step."""
 
 import json
 import math
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from dla.train import config_from_dict, train
 from dla.train.checkpoint import list_checkpoints, load_checkpoint
 from dla.train.logs import read_log
 
-from .conftest import REPO, tiny_dict
+from .conftest import kill_when_ready, tiny_dict
 
 
 def train_losses(out_dir) -> list[float]:
@@ -76,16 +73,7 @@ def test_kill_and_resume_gives_the_same_weights_bitwise(tiny, tmp_path, corpus_d
 
     killed = tiny_dict(tmp_path / "killed", corpus_dir, cache_dir, **sections)
     # 2 micro-batches per step: forward call 12 is the second half of step 6, after checkpoint 5
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(killed), "12"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "HANG", proc.stderr.read()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_ready(["-c", CHILD, json.dumps(killed), "12"], "HANG")
     ckpts = tmp_path / "killed" / "checkpoints"
     assert [s for s, _ in list_checkpoints(ckpts)] == [4, 5]
     with pytest.raises(ValueError, match="already holds checkpoints"):
