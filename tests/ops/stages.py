@@ -7,14 +7,12 @@ import torch
 from dla.ops.chunked.layout import heads_copy
 from dla.ops.common.policy import Policy
 from dla.ops.utils.precision import resolve_precision
-from dla.ops.utils.tuning import StageConfig
+from dla.ops.utils.tuning import StageConfig, Tuning
 
 
 def config(x, dot=None, **tuning):
     """A stage config for tensors like ``x``: the default ``tl.dot`` mode for their device (or ``dot``) and the
     default tuning with ``tuning``'s changes."""
-    from dla.ops.utils.tuning import Tuning
-
     return StageConfig(resolve_precision(dot, x.is_cuda), Tuning(**tuning))
 
 
@@ -95,7 +93,22 @@ class _Readout(torch.autograd.Function):
 
 def scan(impl, k, u, g, T, BT, policy="dla", tau=0.3, capacity=4, block_size=4, score="drift", R=None,
          initial_state=None, lengths=None, heads_per_group=1, cfg=None):
-    """The scan stage with the policy's fields as keywords."""
+    """The scan stage with the policy's fields as keywords (``R``: default ``capacity``)."""
     pol = Policy(policy, tau, capacity, block_size, score)
     return impl.scan(k, u, g, T, policy=pol, chunk_size=BT, R=R if R is not None else capacity,
                      initial_state=initial_state, lengths=lengths, heads_per_group=heads_per_group, cfg=cfg)
+
+
+def capture_readout(monkeypatch, x, **kw):
+    """The arguments ``chunk_dla(**x, **kw)`` hands its readout stage Function (``impl, cfg, layout, qh, kh, u, gl,
+    P, dlam, x, real, BT, q, k, v``), or ``None`` if the readout did not run (a single live slot)."""
+    import dla.ops.chunk as chunk_mod
+    from dla.ops import chunk_dla
+
+    seen = []
+    apply = chunk_mod._Readout.apply
+    monkeypatch.setattr(chunk_mod._Readout, "apply", lambda *a: (seen.append(a), apply(*a))[1])
+    chunk_dla(**x, **kw)
+    monkeypatch.setattr(chunk_mod._Readout, "apply", apply)
+    assert len(seen) <= 1
+    return seen[0] if seen else None

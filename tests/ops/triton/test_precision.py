@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dla.ops.chunk as chunk_mod
 from dla.ops import chunk_dla, chunked
 from dla.ops.utils.precision import min_tile, resolve_precision
 from dla.ops.utils.tuning import StageConfig
@@ -102,12 +101,8 @@ def test_readout_low_precision(gdn, prec, monkeypatch, record):
     float64 and ``ieee``."""
     from dla.ops import triton as kernels
 
-    seen = []
-    apply = chunk_mod._Readout.apply
-    monkeypatch.setattr(chunk_mod._Readout, "apply", lambda *a: (seen.append(a), apply(*a))[1])
-    chunk_dla(**seq_inputs(gdn=gdn, seed=3), **KW, backend="triton", precision="ieee")
-    monkeypatch.setattr(chunk_mod._Readout, "apply", apply)
-    impl, cfg, layout, *tensors, xb, real, BT, q, k, v = seen[0]
+    seen = stages.capture_readout(monkeypatch, seq_inputs(gdn=gdn, seed=3), **KW, backend="triton", precision="ieee")
+    impl, cfg, layout, *tensors, xb, real, BT, q, k, v = seen
     assert cfg.dot == "ieee" and real.sum() > 100  # the readout has work to do
     leaves = [t.detach().double().requires_grad_() for t in tensors]
     ref = stages.readout(chunked, *leaves, xb, real, BT)

@@ -5,7 +5,6 @@ import os
 import pytest
 import torch
 
-import dla.ops.chunk as chunk_mod
 from dla.ops import chunk_dla, chunked, num_levels
 from dla.ops.chunked.readout import boundary_candidates
 from tests.conftest import make_inputs, rel_err
@@ -30,15 +29,10 @@ def _poisoned(nan_empty):
 def readout_inputs(monkeypatch, x, whole=False, **kw):
     """What ``chunk_dla(backend="triton")`` hands its readout stage: ``q, k, u, gl, P, dlam`` (head-major copies),
     ``x, real, BT`` and, with ``whole``, the caller's ``(q, k)`` too. ``None`` if the readout did not run."""
-    seen = []
-    apply = chunk_mod._Readout.apply
-    monkeypatch.setattr(chunk_mod._Readout, "apply", lambda *a: (seen.append(a), apply(*a))[1])
-    chunk_dla(**x, **kw, backend="triton")
-    monkeypatch.setattr(chunk_mod._Readout, "apply", apply)
-    assert len(seen) <= 1
-    if not seen:
+    seen = stages.capture_readout(monkeypatch, x, **kw, backend="triton")
+    if seen is None:
         return None
-    impl, cfg, layout, *args, q, k, v = seen[0]
+    impl, cfg, layout, *args, q, k, v = seen
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     return (*args, (q.detach(), k.detach())) if whole else tuple(args)
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dla.ops import DLAState, Policy, Tuning, chunk_dla, chunked, num_levels
+from dla.ops import DLAState, Tuning, chunk_dla, chunked, num_levels
 from dla.ops.utils.tuning import StageConfig
 from tests.conftest import make_inputs, rel_err
+from tests.ops import stages
 
 pytest.importorskip("triton")
 from dla.ops import triton as kernels  # noqa: E402
@@ -31,10 +32,9 @@ HEAD = 7  # tokens summarised by an initial state
 
 def _scan(impl, k, u, g, T, *, chunk_size, policy, tau, capacity, block_size, score, R, initial_state, lengths=None,
           heads_per_group=1, tuning=None):
-    """The scan stage of ``impl`` with the policy's fields as keywords (``tuning``: changes of the defaults)."""
-    return impl.scan(k, u, g, T, policy=Policy(policy, tau, capacity, block_size, score), chunk_size=chunk_size, R=R,
-                     initial_state=initial_state, lengths=lengths, heads_per_group=heads_per_group,
-                     cfg=StageConfig(tuning=Tuning(**(tuning or {}))))
+    """The scan stage of ``impl`` with ``_case``'s keywords (``tuning``: changes of the defaults)."""
+    return stages.scan(impl, k, u, g, T, chunk_size, policy, tau, capacity, block_size, score, R, initial_state,
+                       lengths, heads_per_group, StageConfig(tuning=Tuning(**(tuning or {}))))
 
 
 def _case(policy, *, T=70, chunk_size=16, dtype=torch.float64, init=False, tau=0.6, capacity=4, block_size=3,
