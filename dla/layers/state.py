@@ -18,17 +18,14 @@ from typing import List, Optional
 import torch
 
 from dla.ops import DLAState
+from dla.ops import empty_state as ops_empty_state
 
 
 def empty_state(batch: int, heads: int, width: int, key_dim: int, value_dim: int, dtype: torch.dtype,
                 device: torch.device) -> DLAState:
     """A :class:`DLAState` with no live slot (``num_slots == 0``, ``open_norm == 0``): continuing from it equals
     starting afresh."""
-    return DLAState(torch.zeros(batch, heads, width, key_dim, value_dim, dtype=dtype, device=device),
-                    torch.zeros(batch, heads, width, dtype=torch.int64, device=device),
-                    torch.zeros(batch, heads, width, dtype=dtype, device=device),
-                    torch.zeros(batch, heads, dtype=torch.int64, device=device),
-                    torch.zeros(batch, heads, dtype=dtype, device=device))
+    return ops_empty_state(batch, heads, key_dim, value_dim, width, dtype, device)
 
 
 def with_open_norm(state: DLAState) -> DLAState:
