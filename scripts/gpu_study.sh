@@ -4,9 +4,10 @@
 #   bash scripts/gpu_study.sh configs/study/capacity.yaml "$OUT" 8 --measure
 #        step times of every model shape of the sweep and the minutes its cells need (results/<study>/measure.json,
 #        which later pieces plan with: commit it with the results)
-#   bash scripts/gpu_study.sh configs/study/calibration.yaml "$OUT" 20
+#   JOBS=4 bash scripts/gpu_study.sh configs/study/calibration.yaml "$OUT" 20
 #        a piece of the sweep: finished cells (docs/results/<study>/*.json in the tree) are skipped; a cell is
-#        started only if its estimated time fits; on a warm machine a rerun resumes an interrupted cell
+#        started only if its estimated time fits; on a warm machine a rerun resumes an interrupted cell. JOBS
+#        processes (default 1) share the GPU, each training its own shard of the pending cells (`--shard I/N`).
 # Writes OUT/env.txt (GPU, driver, torch, Triton, date), OUT/study.log (the run's output), OUT/status.txt (every
 # cell's status afterwards), OUT/results/<study>/*.json (every result of the study and measure.json: copy them into
 # docs/results/<study>/ and run `dla study report`) and OUT/logs/<cell>.jsonl (each cell's training log).
@@ -27,8 +28,22 @@ study=$(python3 -c 'import sys; from dla.study.sweep import load_sweep
 print(load_sweep(sys.argv[1], validate=False).study)' "$sweep") \
   || { echo "cannot read $sweep" | tee "$out/study.log"; exit 2; }
 # the limit of the run itself is MINUTES; the outer timeout only guards against a hang
-timeout $((${minutes%.*} * 60 + 180)) python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" \
-  --max-minutes "$minutes" --no-progress "$@" 2>&1 | tee "$out/study.log"
+limit=$((${minutes%.*} * 60 + 180))
+jobs=${JOBS:-1}
+if [ "$jobs" -le 1 ] || [[ " $* " == *" --measure "* ]]; then
+  timeout $limit python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" \
+    --max-minutes "$minutes" --no-progress "$@" 2>&1 | tee "$out/study.log"
+else
+  # JOBS processes share the GPU, each training its own shard of the pending cells
+  for ((i = 0; i < jobs; i++)); do
+    OMP_NUM_THREADS=2 timeout $limit python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" \
+      --max-minutes "$minutes" --no-progress --shard "$i/$jobs" "$@" > "$out/study.$i.log" 2>&1 &
+  done
+  wait
+  for ((i = 0; i < jobs; i++)); do echo "== shard $i/$jobs"; cat "$out/study.$i.log"; done > "$out/study.log"
+  rm -f "$out"/study.*.log
+  tail -n 3 "$out/study.log"
+fi
 python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" --list > "$out/status.txt" 2>&1
 if [ -d "$results/$study" ]; then
   mkdir -p "$out/results/$study"

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"{report['gpu']}{missing} (table in {path})")
             return 0
         summary = run_sweep(sweep, args.root, args.results, only=args.only, max_minutes=args.max_minutes,
-                            reserve_s=args.reserve_s, progress=args.progress)
+                            reserve_s=args.reserve_s, progress=args.progress, shard=_shard(args.shard))
     except (ValueError, FileNotFoundError) as e:
         print(f"dla study: error: {e}", file=sys.stderr)
         return 2
@@ -43,6 +43,19 @@ def _run(args: argparse.Namespace) -> int:
           f"{len(summary['failed'])} failed, {len(summary['skipped'])} already done, {left} left"
           + (" (rerun to continue)" if left else ""))
     return 1 if summary["failed"] else 0
+
+
+def _shard(text):
+    """``--shard I/N`` as ``(I, N)`` (None when not given)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard: expected I/N with integers 0 <= I < N, got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard: expected I/N with 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -88,6 +101,9 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         "minutes (RESULTS/<study>/measure.json, which later pieces plan with)")
     r.add_argument("--measure-steps", type=int, default=20, help="timed steps per shape (default 20)")
     r.add_argument("--measure-warmup", type=int, default=5, help="untimed steps before them (default 5)")
+    r.add_argument("--shard", default=None, metavar="I/N",
+                   help="train only every N-th cell without a result, from the I-th (0-based): N processes started "
+                        "together with shards 0/N .. N-1/N share one GPU and never train the same cell")
     r.add_argument("--list", action="store_true", help="list the cells and their status, then exit")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar per cell")
     r.set_defaults(fn=_run)

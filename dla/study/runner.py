@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 from statistics import median
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -166,7 +166,7 @@ def _check_stored(path: Path, cell: Cell, config: dict) -> None:
 
 def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *, only: Sequence[str] = (),
               max_minutes: Optional[float] = None, reserve_s: float = 20.0, progress: bool = True,
-              echo: Callable[[str], None] = print) -> dict:
+              shard: Optional[Tuple[int, int]] = None, echo: Callable[[str], None] = print) -> dict:
     """Train the sweep's pending cells in order until they are done or the time is up.
 
     Args:
@@ -181,6 +181,9 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
             --measure``) or that a finished cell of the same model, setting and length took. None = no limit.
         reserve_s: seconds kept for the last cell's final validation, checkpoint and result.
         progress: a progress bar per cell.
+        shard: ``(i, n)``: train only every ``n``-th of the cells without a result, starting at the ``i``-th
+            (``0 <= i < n``), so that ``n`` processes started together share one GPU without training a cell twice
+            (small models leave most of a GPU idle; ``scripts/gpu_study.sh`` does this with ``JOBS=n``).
         echo: where one line per cell goes.
 
     Returns:
@@ -195,6 +198,11 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
 
     piece = Piece(max_minutes, reserve_s)
     cells = sweep.select(only)
+    if shard is not None:
+        i, n = shard
+        if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+            raise ValueError(f"shard: expected (i, n) with 0 <= i < n, got {shard!r}")
+        cells = [c for c in cells if not result_path(results, c).is_file()][i::n]
     step_s = _measured_step_s(measure_path(results, sweep.study))
     summary: dict = {"done": [], "skipped": [], "paused": None, "diverged": [], "failed": [], "left": []}
     for i, cell in enumerate(cells):

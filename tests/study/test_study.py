@@ -9,6 +9,7 @@ from dla.study import load_sweep, run_sweep
 from dla.study import runner as runner_mod
 from dla.study.report import find_studies, load_results, write_report
 from dla.study.runner import cell_status, measure_sweep, result_path, run_dir
+from dla.cli import main
 from dla.train.logs import read_log
 
 
@@ -140,3 +141,29 @@ def test_diverged_and_failed_cells(toy_sweep, tmp_path, monkeypatch):
     record = json.loads(result_path(results, sweep.cells[1]).read_text())
     assert record["status"] == "diverged" and record["accuracy"] is None and record["error"].startswith("train:")
     assert not result_path(results, sweep.cells[0]).exists()
+
+
+def test_shards_split_the_pending_cells(toy_sweep, tmp_path, monkeypatch):
+    toy_sweep.write_text(toy_sweep.read_text().replace("lrs: [3.0e-3]", "lrs: [1.0e-3, 3.0e-3]"))
+    sweep = load_sweep(toy_sweep)
+    root, results = tmp_path / "runs", tmp_path / "results"
+    ids = [c.id for c in sweep.cells]
+    result_path(results, sweep.cells[0]).parent.mkdir(parents=True)
+    result_path(results, sweep.cells[0]).write_text("{}")  # a finished cell: in no shard
+    from dla.train import loop
+
+    calls = []
+
+    def record(config, **kw):
+        calls.append(config.name)
+        raise RuntimeError("not trained in this test")
+
+    monkeypatch.setattr(loop, "train", record)
+    shards = [run_sweep(sweep, root, results, progress=False, shard=(i, 2), echo=lambda _: None)["failed"]
+              for i in range(2)]
+    assert shards == [ids[1::2], ids[2::2]]
+    assert sorted(shards[0] + shards[1]) == sorted(ids[1:]) and len(calls) == len(ids) - 1
+    with pytest.raises(ValueError, match="shard"):
+        run_sweep(sweep, root, results, shard=(2, 2))
+    assert main(["study", "run", str(toy_sweep), "--root", str(root), "--results", str(results),
+                 "--shard", "1of2"]) == 2
