@@ -135,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_bench_report)
     from dla.bench.decode import add_decode_bench_parser
     from dla.bench.generate import add_generate_bench_parser
+    from dla.bench.train import add_train_bench_parser
 
     add_generate_bench_parser(bench)
     add_decode_bench_parser(bench)
+    add_train_bench_parser(bench)
 
     from dla.data.cli import add_data_parser
     from dla.study.cli import add_study_parser
