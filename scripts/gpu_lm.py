@@ -121,12 +121,40 @@ def _total(curves):
     return total
 
 
-def evaluate_run(model, corpus, seq_len: int, args, name: str) -> dict:
-    """Loss by position on every held-out document of at least ``--length`` tokens (all, and per domain), and
-    the per-domain held-out perplexity at the training length."""
+def segmentation_record(model, corpus, seq_len: int, args, out: Path, name: str) -> dict:
+    """DLA's segmentation on held-out text (dla.eval.text_segstats, ``--seg-tokens`` tokens) and a picture of one
+    held-out book paragraph (``--seg-paragraph`` tokens after an EOS, from an empty state) in ``out/segview``."""
+    import torch
+
+    from dla.eval.segview import token_strings, write_segment_view
+    from dla.eval.text_segstats import heldout_paragraph, text_segmentation_stats
+
+    autocast = torch.bfloat16 if args.device != "cpu" else None
+    t0 = time.perf_counter()
+    stats = text_segmentation_stats(model, corpus, max_tokens=args.seg_tokens, seq_len=seq_len,
+                                    batch_size=args.eval_batch, autocast=autocast)
+    domain = "books" if "books" in corpus.domains else corpus.domains[0]
+    record, offset, ids = heldout_paragraph(corpus, domain=domain, length=args.seg_paragraph)
+    ids = [corpus.eos_id] + ids.tolist()
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        paths = write_segment_view(model, ids, token_strings(corpus.tokenizer, ids), out / "segview",
+                                   name="paragraph", title=f"{name}: {record['source']} {record['name']}, "
+                                   f"tokens {offset}-{offset + len(ids) - 1}")
+    stats["picture"] = {"domain": domain, "source": record["source"], "document": record["name"], "offset": offset,
+                        "tokens": len(ids), "files": {k: str(v.relative_to(out)) for k, v in paths.items()}}
+    stats["eval_s"] = time.perf_counter() - t0
+    return stats
+
+
+def evaluate_run(model, corpus, seq_len: int, args, name: str, out: Path) -> dict:
+    """Loss by position on every held-out document of at least ``--length`` tokens (all, and per domain), the
+    per-domain held-out perplexity at the training length and, for DLA models (policy dla / dla_unbounded), the
+    segmentation statistics and picture (:func:`segmentation_record`, under ``segmentation``)."""
     import torch
 
     from dla.eval.position import domain_perplexity, loss_by_position
+    from dla.eval.text_segstats import is_dla
 
     model.eval()
     autocast = torch.bfloat16 if args.device != "cpu" else None
@@ -143,8 +171,11 @@ def evaluate_run(model, corpus, seq_len: int, args, name: str) -> dict:
     curves = {domain: curve.to_dict() for domain, curve in curves.items()}
     ppl = domain_perplexity(model, corpus, seq_len=seq_len, max_tokens=args.ppl_tokens, batch_size=args.eval_batch,
                             autocast=autocast)
-    return {"position": curves, "domain_ppl": ppl,
-            "position_documents": [{k: r[k] for k in ("domain", "source", "name", "tokens")} for r, _ in long_docs]}
+    record = {"position": curves, "domain_ppl": ppl,
+              "position_documents": [{k: r[k] for k in ("domain", "source", "name", "tokens")} for r, _ in long_docs]}
+    if is_dla(model):
+        record["segmentation"] = segmentation_record(model, corpus, seq_len, args, out, name)
+    return record
 
 
 def trained_seconds(run_dir: Path) -> float:
@@ -184,7 +215,7 @@ def train_run(args) -> int:
     if not result.stopped_early:
         corpus = TokenCorpus(config.data.tokens)
         t1 = time.perf_counter()
-        record.update(evaluate_run(result.model, corpus, config.data.seq_len, args, record["label"]))
+        record.update(evaluate_run(result.model, corpus, config.data.seq_len, args, record["label"], out))
         record["eval_s"] = time.perf_counter() - t1
         ppl = record["domain_ppl"]
         logging.info("held-out ppl: %s", {k: round(v["ppl"], 2) for k, v in ppl.items()})
@@ -198,16 +229,100 @@ def train_run(args) -> int:
     return 0
 
 
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and v == v]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "–" if value != value else f"{value:.{digits}f}"
+
+
+def segmentation_sections(found, out: Path) -> list:
+    """Markdown sections of the DLA runs' segmentation statistics (mean over seeds) with their pictures: each
+    model's lowest seed's ``segview`` files are copied to ``out/segview/<run>/``."""
+    from dla.eval.text_segstats import SUMMARY_CLASSES, summary
+
+    groups: dict = {}
+    for run_dir, r in found:
+        if "segmentation" in r:
+            groups.setdefault(r["label"], []).append((run_dir, r))
+    if not groups:
+        return []
+    names = {"paragraph_start": "paragraph", "line_start": "line", "sentence_start": "sentence",
+             "word_initial": "word-initial", "word_internal": "word-internal", "digit": "digit",
+             "punctuation": "punct.", "whitespace": "blank"}
+    head = ("| model | seeds | boundaries / token | merges / token | slots live (mean / max) | tokens per slot at "
+            "the end | boundaries / token at positions < 64 / later | " +
+            " | ".join(f"lift: {names[c]}" for c in SUMMARY_CLASSES) + " |")
+    lines = [head, "| --- | ---: |" + " ---: |" * (5 + len(SUMMARY_CLASSES))]
+    layer_lines, domain_lines, pictures = [], [], []
+    domains = list(dict.fromkeys(d for runs in groups.values() for _, r in runs
+                                 for d in r["segmentation"]["layers"][0]["domains"]))
+    for label, runs in groups.items():
+        rows = [summary(r["segmentation"]) for _, r in runs]
+
+        def m(key):
+            return _mean([row[key] for row in rows])
+
+        lines.append(f"| {label} | {len(rows)} | {_num(m('boundary_rate'))} | {_num(m('merge_rate'))} | "
+                     f"{_num(m('slots_mean'), 1)} / {max(row['slots_max'] for row in rows)} | "
+                     f"{_num(m('slot_length_end'), 1)} | {_num(m('early_rate'))} / {_num(m('late_rate'))} | " +
+                     " | ".join(_num(m(f"lift_{c}"), 2) for c in SUMMARY_CLASSES) + " |")
+        per_layer = [[layer["boundary_rate"] for layer in r["segmentation"]["layers"]] for _, r in runs]
+        layer_lines.append(f"| {label} | " + " | ".join(_num(_mean(col)) for col in zip(*per_layer)) + " |")
+
+        def domain_rate(r, d):
+            return _mean([layer["domains"].get(d, {}).get("boundary_rate") for layer in r["segmentation"]["layers"]])
+
+        domain_lines.append(f"| {label} | " + " | ".join(_num(_mean([domain_rate(r, d) for _, r in runs]))
+                                                         for d in domains) + " |")
+        run_dir, r = runs[0]
+        picture = r["segmentation"].get("picture")
+        if picture:
+            dest = out / "segview" / f"{r['recipe']}-s{r['seed']}"
+            dest.mkdir(parents=True, exist_ok=True)
+            files = {}
+            for key, rel in picture["files"].items():
+                if (run_dir / rel).is_file():
+                    shutil.copy(run_dir / rel, dest / Path(rel).name)
+                    files[key] = (dest / Path(rel).name).relative_to(out).as_posix()
+            pngs = [files[k] for k in sorted(files, key=lambda k: int(k[len("png_layer"):])
+                                               if k.startswith("png_layer") else -1) if k.startswith("png_layer")]
+            text = (f"**{label}** (seed {r['seed']}), {picture['source']} / {picture['document']}, "
+                    f"{picture['tokens']} tokens from token {picture['offset']}: [every layer and head (HTML)]"
+                    f"({files.get('html', '')})")
+            if pngs:
+                text += f"; last layer:\n\n![{label} segmentation]({pngs[-1]})"
+            pictures.append(text)
+    depth = max(len(r["segmentation"]["layers"]) for runs in groups.values() for _, r in runs)
+    tokens = next(iter(groups.values()))[0][1]["segmentation"]["tokens"]
+    return ["## DLA's segmentation on held-out text",
+            f"Over {tokens:,} held-out tokens (windows of the training length spread over the domains), mean over "
+            "layers and heads, then over seeds. A lift is a token class's boundary rate over the rate of all tokens "
+            "(a segment's first token, always a boundary, excluded): above 1, slots open there more often than "
+            "anywhere (docs/results.md says what each class is).", "\n".join(lines),
+            "Boundaries per token by layer:",
+            "| model | " + " | ".join(f"layer {i}" for i in range(depth)) + " |\n|" + " --- |" * (depth + 1) + "\n" +
+            "\n".join(layer_lines),
+            "Boundaries per token by domain:",
+            "| model | " + " | ".join(domains) + " |\n|" + " --- |" * (len(domains) + 1) + "\n" + "\n".join(domain_lines),
+            "Where boundaries fall on one held-out paragraph (colour: the slot holding a token after the last "
+            "one; solid bar: a boundary still a slot start at the end; dashed: merged away later):",
+            *pictures]
+
+
 def report(args) -> int:
     """Tables and plots over the ``result.json`` files under the given directories."""
     from dla.eval.position import PositionCurve, plot_position_loss, position_table
 
-    results = [json.loads(p.read_text()) for d in args.dirs for p in sorted(Path(d).rglob("result.json"))]
-    results = [r for r in results if r.get("finished")]
-    if not results:
+    found = [(p.parent, json.loads(p.read_text())) for d in args.dirs for p in sorted(Path(d).rglob("result.json"))]
+    found = [(d, r) for d, r in found if r.get("finished")]
+    if not found:
         raise ValueError(f"dirs: no finished run (result.json with finished: true) under {args.dirs}")
     order = {name: i for i, name in enumerate(RECIPES)}
-    results.sort(key=lambda r: (order.get(r["recipe"], len(order)), r["seed"]))
+    found.sort(key=lambda dr: (order.get(dr[1]["recipe"], len(order)), dr[1]["seed"]))
+    results = [r for _, r in found]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["| model | seed | params | tokens | tokens/s | GPU | " +
@@ -227,6 +342,7 @@ def report(args) -> int:
         plot_position_loss(groups, png, title=f"Loss by position, held-out {domain} documents")
         sections += [f"## Loss by position: {domain} ({next(iter(groups.values()))[0].num_documents} documents)",
                      position_table(groups), f"![loss by position]({png.name})"]
+    sections += segmentation_sections(found, out)
     (out / "lm_report.md").write_text("\n\n".join(sections) + "\n")
     print("\n\n".join(sections))
     return 0
@@ -256,6 +372,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-docs", type=int, default=0, help="at most this many long documents (0: all)")
     p.add_argument("--eval-batch", type=int, default=8, help="documents / windows per forward in evaluation")
     p.add_argument("--ppl-tokens", type=int, default=2_000_000, help="held-out tokens scored per domain")
+    p.add_argument("--seg-tokens", type=int, default=65536,
+                   help="held-out tokens of the segmentation statistics (DLA models), spread over the domains")
+    p.add_argument("--seg-paragraph", type=int, default=200, help="tokens of the pictured held-out paragraph")
     p.add_argument("overrides", nargs="*", help="recipe overrides, section.field=value")
     p.set_defaults(fn=train_run)
     p = sub.add_parser("report")

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from dla.data.tokenizer import TextTokenizer
 from dla.ops import Segmentation
 
 PALETTE = ("#fde2e4", "#cde7f0", "#d8f3dc", "#fff1c1", "#e4d9f5", "#ffd8be", "#d0f4de", "#e9edc9", "#f8c8dc",
@@ -126,9 +127,17 @@ def token_slots(layer: LayerSegmentation, head: int) -> TokenSlots:
                       seg.score[0, :, head].double().cpu().numpy(), num.astype(np.int64))
 
 
-def _token_strings(tokenizer, ids: Sequence[int]) -> List[str]:
-    """Each token's text as decoded on its own (byte-level pieces that are not valid UTF-8 show as ``�``)."""
-    return [tokenizer.decode([i]) for i in ids]
+def token_strings(tokenizer, ids: Sequence[int]) -> List[str]:
+    """Each token's text decoded on its own (``tokenizer.decode([id])``, once per distinct id); byte-level pieces
+    that are not valid UTF-8 show as ``�``."""
+    cache: Dict[int, str] = {}
+    out = []
+    for i in ids:
+        i = int(i)
+        if i not in cache:
+            cache[i] = tokenizer.decode([i])
+        out.append(cache[i])
+    return out
 
 
 def write_html(tokens: Sequence[str], layers: Sequence[LayerSegmentation], path: Union[str, os.PathLike], *,
@@ -171,7 +180,7 @@ def write_html(tokens: Sequence[str], layers: Sequence[LayerSegmentation], path:
 def write_png(tokens: Sequence[str], layer: LayerSegmentation, path: Union[str, os.PathLike], *,
               heads: Optional[Sequence[int]] = None, title: str = "") -> Path:
     """Strips per head of ``layer``: token cells coloured by final slot, boundary lines (solid: survives, dashed:
-    merged away), red markers at merges; the tokens label the x axis when there are at most 120."""
+    merged away), red markers at merges; the tokens label the x axis when there are at most 256."""
     from dla.eval.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -192,7 +201,7 @@ def write_png(tokens: Sequence[str], layer: LayerSegmentation, path: Union[str, 
             ax.plot([t], [r - 0.3], marker="v", color="red", ms=4)
     ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(PALETTE) - 1, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(len(heads)), [f"head {h}" for h in heads])
-    if T <= 120:
+    if T <= 256:
         ax.set_xticks(range(T), [repr(s)[1:-1][:8] for s in tokens], rotation=90, fontsize=6, family="monospace")
     else:
         ax.set_xlabel("token position")
@@ -200,32 +209,62 @@ def write_png(tokens: Sequence[str], layer: LayerSegmentation, path: Union[str, 
     return save_figure(fig, path)
 
 
-def segment_view(model, tokenizer, text: str, out_dir: Union[str, os.PathLike], *, max_tokens: int = 512,
-                 layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None,
-                 name: str = "segview") -> Dict[str, Path]:
-    """Write ``<name>.html`` (all chosen layers and heads) and ``<name>_layer<i>.png`` (one per layer).
+def write_segment_view(model, ids: Sequence[int], tokens: Sequence[str], out_dir: Union[str, os.PathLike], *,
+                       layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None,
+                       name: str = "segview", title: str = "DLA segmentation") -> Dict[str, Path]:
+    """Run ``model`` on ``ids`` (one sequence, from an empty state) and write ``<name>.html`` (all chosen layers
+    and heads) and ``<name>_layer<i>.png`` (one per layer); ``tokens`` are the ids' texts (:func:`token_strings`).
 
     Args:
-        text: the text (its first ``max_tokens`` tokens are shown).
         layers: recurrent layer indices to show; default all.
         heads: heads to show; default all.
+
+    Returns:
+        ``{"html": path, "png_layer<i>": path, ...}``.
     """
-    ids = list(tokenizer.encode(text, add_special_tokens=False))[:max_tokens]
-    if not ids:
-        raise ValueError("text: encodes to no token")
-    found = segmentations(model, torch.tensor([ids]))
+    if not len(ids):
+        raise ValueError("ids: no token to show")
+    if len(tokens) != len(ids):
+        raise ValueError(f"tokens: expected one text per id ({len(ids)}), got {len(tokens)}")
+    found = segmentations(model, torch.as_tensor([list(ids)], dtype=torch.int64))
     if layers is not None:
         missing = sorted(set(layers) - {s.layer for s in found})
         if missing:
             raise ValueError(f"layers: {missing} are not recurrent layers; recurrent: {[s.layer for s in found]}")
         found = [s for s in found if s.layer in set(layers)]
-    tokens = _token_strings(tokenizer, ids)
     out = Path(out_dir)
-    paths = {"html": write_html(tokens, found, out / f"{name}.html", heads=heads)}
+    paths = {"html": write_html(tokens, found, out / f"{name}.html", heads=heads, title=title)}
     for s in found:
         paths[f"png_layer{s.layer}"] = write_png(tokens, s, out / f"{name}_layer{s.layer}.png", heads=heads)
     return paths
 
 
+def _encode(tokenizer, text: str) -> List[int]:
+    """Token ids of ``text`` without special tokens: a ``transformers`` tokenizer or the project's
+    :class:`~dla.data.tokenizer.TextTokenizer` (which never adds any)."""
+    if isinstance(tokenizer, TextTokenizer):
+        return tokenizer.encode(text)
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def segment_view(model, tokenizer, text: str, out_dir: Union[str, os.PathLike], *, max_tokens: int = 512,
+                 layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None,
+                 name: str = "segview") -> Dict[str, Path]:
+    """Write ``<name>.html`` (all chosen layers and heads) and ``<name>_layer<i>.png`` (one per layer) of ``text``
+    (:func:`write_segment_view`).
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer or a :class:`~dla.data.tokenizer.TextTokenizer`.
+        text: the text (its first ``max_tokens`` tokens are shown).
+        layers: recurrent layer indices to show; default all.
+        heads: heads to show; default all.
+    """
+    ids = _encode(tokenizer, text)[:max_tokens]
+    if not ids:
+        raise ValueError("text: encodes to no token")
+    return write_segment_view(model, ids, token_strings(tokenizer, ids), out_dir, layers=layers, heads=heads,
+                              name=name)
+
+
 __all__ = ["LayerSegmentation", "TokenSlots", "segmentations", "token_slots", "write_html", "write_png",
-           "segment_view", "PALETTE"]
+           "write_segment_view", "token_strings", "segment_view", "PALETTE"]
