@@ -174,8 +174,10 @@ def test_heldout_paragraph_starts_a_paragraph(corpus, tmp_path):
     assert (ids == tokens[offset:offset + 40]).all()
     assert heldout_paragraph(corpus, length=40, skip=100)[1] == offset  # a fixed choice
     # segview reads a text with the corpus's own tokenizer too
-    paths = segment_view(_model(corpus), corpus.tokenizer, "The old house.\n\nA river ran on.", tmp_path)
-    assert "river" in paths["html"].read_text() and paths["png_layer1"].read_bytes()[:8] == PNG
+    text = "The old house.\n\nA river ran on."
+    paths = segment_view(_model(corpus), corpus.tokenizer, text, tmp_path)
+    assert paths["html"].read_text().count("<span class=") == len(corpus.tokenizer.encode(text)) * 2 * 2
+    assert paths["png_layer1"].read_bytes()[:8] == PNG
 
 
 def _gpu_lm():
