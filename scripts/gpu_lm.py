@@ -8,7 +8,8 @@ the GPU machine). Every mode writes under ``--out`` (``$OUT`` on the GPU machine
     python scripts/gpu_lm.py steptime --out $OUT/steptime
 
     # one run: at most --minutes of training (a checkpoint when time runs out; the same command resumes), then,
-    # once its tokens are done, loss by position to 8K and per-domain perplexity
+    # once its tokens are done, loss by position to 8K and per-domain perplexity, and for DLA models the
+    # segmentation on held-out text (--seg-tokens) with a picture of one held-out paragraph (<run>/segview/)
     python scripts/gpu_lm.py train configs/lm/dla-gdn.yaml --seed 0 --tokens 50e6 --minutes 8 --out $OUT/runs
 
     # tables and plots over finished runs (CPU)
