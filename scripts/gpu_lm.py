@@ -124,11 +124,13 @@ def _total(curves):
 
 def segmentation_record(model, corpus, seq_len: int, args, out: Path, name: str) -> dict:
     """DLA's segmentation on held-out text (dla.eval.text_segstats, ``--seg-tokens`` tokens) and a picture of one
-    held-out book paragraph (``--seg-paragraph`` tokens after an EOS, from an empty state) in ``out/segview``."""
+    held-out book paragraph (``--seg-paragraph`` tokens after an EOS, from an empty state) in ``out/segview``: HTML
+    of every layer and head, a PNG of the last layer."""
     import torch
 
     from dla.eval.segview import token_strings, write_segment_view
     from dla.eval.text_segstats import heldout_paragraph, text_segmentation_stats
+    from dla.layers import RecurrentMixer
 
     autocast = torch.bfloat16 if args.device != "cpu" else None
     t0 = time.perf_counter()
@@ -138,10 +140,11 @@ def segmentation_record(model, corpus, seq_len: int, args, out: Path, name: str)
     record, offset, ids = heldout_paragraph(corpus, domain=domain, length=args.seg_paragraph)
     ids = [corpus.eos_id] + ids.tolist()
     device = next(model.parameters()).device
+    last = max(i for i, block in enumerate(model.model.layers) if isinstance(block.mixer, RecurrentMixer))
+    title = f"{name}: {record['source']} {record['name']}, tokens {offset}-{offset + len(ids) - 2} after an EOS"
     with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         paths = write_segment_view(model, ids, token_strings(corpus.tokenizer, ids), out / "segview",
-                                   name="paragraph", title=f"{name}: {record['source']} {record['name']}, "
-                                   f"tokens {offset}-{offset + len(ids) - 1}")
+                                   png_layers=[last], name="paragraph", title=title)
     stats["picture"] = {"domain": domain, "source": record["source"], "document": record["name"], "offset": offset,
                         "tokens": len(ids), "files": {k: str(v.relative_to(out)) for k, v in paths.items()}}
     stats["eval_s"] = time.perf_counter() - t0

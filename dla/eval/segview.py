@@ -211,13 +211,15 @@ def write_png(tokens: Sequence[str], layer: LayerSegmentation, path: Union[str, 
 
 def write_segment_view(model, ids: Sequence[int], tokens: Sequence[str], out_dir: Union[str, os.PathLike], *,
                        layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None,
-                       name: str = "segview", title: str = "DLA segmentation") -> Dict[str, Path]:
+                       png_layers: Optional[Sequence[int]] = None, name: str = "segview",
+                       title: str = "DLA segmentation") -> Dict[str, Path]:
     """Run ``model`` on ``ids`` (one sequence, from an empty state) and write ``<name>.html`` (all chosen layers
     and heads) and ``<name>_layer<i>.png`` (one per layer); ``tokens`` are the ids' texts (:func:`token_strings`).
 
     Args:
         layers: recurrent layer indices to show; default all.
         heads: heads to show; default all.
+        png_layers: the layers (of those shown) that get a PNG (a second or so each); default all.
 
     Returns:
         ``{"html": path, "png_layer<i>": path, ...}``.
@@ -232,9 +234,15 @@ def write_segment_view(model, ids: Sequence[int], tokens: Sequence[str], out_dir
         if missing:
             raise ValueError(f"layers: {missing} are not recurrent layers; recurrent: {[s.layer for s in found]}")
         found = [s for s in found if s.layer in set(layers)]
+    shown = [s.layer for s in found]
+    if png_layers is not None and not set(png_layers) <= set(shown):
+        raise ValueError(f"png_layers: {sorted(set(png_layers) - set(shown))} are not among the layers shown, "
+                         f"{shown}")
     out = Path(out_dir)
     paths = {"html": write_html(tokens, found, out / f"{name}.html", heads=heads, title=title)}
     for s in found:
+        if png_layers is not None and s.layer not in png_layers:
+            continue
         paths[f"png_layer{s.layer}"] = write_png(tokens, s, out / f"{name}_layer{s.layer}.png", heads=heads)
     return paths
 

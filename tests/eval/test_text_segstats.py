@@ -14,7 +14,7 @@ import torch
 from dla.data import SourceConfig
 from dla.data.corpus import CorpusSource, TokenCorpus, write_corpus
 from dla.data.tokenizer import TokenizerConfig
-from dla.eval.segview import segment_view
+from dla.eval.segview import segment_view, token_strings, write_segment_view
 from dla.eval.text_segstats import (CLASSES, heldout_paragraph, heldout_windows, is_dla, layer_stats, summary,
                                     text_segmentation_stats, token_classes)
 from dla.layers import capture_segmentations
@@ -178,6 +178,12 @@ def test_heldout_paragraph_starts_a_paragraph(corpus, tmp_path):
     paths = segment_view(_model(corpus), corpus.tokenizer, text, tmp_path)
     assert paths["html"].read_text().count("<span class=") == len(corpus.tokenizer.encode(text)) * 2 * 2
     assert paths["png_layer1"].read_bytes()[:8] == PNG
+    ids = corpus.tokenizer.encode(text)
+    paths = write_segment_view(_model(corpus), ids, token_strings(corpus.tokenizer, ids), tmp_path / "one",
+                               png_layers=[1])
+    assert sorted(paths) == ["html", "png_layer1"]
+    with pytest.raises(ValueError, match="png_layers"):
+        write_segment_view(_model(corpus), ids, token_strings(corpus.tokenizer, ids), tmp_path, png_layers=[3])
 
 
 def _gpu_lm():
