@@ -61,16 +61,34 @@ def _check(args: argparse.Namespace) -> int:
 def _bench_ops(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dla.bench.ops import run_ops_bench
+    from dla.bench.ops import run_captured_ops_bench, run_ops_bench
     from dla.bench.report import write_report
 
     out = Path(args.out)
+    if args.inputs:
+        run_captured_ops_bench(args.inputs, tokens_per_call=args.tokens if args.tile else None, budget_s=args.budget,
+                               out=out, only=args.ops, precision=None if args.precision == "auto" else args.precision,
+                               command=shlex.join(["dla", *getattr(args, "argv", [])]))
+        write_report(out, out.with_suffix(".md"), out.with_suffix(".png"))
+        print(out.with_suffix(".md").read_text())
+        return 0
+    if args.tile:
+        raise ValueError("--tile: tiles the batch of captured inputs; give them with --inputs")
     run_ops_bench(args.lengths, tokens_per_call=args.tokens, shapes=args.shapes, capacities=args.capacities,
                   taus=args.taus, budget_s=args.budget, max_call_s=args.max_call_s, out=out, only=args.ops,
                   precision=None if args.precision == "auto" else args.precision,
                   command=shlex.join(["dla", *getattr(args, "argv", [])]))
     write_report(out, out.with_suffix(".md"), out.with_suffix(".png"))
     print(out.with_suffix(".md").read_text())
+    return 0
+
+
+def _bench_capture(args: argparse.Namespace) -> int:
+    from dla.bench.capture import capture, capture_summary
+
+    meta = capture(args.checkpoint, args.out, layer=args.layer, length=args.length, batch=args.batch,
+                   data=args.data, device=args.device, precision=args.precision)
+    print(f"{args.out}: {capture_summary(meta)}")
     return 0
 
 
@@ -126,8 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "'fla_*' sdpa_flash); default: all")
     p.add_argument("--precision", default="auto", choices=["auto", "ieee", "tf32", "tf32x3", "bf16", "fp16"],
                    help="chunk_dla's precision= for the DLA rows (products of the backbone and readout kernels)")
+    p.add_argument("--inputs", nargs="+", default=None, metavar="FILE",
+                   help="time on op inputs captured from a trained model (`dla bench capture`) instead of random "
+                        "ones; rows get the shape captured:<file stem> (--lengths, --shapes, --capacities, --taus "
+                        "do not apply)")
+    p.add_argument("--tile", action="store_true", help="with --inputs: repeat the captured batch up to --tokens "
+                   "tokens per call")
     p.add_argument("--out", default="docs/bench/ops.json")
     p.set_defaults(fn=_bench_ops)
+    p = bench.add_parser("capture", help="record one layer's DLA op inputs from a trained checkpoint on held-out "
+                         "data (for `dla bench ops --inputs`)")
+    p.add_argument("checkpoint", help="a `dla train` run directory (final/ is read) or a save_pretrained directory")
+    p.add_argument("--out", required=True, help="the safetensors file to write")
+    p.add_argument("--layer", type=int, default=None, help="a recurrent layer's index (default: the middle one)")
+    p.add_argument("--length", type=int, default=None, help="tokens per sequence (default: the training length)")
+    p.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
+    p.add_argument("--data", default=None, help="a language model's held-out data: a token corpus directory "
+                   "(`dla data tokenize`) or a UTF-8 text file (default: the recipe's validation split; MQAR "
+                   "checkpoints generate their task's validation sequences)")
+    p.add_argument("--device", default=None, help="default: cuda if available")
+    p.add_argument("--precision", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bfloat16 autocast on CUDA (as dla train runs), float32 on CPU")
+    p.set_defaults(fn=one_line_errors(_bench_capture))
     p = bench.add_parser("report", help="markdown tables and PNG plots from `dla bench ops` JSONs (several: merged)")
     p.add_argument("json", nargs="+", help="one JSON, or several pieces of a sweep (a later file's rows replace an "
                    "earlier file's rows of the same shape, length and op)")

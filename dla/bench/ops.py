@@ -3,18 +3,23 @@
 Every row records the GPU, the library versions, the shape and the date; DLA rows also record how the
 segmentation came out (slots opened, merges, distinct key chunks touched per query chunk), because DLA's
 cost depends on it. Results go to JSON; :mod:`dla.bench.report` turns them into a table and a plot.
+
+Two sources of inputs: random tensors of the named shapes (:func:`run_ops_bench`), or one layer's op inputs
+captured from a trained model (:func:`run_captured_ops_bench`, files of :mod:`dla.bench.capture`), whose rows
+carry the shape ``captured:<file stem>``.
 """
 
 from __future__ import annotations
 
 import datetime
 import fnmatch
+import importlib
 import json
 import math
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -179,13 +184,49 @@ def select_ops(ops: Dict[str, object], only: Optional[List[str]]) -> Dict[str, o
 
 
 def _meta(tokens_per_call: int) -> dict:
-    return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, **package_versions(("triton", "fla")),
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU"
+    return {"gpu": gpu, "torch": torch.__version__, **package_versions(("triton", "fla")),
             "python": platform.python_version(), "date": datetime.date.today().isoformat(),
             "dtype": "bfloat16 inputs, float32 log-decays", "tokens_per_call": tokens_per_call}
 
 
+def _lifted(fn: Callable) -> Callable:
+    """fla 0.6 refuses gated backward on Hopper with Triton < 3.7.1 (its #640): lifted for timing only."""
+    import fla.ops.common.chunk_o as fla_chunk_o
+
+    def wrapped(row, *args):
+        old = getattr(fla_chunk_o, "TRITON_ABOVE_3_7_1", True)
+        fla_chunk_o.TRITON_ABOVE_3_7_1 = True
+        if not old:
+            row.note = "; ".join(x for x in (row.note, "fla's Hopper guard lifted for timing (its gated backward is "
+                                             "known wrong on this Triton)") if x)
+        try:
+            fn(row, *args)
+        finally:
+            fla_chunk_o.TRITON_ABOVE_3_7_1 = old
+    return wrapped
+
+
+def _expand(x: torch.Tensor, H: int) -> torch.Tensor:
+    """``[B, T, G, K]`` repeated per head to ``[B, T, H, K]`` (fla's kernels take one key per head)."""
+    return x.repeat_interleave(H // x.shape[2], dim=2) if x.shape[2] != H else x
+
+
+def _fla_kernels() -> Optional[Dict[str, Callable]]:
+    """fla's chunk kernels by our row name, or ``None`` where fla is not installed."""
+    try:
+        importlib.import_module("fla.ops.common.chunk_o")  # the module _lifted patches
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.log_linear_attn import chunk_log_linear_attn
+        from fla.ops.simple_gla import chunk_simple_gla
+    except ImportError:
+        return None
+    return {"fla_chunk_log_linear_attn": chunk_log_linear_attn, "fla_chunk_gated_delta_rule": chunk_gated_delta_rule,
+            "fla_chunk_simple_gla": chunk_simple_gla}
+
+
 def _peer_ops() -> Dict[str, Callable]:
-    """Peers: torch SDPA (flash) and fla's chunk kernels, where installed."""
+    """Peers on random inputs: torch SDPA (flash) and fla's chunk kernels, where installed."""
     ops: Dict[str, Callable] = {}
 
     def sdpa(row: Row, shape: str, B: int, T: int, budget_s: float) -> None:
@@ -199,51 +240,219 @@ def _peer_ops() -> Dict[str, Callable]:
                  budget_s)
 
     ops["sdpa_flash"] = sdpa
-    try:
-        import fla.ops.common.chunk_o as fla_chunk_o
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-        from fla.ops.log_linear_attn import chunk_log_linear_attn
-        from fla.ops.simple_gla import chunk_simple_gla
-    except ImportError:
+    fla = _fla_kernels()
+    if fla is None:
         return ops
-
-    def lifted(fn):
-        """fla 0.6 refuses gated backward on Hopper with Triton < 3.7.1 (its #640): lifted for timing only."""
-        def wrapped(row, *args):
-            old = getattr(fla_chunk_o, "TRITON_ABOVE_3_7_1", True)
-            fla_chunk_o.TRITON_ABOVE_3_7_1 = True
-            if not old:
-                row.note = "fla's Hopper guard lifted for timing (its gated backward is known wrong on this Triton)"
-            try:
-                fn(row, *args)
-            finally:
-                fla_chunk_o.TRITON_ABOVE_3_7_1 = old
-        return wrapped
 
     def fla_ll(row, shape, B, T, budget_s):
         from dla.ops import num_levels
         L = num_levels(T)
         _measure(row, lambda: {k: v for k, v in op_inputs(shape, B, T, L, False).items() if k != "beta"},
-                 lambda q, k, v, g, lam: chunk_log_linear_attn(q, k, v, g, lam)[0], budget_s)
-
-    def expand(x, H):
-        return x.repeat_interleave(H // x.shape[2], dim=2) if x.shape[2] != H else x
+                 lambda q, k, v, g, lam: fla["fla_chunk_log_linear_attn"](q, k, v, g, lam)[0], budget_s)
 
     def fla_gdn(row, shape, B, T, budget_s):
         H = SHAPES[shape][0]
         _measure(row, lambda: op_inputs(shape, B, T, 1, True),
-                 lambda q, k, v, g, lam, beta: chunk_gated_delta_rule(expand(q, H), expand(k, H), v, g, beta)[0],
-                 budget_s)
+                 lambda q, k, v, g, lam, beta: fla["fla_chunk_gated_delta_rule"](_expand(q, H), _expand(k, H), v, g,
+                                                                                  beta)[0], budget_s)
 
     def fla_gla(row, shape, B, T, budget_s):
         H = SHAPES[shape][0]
         _measure(row, lambda: op_inputs(shape, B, T, 1, False),
-                 lambda q, k, v, g, lam, beta: chunk_simple_gla(expand(q, H), expand(k, H), v, g)[0], budget_s)
+                 lambda q, k, v, g, lam, beta: fla["fla_chunk_simple_gla"](_expand(q, H), _expand(k, H), v, g)[0],
+                 budget_s)
 
-    ops["fla_chunk_log_linear_attn"] = lifted(fla_ll)
-    ops["fla_chunk_gated_delta_rule"] = lifted(fla_gdn)
-    ops["fla_chunk_simple_gla"] = lifted(fla_gla)
+    ops["fla_chunk_log_linear_attn"] = _lifted(fla_ll)
+    ops["fla_chunk_gated_delta_rule"] = _lifted(fla_gdn)
+    ops["fla_chunk_simple_gla"] = _lifted(fla_gla)
     return ops
+
+
+def _captured_peer_ops() -> Dict[str, Callable]:
+    """fla's chunk kernels on captured inputs ``(row, tensors, scale, budget_s)``, where fla is installed: the
+    captured ``q, k, v, g`` (``lam``: ``num_levels(T)`` columns, as our ``fenwick`` row; ``beta``), the captured
+    scale."""
+    fla = _fla_kernels()
+    if fla is None:
+        return {}
+
+    def fla_ll(row, x, scale, budget_s):
+        from dla.ops import num_levels
+
+        L = num_levels(x["q"].shape[1])
+        lam = x["lam"].repeat(1, 1, 1, -(-L // x["lam"].shape[-1]))[..., :L].contiguous()
+        _measure(row, _fresh({**x, "lam": lam}, ("q", "k", "v", "g", "lam")),
+                 lambda q, k, v, g, lam: fla["fla_chunk_log_linear_attn"](q, k, v, g, lam, scale=scale)[0],
+                 budget_s)
+
+    def fla_gdn(row, x, scale, budget_s):
+        H = x["v"].shape[2]
+        _measure(row, _fresh(x, ("q", "k", "v", "g", "beta")),
+                 lambda q, k, v, g, beta: fla["fla_chunk_gated_delta_rule"](_expand(q, H), _expand(k, H), v, g, beta,
+                                                                            scale=scale)[0], budget_s)
+
+    def fla_gla(row, x, scale, budget_s):
+        H = x["v"].shape[2]
+        _measure(row, _fresh(x, ("q", "k", "v", "g")),
+                 lambda q, k, v, g: fla["fla_chunk_simple_gla"](_expand(q, H), _expand(k, H), v, g, scale=scale)[0],
+                 budget_s)
+
+    return {"fla_chunk_log_linear_attn": _lifted(fla_ll), "fla_chunk_gated_delta_rule": _lifted(fla_gdn),
+            "fla_chunk_simple_gla": _lifted(fla_gla)}
+
+
+def captured_op_table(meta: dict) -> Dict[str, Tuple[str, Optional[str]]]:
+    """The ops a capture runs through, by name: ``(kind, policy)`` with kind ``ours`` (the captured policy first,
+    named as the random rows name it, then our ``fenwick`` and ``single``) or ``peer`` (fla's kernels of the
+    captured backbone, SDPA)."""
+    op, backbone = meta["op"], meta["backbone"]
+    ops: Dict[str, Tuple[str, Optional[str]]] = {}
+    for policy in dict.fromkeys((op["policy"], "fenwick", "single")):
+        name = (f"dla_{backbone}_C{op['capacity']}_tau{op['tau']:g}" if policy == "dla"
+                else f"{policy}_{backbone} (ours)")
+        ops[name] = ("ours", policy)
+    peers = ["fla_chunk_log_linear_attn", "fla_chunk_simple_gla"] if backbone == "mamba2" else \
+        ["fla_chunk_gated_delta_rule"]
+    for name in [*peers, "sdpa_flash"]:
+        ops[name] = ("peer", None)
+    return ops
+
+
+def run_captured_ops_bench(paths: Sequence[Union[str, Path]], tokens_per_call: Optional[int] = None,
+                           budget_s: float = 3.0, out: Optional[Path] = None, progress: bool = True,
+                           only: Optional[List[str]] = None, precision: Optional[str] = None,
+                           command: str = "") -> dict:
+    """Time DLA and its peers on captured op inputs (files of :func:`dla.bench.capture.capture`).
+
+    For each file: the captured policy (``dla_<backbone>_C<C>_tau<tau>`` for DLA, with the captured options), our
+    ``fenwick`` (the first ``num_levels(T)`` columns of the captured ``lam``, repeated if it has fewer) and
+    ``single`` on the same ``q, k, v, g`` (and ``beta``); fla's kernels that take them (Mamba-2:
+    ``chunk_log_linear_attn``, ``chunk_simple_gla``; Gated DeltaNet: ``chunk_gated_delta_rule``; ``q``, ``k``
+    repeated per head); and SDPA (flash) on random tensors of the captured ``[B, T, H, V]`` (attention's cost does
+    not depend on the values). DLA rows record the segmentation statistics of the captured batch. Rows carry the shape ``captured:<file stem>``.
+
+    Args:
+        paths: capture files; each is read and checked before anything is timed.
+        tokens_per_call: repeat each capture's batch until a call holds at least this many tokens (the note
+            says by how much); ``None``: the captured batch as it is.
+        budget_s, only, precision, command: as :func:`run_ops_bench`.
+
+    Without a CUDA GPU the files are still read and checked, the segmentation statistics computed, and every row
+    says ``needs CUDA``.
+
+    Raises:
+        ValueError: a file that is not a capture (named), a pattern of ``only`` that matches no op of any file.
+    """
+    from dla.bench.capture import load_capture, tiled
+    from dla.ops import chunk_dla
+
+    captures = []
+    for path in paths:
+        tensors, meta = load_capture(path)
+        captures.append((Path(path).stem, tensors, meta))
+    tables = [captured_op_table(meta) for _, _, meta in captures]
+    if only is not None:
+        for pat in only:
+            if not any(fnmatch.fnmatchcase(name, pat) for table in tables for name in table):
+                names = sorted({name for table in tables for name in table})
+                raise ValueError(f"--ops: pattern {pat!r} matches no op of the captures; ops are: {', '.join(names)}")
+        tables = [{n: spec for n, spec in t.items() if any(fnmatch.fnmatchcase(n, p) for p in only)} for t in tables]
+    cuda = torch.cuda.is_available()
+    from tqdm import tqdm
+
+    meta = _meta(tokens_per_call or 0)
+    meta["dla_precision"] = precision if precision not in (None, "auto") else "auto (bf16: bfloat16 inputs)"
+    standard = all(m["dtypes"].get(n, "bfloat16") == "bfloat16" for _, _, m in captures for n in ("q", "k", "v")) \
+        and all(m["dtypes"]["g"] == "float32" for _, _, m in captures)
+    meta["dtype"] = "bfloat16 inputs, float32 log-decays" if standard else "as captured (meta.inputs)"
+    meta["inputs"] = {name: m for name, _, m in captures}
+    if command:
+        meta["command"] = command
+    rows: List[Row] = []
+    cases = [(i, name) for i, table in enumerate(tables) for name in table]
+    for i, name in tqdm(cases, disable=not progress, desc="bench ops (captured)"):
+        stem, tensors, cmeta = captures[i]
+        kind, policy = tables[i][name]
+        B, T = tensors["q"].shape[:2]
+        H, V = tensors["v"].shape[2:]
+        reps = 1
+        if tokens_per_call:
+            _, reps = tiled({"q": tensors["q"]}, tokens_per_call)
+        row = Row(op=name, shape=f"captured:{stem}", T=T, B=B * reps)
+        row.note = f"batch: the {B} captured sequences x {reps}" if reps > 1 else ""
+        if kind == "ours" and policy == "dla":
+            with torch.no_grad():
+                seg = chunk_dla(**tensors, **cmeta["op"], return_segmentation=True)[2]
+            row.stats = _dla_stats(seg, T)
+        if not cuda:
+            row.note = "; ".join(x for x in (row.note, "needs CUDA") if x)
+            rows.append(row)
+            continue
+        dev = {n: (t.cuda() if t is not None else None) for n, t in tensors.items()}
+        if reps > 1:
+            dev, _ = tiled(dev, tokens_per_call)
+        try:
+            if kind == "ours":
+                _time_ours(row, dev, cmeta["op"], policy, budget_s, precision)
+            else:
+                _time_peer(row, name, dev, cmeta["op"]["scale"], budget_s)
+        except torch.cuda.OutOfMemoryError:
+            row.note = "; ".join(x for x in (row.note, "out of memory") if x)
+        except RuntimeError as e:
+            row.note = "; ".join(x for x in (row.note, f"error: {str(e).splitlines()[0][:120]}") if x)
+        del dev
+        torch.cuda.empty_cache()
+        rows.append(row)
+        result = {"meta": meta, "rows": [asdict(r) for r in rows]}
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1))
+    result = {"meta": meta, "rows": [asdict(r) for r in rows]}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _fresh(tensors: Dict[str, Optional[torch.Tensor]], names: Sequence[str]) -> Callable[[], Dict[str, torch.Tensor]]:
+    """A ``make`` for :func:`_measure`: fresh leaf copies of the named tensors."""
+    return lambda: {n: tensors[n].clone() for n in names}
+
+
+def _time_ours(row: Row, tensors: Dict[str, Optional[torch.Tensor]], op: dict, policy: str, budget_s: float,
+               precision: Optional[str]) -> None:
+    from dla.ops import chunk_dla, num_levels
+
+    T = tensors["q"].shape[1]
+    kw = dict(op, policy=policy, precision=precision)
+    data = dict(tensors)
+    if policy == "single":
+        data["lam"], kw["capacity"] = None, 1
+    elif policy == "fenwick":
+        L, lam = num_levels(T), tensors["lam"]
+        data["lam"] = lam.repeat(1, 1, 1, -(-L // lam.shape[-1]))[..., :L].contiguous()
+        kw["capacity"] = L
+        row.note = "; ".join(x for x in (row.note, f"lam: the captured weights' first {L} columns") if x)
+    names = [n for n in ("q", "k", "v", "g", "lam", "beta") if data[n] is not None]
+    _measure(row, _fresh(data, names), lambda **x: chunk_dla(**x, **kw)[0], budget_s)
+
+
+def _time_peer(row: Row, name: str, tensors: Dict[str, Optional[torch.Tensor]], scale: float,
+               budget_s: float) -> None:
+    B, T, H, V = tensors["v"].shape
+    if name == "sdpa_flash":
+        def make():
+            return {n: torch.randn(B, H, T, V, device="cuda", dtype=torch.bfloat16) for n in "qkv"}
+
+        _measure(row, make, lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                 budget_s)
+        row.note = "; ".join(x for x in (row.note, "random q, k, v of the captured [B, H, T, V]") if x)
+        return
+    peers = _captured_peer_ops()
+    if name not in peers:
+        row.note = "; ".join(x for x in (row.note, "fla not installed") if x)
+        return
+    peers[name](row, tensors, scale, budget_s)
 
 
 def speed_ratios(rows: List[dict], T: int, shape: str = "h16") -> Dict[str, float]:

@@ -11,6 +11,19 @@ def _fmt(x: Optional[float], digits: int = 1) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def length_label(T: int) -> str:
+    """``T=16K`` for whole multiples of 1024, else ``T=300``: a table column's name."""
+    return f"T={T // 1024}K" if T >= 1024 and T % 1024 == 0 else f"T={T}"
+
+
+def _missing(row: Optional[dict]) -> str:
+    """The cell of a row without times: not run, needs CUDA, out of memory, or another error."""
+    if row is None or not row["note"]:
+        return "—"
+    note = row["note"].lower()
+    return "needs CUDA" if "needs cuda" in note else "OOM" if "out of memory" in note else "err"
+
+
 _SAME_ENV = ("gpu", "torch", "triton", "fla", "dtype", "tokens_per_call", "dla_precision")
 """What every run merged into one table must share."""
 BASELINE = "fla_chunk_log_linear_attn"
@@ -50,7 +63,7 @@ def _runs_line(sub: List[dict], lengths: List[int]) -> str:
     parts = []
     for T in lengths:
         runs = sorted({r["run"] + 1 for r in sub if r["T"] == T})
-        parts.append(f"T={T // 1024}K: run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}")
+        parts.append(f"{length_label(T)}: run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}")
     return "Rows by run (`meta.runs`): " + "; ".join(parts)
 
 
@@ -69,14 +82,14 @@ def ops_markdown(result: dict) -> str:
         lengths = sorted({r["T"] for r in sub})
         ops = list(dict.fromkeys(r["op"] for r in sub))
         lines += [f"**{shape}** — fwd+bwd ms (fwd ms); `—`: not run (too slow at a shorter length, or refused)", "",
-                  "| op | " + " | ".join(f"T={T // 1024}K" for T in lengths) + " |",
+                  "| op | " + " | ".join(length_label(T) for T in lengths) + " |",
                   "|---|" + "---|" * len(lengths)]
         for op in ops:
             cells = []
             for T in lengths:
                 r = next((x for x in sub if x["op"] == op and x["T"] == T), None)
                 if r is None or (r["fwd_ms"] is None and r["fwdbwd_ms"] is None):
-                    cells.append("—" if r is None or not r["note"] else "err")
+                    cells.append(_missing(r))
                 else:
                     cells.append(f"{_fmt(r['fwdbwd_ms'])} ({_fmt(r['fwd_ms'])})")
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
@@ -85,7 +98,7 @@ def ops_markdown(result: dict) -> str:
         base = {r["T"]: r["fwdbwd_ms"] for r in sub if r["op"] == BASELINE and r["fwdbwd_ms"]}
         if base:
             lines += ["", f"fwd+bwd time over `{BASELINE}`'s at the same length (below 1: faster)", "",
-                      "| op | " + " | ".join(f"T={T // 1024}K" for T in lengths) + " |",
+                      "| op | " + " | ".join(length_label(T) for T in lengths) + " |",
                       "|---|" + "---|" * len(lengths)]
             for op in ops:
                 if op == BASELINE:
@@ -98,12 +111,14 @@ def ops_markdown(result: dict) -> str:
                 lines.append(f"| {op} | " + " | ".join(cells) + " |")
         stats = [r for r in sub if r["stats"]]
         if stats:
-            lines += ["", f"DLA segmentation on the benchmark's inputs ({shape}): per head, slots opened / merges / "
-                      "distinct key chunks of live boundaries per 64-token query chunk", "",
+            lines += ["", f"DLA segmentation on the benchmark's inputs ({shape}): per head, slots opened (and their "
+                      "share of the tokens) / merges / distinct key chunks of live boundaries per 64-token query "
+                      "chunk", "",
                       "| op | T | slots opened | merges | key chunks / query chunk |", "|---|---|---|---|---|"]
             for r in stats:
                 s = r["stats"]
-                lines.append(f"| {r['op']} | {r['T']} | {s['slots_opened_per_head']:.0f} | "
+                share = s["slots_opened_per_head"] / r["T"]
+                lines.append(f"| {r['op']} | {r['T']} | {s['slots_opened_per_head']:.0f} ({100 * share:.1f}%) | "
                              f"{s['merges_per_head']:.0f} | {s['key_chunks_per_query_chunk']:.1f} |")
         notes = sorted({r["note"] for r in sub if r["note"]})
         if notes:
@@ -153,7 +168,7 @@ def loglog_plot(series: Dict[str, List[Tuple[float, float]]], path: Path, xlabel
     ax.set_title(title)
     if many:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
+    elif live:
         ax.legend(fontsize=7)
     return save_figure(fig, path)
 

@@ -374,6 +374,8 @@ def _count(n: int) -> str:
 def train_markdown(result: dict) -> str:
     """One table per size: rows = models (with parameters), columns = lengths, cells = tokens/s (peak GiB);
     ``OOM`` where the step ran out of memory. Then each model's tokens/s over its backbone's at each length."""
+    from dla.bench.report import length_label
+
     meta, rows = result["meta"], result["rows"]
     lines = [f"{meta['device']} · torch {meta['torch']} · Triton {meta['triton']} · fla {meta['fla']} · "
              f"{meta['dtype']} · {meta['optimizer']} · {meta['tokens_per_step']:,} tokens per step · median of "
@@ -385,7 +387,7 @@ def train_markdown(result: dict) -> str:
         names = list(dict.fromkeys(r["model"] for r in sub))
         at = {(r["model"], r["T"]): r for r in sub}
         lines += [f"**{size}** — training tokens/s (peak GiB); batch = tokens per step / T", "",
-                  "| model | params | " + " | ".join(_length(T) for T in lengths) + " |",
+                  "| model | params | " + " | ".join(length_label(T) for T in lengths) + " |",
                   "|---|---|" + "---|" * len(lengths)]
         for name in names:
             cells = []
@@ -415,14 +417,11 @@ def train_markdown(result: dict) -> str:
             ratios.append(f"| {name} / {base} | " + " | ".join(cells) + " |")
         if ratios:
             lines += ["", f"tokens/s over the backbone's ({size})", "",
-                      "| model | " + " | ".join(_length(T) for T in lengths) + " |", "|---|" + "---|" * len(lengths),
+                      "| model | " + " | ".join(length_label(T) for T in lengths) + " |",
+                      "|---|" + "---|" * len(lengths),
                       *ratios]
         lines.append("")
     return "\n".join(lines)
-
-
-def _length(T: int) -> str:
-    return f"T={T // 1024}K" if T >= 1024 and T % 1024 == 0 else f"T={T}"
 
 
 def train_plot(result: dict, path: Path) -> Path:

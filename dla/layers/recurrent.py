@@ -1,12 +1,14 @@
 """What the Mamba-2 and Gated DeltaNet mixers share: the memory policy, the ``lam`` projection, padding masks,
-packed sequences, the decoding cache, the call of the DLA op and the segmentation hook
-(:meth:`RecurrentMixer.capture_segmentation`, :func:`capture_segmentations`)."""
+packed sequences, the decoding cache, the call of the DLA op, the segmentation hook
+(:meth:`RecurrentMixer.capture_segmentation`, :func:`capture_segmentations`) and the op-input hook
+(:meth:`RecurrentMixer.capture_op_inputs`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -21,6 +23,25 @@ from dla.ops import POLICIES, SCORES, DLAState, Segmentation, num_levels
 from dla.ops.common.state import UNUSED_START
 
 Projected = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Any, torch.Tensor]
+
+
+@dataclass
+class OpInputs:
+    """What one multi-token forward of a mixer passed to the DLA op (:meth:`RecurrentMixer.capture_op_inputs`):
+    ``chunk_dla(q, k, v, g, lam, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, **options)`` computes
+    the op output the layer got. Tensors are detached, in the dtypes the op received (``lam``, ``beta``: ``None``
+    where the policy or backbone has none); ``options`` holds ``scale``, ``tau``, ``capacity``, ``policy``,
+    ``block_size``, ``score`` and ``chunk_size``."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    g: torch.Tensor
+    lam: Optional[torch.Tensor]
+    beta: Optional[torch.Tensor]
+    initial_state: Optional[DLAState]
+    cu_seqlens: Optional[torch.Tensor]
+    options: Dict[str, Any]
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -60,6 +81,9 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
 
     _segmentation_sink: Optional[List[Segmentation]] = None
     """The list :meth:`capture_segmentation` appends to while its context is open."""
+
+    _op_input_sink: Optional[List[OpInputs]] = None
+    """The list :meth:`capture_op_inputs` appends to while its context is open."""
 
     needs_positions = False
     """Recurrent mixers carry position in their state and take no ``position_ids``."""
@@ -145,6 +169,29 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             yield records
         finally:
             self._segmentation_sink = None
+
+    @contextlib.contextmanager
+    def capture_op_inputs(self) -> Iterator[List[OpInputs]]:
+        """Record the DLA op's inputs of every multi-token forward of this mixer while the context is open.
+
+        Yields a list that gets one :class:`OpInputs` per call of the chunked op (a forward with more than one
+        token, or without a cache): the tensors exactly as the op receives them (after padding rows are packed,
+        with ``cu_seqlens``) and the options it is called with, so that the op can be rerun or timed on a trained
+        model's activations (``dla bench capture``). The model runs as it does otherwise; one-token decode steps
+        record nothing.
+
+        Raises:
+            ValueError: the mixer is already capturing its op inputs (contexts on one mixer do not nest).
+        """
+        if self._op_input_sink is not None:
+            raise ValueError("capture_op_inputs: this mixer is already capturing; contexts on one mixer do not nest "
+                             "(use the list the open context yielded)")
+        records: List[OpInputs] = []
+        self._op_input_sink = records
+        try:
+            yield records
+        finally:
+            self._op_input_sink = None
 
     @abstractmethod
     def _project(self, hidden: torch.Tensor, conv_tail: Optional[torch.Tensor],
@@ -312,9 +359,14 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
                  cu_seqlens: Optional[torch.Tensor] = None, want_seg: bool = False
                  ) -> Tuple[torch.Tensor, Optional[DLAState], Optional[Segmentation]]:
         extra = {"return_segmentation": True} if want_seg else {}
-        res = dla_op(q, k, v, g, lam, beta, scale=self.scale, tau=self.tau, capacity=self.capacity,
-                     policy=self.policy, block_size=self.block_size, score=self.score, initial_state=state,
-                     output_final_state=want_state, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, **extra)
+        options = dict(scale=self.scale, tau=self.tau, capacity=self.capacity, policy=self.policy,
+                       block_size=self.block_size, score=self.score, chunk_size=self.chunk_size)
+        if self._op_input_sink is not None:
+            detach = lambda x: None if x is None else x.detach()  # noqa: E731
+            self._op_input_sink.append(OpInputs(*(detach(x) for x in (q, k, v, g, lam, beta)), state, cu_seqlens,
+                                                dict(options)))
+        res = dla_op(q, k, v, g, lam, beta, initial_state=state, output_final_state=want_state,
+                     cu_seqlens=cu_seqlens, **options, **extra)
         o, final = res[0], res[1]
         if final is not None and self.state_width is not None:
             final = fit_state_width(final, self.state_width)

@@ -60,7 +60,7 @@ def test_markdown_has_ratios_and_runs():
     assert "| dla_x | 30.0 (15.0) | 40.0 (20.0) |" in md
     assert "| dla_x | 0.50 | 0.80 |" in md  # 30 / 60 and 40 / 50
     assert "T=2K: run 1; T=4K: run 2" in md and "1. `a.json` (2026-12-04); 2. `b.json` (2026-12-05)" in md
-    assert "| dla_x | 4096 | 5 | 1 | 2.5 |" in md  # ll_mamba2's segmentation; no baseline there, so no ratios
+    assert "| dla_x | 4096 | 5 (0.1%) | 1 | 2.5 |" in md  # ll_mamba2's segmentation; no baseline there, so no ratios
     assert md.count("over `fla_chunk_log_linear_attn`") == 1
 
 
