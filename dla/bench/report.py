@@ -199,11 +199,12 @@ def headline_ops(result: dict, shape: str) -> List[str]:
 
 def plot_paths(result: dict, png_path: Path) -> Dict[str, Path]:
     """Where :func:`write_report` puts each shape's plot: ``png_path`` for a single shape, else
-    ``<stem>_<shape>.png`` beside it; the short plot of :func:`headline_ops` adds ``_headline`` to the stem."""
+    ``<stem>_<shape>.png`` beside it (the ``:`` of a ``captured:<name>`` shape as ``_``); the short plot of
+    :func:`headline_ops` adds ``_headline`` to the stem."""
     shapes = list(dict.fromkeys(r["shape"] for r in result["rows"]))
     if len(shapes) == 1:
         return {shapes[0]: Path(png_path)}
-    return {s: Path(png_path).with_name(f"{Path(png_path).stem}_{s}.png") for s in shapes}
+    return {s: Path(png_path).with_name(f"{Path(png_path).stem}_{s.replace(':', '_')}.png") for s in shapes}
 
 
 def write_report(json_path: Path, md_path: Path, png_path: Path) -> Dict[str, Path]:
