@@ -64,7 +64,7 @@ def _bench_ops(args: argparse.Namespace) -> int:
     from dla.bench.ops import run_captured_ops_bench, run_ops_bench
     from dla.bench.report import write_report
 
-    out = Path(args.out)
+    out = Path(args.out or ("docs/bench/ops_captured.json" if args.inputs else "docs/bench/ops.json"))
     if args.inputs:
         run_captured_ops_bench(args.inputs, tokens_per_call=args.tokens if args.tile else None, budget_s=args.budget,
                                out=out, only=args.ops, precision=None if args.precision == "auto" else args.precision,
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "do not apply)")
     p.add_argument("--tile", action="store_true", help="with --inputs: repeat the captured batch up to --tokens "
                    "tokens per call")
-    p.add_argument("--out", default="docs/bench/ops.json")
+    p.add_argument("--out", default=None, help="JSON, .md and .png beside it (default docs/bench/ops.json; "
+                   "docs/bench/ops_captured.json with --inputs)")
     p.set_defaults(fn=_bench_ops)
     p = bench.add_parser("capture", help="record one layer's DLA op inputs from a trained checkpoint on held-out "
                          "data (for `dla bench ops --inputs`)")

@@ -13,7 +13,8 @@
 #             step (OUT/train_125m.{json,md,png})
 #   train340  the same at 340m (OUT/train_340m.{json,md,png})
 # Each part runs under its own time limit (seconds): T_CAPTURE, T_TRAIN125, T_TRAIN340; a part cut short keeps
-# the rows it wrote. TINY=1 runs every part at toy sizes on the CPU (an end-to-end check of the script).
+# the rows it wrote. STEPS, WARMUP: timed and untimed training steps per row (default 6, 2); MODELS: a subset of
+# dla bench train's models. TINY=1 runs every part at toy sizes on the CPU (an end-to-end check of the script).
 set -uo pipefail
 out=${1:?output directory}
 shift
@@ -31,7 +32,7 @@ else
   model="model.hidden_size=768 model.num_heads=48 model.expand=4 model.head_k_dim=128 model.capacity=30"
   mqar="data.seq_len=2048 data.mqar.num_kv_pairs=64 data.mqar.vocab_size=8192 data.mqar.num_train=4000"
   lengths=(16384 2048); steps=${MQAR_STEPS:-300}; tokens=65536
-  train=(--lengths 2048 8192 16384 --tokens-per-step 65536 --steps 10 --warmup 3)
+  train=(--lengths 2048 8192 16384 --tokens-per-step 65536 --steps "${STEPS:-6}" --warmup "${WARMUP:-2}")
   device=cuda
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; date -u; } \
@@ -67,7 +68,8 @@ for part in $parts; do
       size=${part#train}m
       [ "${TINY:-0}" = 1 ] && size=tiny
       limit=T_TRAIN${part#train}
-      timeout "${!limit:-540}" python3 -m dla.cli bench train "${train[@]}" --sizes "$size" \
+      # shellcheck disable=SC2086 # MODELS is a list of words
+      timeout "${!limit:-540}" python3 -m dla.cli bench train "${train[@]}" --sizes "$size" ${MODELS:+--models $MODELS} \
         --out "$out/train_${part#train}m.json" > "$log" 2>&1
       echo "$part: exit $?" ;;
     *)
