@@ -31,13 +31,15 @@ def interpreting() -> bool:
 
 def min_tile(dot: str) -> int:
     """The narrowest tile (key or value columns) a kernel may take with ``tl.dot`` mode ``dot``: 16 (``tl.dot``'s
-    minimum), 32 for 16-bit operands.
+    minimum) for ``ieee``, 32 for the tensor-core modes (``tf32``, ``tf32x3``, 16-bit operands).
 
-    Why 32: with Triton 3.6 on Hopper, 16-bit products whose value tile is 16 columns wide came out wrong or faulted
-    while 32 and wider were right (``docs/benchmarks.md``, tuning decisions); float32 operands are right at 16.
-    Masked loads make the wider tile exact, and real heads (64, 128) never need it.
+    Why 32: with Triton 3.6 on Hopper, tensor-core products whose value tile is 16 columns wide came out wrong or
+    faulted while 32 and wider were right: 16-bit operands (``docs/benchmarks.md``, tuning decisions), and ``tf32x3``
+    in the readout backward's key-side kernel (value dimension 16: gradients of ``k`` and ``g`` off by 1e-4 to 3e-4
+    relative, and an illegal memory access with 64 key columns; ``ieee`` and 32-column tiles right). Masked loads
+    make the wider tile exact, and real heads (64, 128) never need it.
     """
-    return 32 if dot in ("bf16", "fp16") else 16
+    return 16 if dot == "ieee" else 32
 
 
 def resolve_precision(precision: Optional[str], is_cuda: bool, name: str = "precision",

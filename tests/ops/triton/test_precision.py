@@ -181,9 +181,9 @@ def test_resolve_precision(monkeypatch):
 
 
 def test_min_tile():
-    """16-bit operands never take 16-column tiles (Triton 3.6 on Hopper got them wrong); float32 modes may."""
-    assert min_tile("bf16") == min_tile("fp16") == 32
-    assert min_tile("tf32x3") == min_tile("ieee") == min_tile("tf32") == 16
+    """Tensor-core modes never take 16-column tiles (Triton 3.6 on Hopper got them wrong); ``ieee`` may."""
+    assert min_tile("bf16") == min_tile("fp16") == min_tile("tf32x3") == min_tile("tf32") == 32
+    assert min_tile("ieee") == 16
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
