@@ -252,7 +252,7 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             v = torch.where(keep, v, torch.zeros_like(v))
             g = torch.where(mask[..., None], g, torch.zeros_like(g))
         state = cache.state if cache is not None else None
-        self._check_length(state, mask, hidden.shape[1], cache.seen_tokens if cache is not None else 0)
+        self._check_length(state, mask, hidden.shape[1], cache.seen_tokens if cache is not None else 0, cu_seqlens)
         want_state = cache is not None
         sink = self._segmentation_sink
         if cu_seqlens is not None:
@@ -293,14 +293,18 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
         cache.seen_tokens += 1
         return y
 
-    def _check_length(self, state: Optional[DLAState], mask: Optional[torch.Tensor], T: int, seen_bound: int) -> None:
+    def _check_length(self, state: Optional[DLAState], mask: Optional[torch.Tensor], T: int, seen_bound: int,
+                      cu_seqlens: Optional[torch.Tensor] = None) -> None:
         """``fenwick`` only: refuse sequences beyond the ``lam`` levels. ``seen_bound`` (the cache's
         ``seen_tokens``, padding included) bounds the real tokens seen, so the exact count, read on the host, is
-        needed only when the bound does not settle it."""
+        needed only when the bound does not settle it; packed documents (``cu_seqlens``) count by the longest."""
         if self.policy != "fenwick" or num_levels(seen_bound + T) <= self.lam_size:
             return
         seen = int(state.counts.sum(-1).max()) if state is not None and state.counts.numel() else 0
-        new = int(mask.sum(-1).max()) if mask is not None else T
+        if cu_seqlens is not None:
+            new = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        else:
+            new = int(mask.sum(-1).max()) if mask is not None else T
         if num_levels(seen + new) > self.lam_size:
             raise ValueError(f"max_position_embeddings: policy 'fenwick' was built for {self.max_position_embeddings} "
                              f"positions ({self.lam_size} lam levels); this call reaches {seen + new} tokens")

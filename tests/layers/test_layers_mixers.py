@@ -315,6 +315,10 @@ def test_fenwick_refuses_sequences_beyond_its_levels():
     with pytest.raises(ValueError, match="max_position_embeddings"):
         mixer(inputs(B=1, T=17))
     mixer(inputs(B=1, T=16))
+    # packed documents count by the longest document, not the packed row (a trainer's batch flattened)
+    mixer(inputs(B=1, T=40), cu_seqlens=torch.tensor([0, 16, 30, 40]))
+    with pytest.raises(ValueError, match="reaches 17 tokens"):
+        mixer(inputs(B=1, T=40), cu_seqlens=torch.tensor([0, 17, 30, 40]))
 
 
 def test_attention_refuses_positions_beyond_max_and_counts_only_real_tokens():
