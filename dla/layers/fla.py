@@ -32,6 +32,10 @@ from dla.layers.gated_deltanet import GatedDeltaNetMixer
 from dla.layers.mamba2 import Mamba2Mixer
 from dla.layers.state import RecurrentLayerCache
 
+MAX_OP_CHUNK = 64
+"""The longest chunk the fla-compatible layers give the DLA op (fla's configs ask 256 for their own kernels)."""
+
+
 def _refuse(name: str, value: Any, supported: Any) -> None:
     if value != supported:
         raise ValueError(f"{name}: {value!r} is not supported by the DLA layer (only {supported!r})")
@@ -180,7 +184,8 @@ class DLAMamba2(FLALayerInterface, Mamba2Mixer):
         conv_init: ``U(-conv_init, conv_init)`` init of the convolution weights; ``None``: PyTorch's default.
         A_init_range, dt_min, dt_max, dt_init_floor: the inits of ``A_log`` and ``dt_bias``.
         norm_eps: epsilon of the gated norm.
-        chunk_size: the DLA op's chunk length.
+        chunk_size: fla's kernel chunk (256 by default in fla's configs); the DLA op takes chunks of
+            ``min(chunk_size, 64)`` tokens (its Triton kernels take 16 to 64; the output does not depend on it).
         layer_idx: the layer's index in the model (its entry of the cache).
         backend: fla's kernel choice; the DLA op picks its own.
         use_conv_bias, hidden_act, D_has_hdim, rmsnorm, norm_before_gate, dt_limit, use_bias: only fla's defaults
@@ -222,8 +227,9 @@ class DLAMamba2(FLALayerInterface, Mamba2Mixer):
         super().__init__(hidden_size, num_heads=inner // head_dim, head_v_dim=head_dim, head_k_dim=state_size,
                          num_qk_heads=n_groups, conv_size=conv_kernel, norm_eps=norm_eps, dt_min=dt_min,
                          dt_max=dt_max, dt_floor=dt_init_floor, a_init_range=tuple(A_init_range), policy=policy,
-                         capacity=capacity, tau=tau, score=score, block_size=block_size, chunk_size=chunk_size,
-                         max_position_embeddings=max_position_embeddings, layer_idx=layer_idx)
+                         capacity=capacity, tau=tau, score=score, block_size=block_size,
+                         chunk_size=min(chunk_size, MAX_OP_CHUNK), max_position_embeddings=max_position_embeddings,
+                         layer_idx=layer_idx)
         self.expand, self.conv_init, self.backend = expand, conv_init, backend
         if conv_init is not None:
             with torch.no_grad():
