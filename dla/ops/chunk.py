@@ -33,6 +33,8 @@ from torch.autograd.function import once_differentiable
 from dla.ops import chunked
 from dla.ops.chunked.layout import chunk_segsum, grouped_copy, heads_grad
 from dla.ops.chunked.state import final_state, initial_terms
+from dla.ops.common.boundary_grad import (TEMPERATURE, BoundaryGrad, OldRankGate, initial_open_slot,
+                                          opening_scores, rank_gates, scored_openings, slot_gates)
 from dla.ops.common.policy import Policy
 from dla.ops.common.record import fixed_schedule
 from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, empty_segmentation, empty_state
@@ -65,6 +67,8 @@ def chunk_dla(
     precision: Optional[str] = None,
     tuning: Optional[Tuning] = None,
     check_values: Optional[bool] = None,
+    boundary_grad: Optional[str] = None,
+    boundary_temperature: float = TEMPERATURE,
 ):
     """Dynamic Linear Attention, chunked (``O(T C)``); semantics of :func:`dla.ops.naive_dla` (additive slot
     transition).
@@ -98,10 +102,18 @@ def chunk_dla(
             defaults). Results do not depend on it beyond rounding.
         check_values: look at the values (no NaN or inf, ``g <= 0``, a stable delta rule): ``None`` checks CPU
             inputs always and GPU inputs under ``torch.autograd.set_detect_anomaly`` (one host sync).
+        boundary_grad: ``None`` (default: the boundary decisions pass no gradient) or ``"ste"``: the trainable
+            boundary of ``docs/design.md`` 3.2 (policies ``dla`` and ``dla_unbounded``). Each slot a score opened
+            multiplies its readout by ``1 + p - stopgrad(p)``, ``p = sigmoid((I_a - tau) / boundary_temperature)``:
+            the outputs and decisions are bitwise those without it, and the backward carries the readout's
+            gradient to the score ``I_a`` and through it to ``k, v, g, beta``. Costs a differentiable recompute of
+            the scores at the boundaries (PyTorch, both backends); skipped when autograd is off or no input of the
+            score needs a gradient.
+        boundary_temperature: ``> 0``, the gate's temperature (default 0.1).
 
     Returns:
         ``(o [B, T, H, V] in the dtype of v, final_state or None)``, plus the :class:`~dla.ops.Segmentation` if
-        asked. Gradients are exact for ``q, k, v, g, beta, lam``.
+        asked. Gradients are exact for ``q, k, v, g, beta, lam`` (for the gated surrogate with ``boundary_grad``).
 
     Example:
         >>> B, T, H, K = 1, 100, 2, 16
@@ -111,11 +123,13 @@ def chunk_dla(
         (torch.Size([1, 100, 2, 16]), torch.Size([1, 2, 8, 16, 16]))
     """
     pol = Policy.of(policy, tau=tau, capacity=capacity, block_size=block_size, score=score)
+    bg = BoundaryGrad.of(boundary_grad, boundary_temperature, pol)
     if torch.compiler.is_compiling() and initial_state is None and not output_final_state and \
             not return_segmentation:
         o = chunk_dla_op(q, k, v, g, lam, beta, cu_seqlens, scale, pol.tau, pol.capacity, pol.kind,
                          pol.block_size, pol.score, chunk_size, "auto" if backend is None else backend,
-                         "auto" if precision is None else precision, _tuning_list(tuning))
+                         "auto" if precision is None else precision, _tuning_list(tuning), boundary_grad,
+                         float(boundary_temperature))
         return o, None
     bounds = None  # the packed sequences' offsets (the q checks come first if q is no [B, T, G, K] tensor)
     if cu_seqlens is not None and isinstance(q, Tensor) and q.dim() == 4:
@@ -129,7 +143,7 @@ def chunk_dla(
     if tuning is not None and not isinstance(tuning, Tuning):
         raise ValueError(f"tuning: expected a dla.ops.utils.tuning.Tuning or None, got {type(tuning).__name__}")
     cfg = StageConfig(resolve_precision(precision, v.is_cuda, dtype=v.dtype), tuning or Tuning())
-    run = _Run(impl, cfg, pol, dims.scale, chunk_size, output_final_state, return_segmentation)
+    run = _Run(impl, cfg, pol, dims.scale, chunk_size, output_final_state, return_segmentation, bg)
     if cu_seqlens is None:
         return run(q, k, v, g, lam, beta, initial_state, dims.R)
     return _packed(run, q, k, v, g, lam, beta, initial_state, dims.R, bounds)
@@ -192,6 +206,7 @@ class _Run:
     BT: int
     output_final_state: bool
     return_segmentation: bool
+    boundary_grad: Optional[BoundaryGrad] = None
 
     def __call__(self, q, k, v, g, lam, beta, init, R, lengths=None):
         impl, cfg, policy, BT = self.impl, self.cfg, self.policy, self.BT
@@ -229,6 +244,10 @@ class _Run:
             starts, lam_index = scan.starts.view(B, H, T, R), scan.lam_index.view(B, H, T, R)
 
         lam_all = lam if lam is not None else torch.ones(B, T, H, R, dtype=dt, device=v.device)
+        gates = masks = None
+        if self.boundary_grad is not None and torch.is_grad_enabled() and \
+                any(x is not None and x.requires_grad for x in (k, v, g, beta)):
+            gates, lam_all, masks = self._gates(kh, u, gh, scan, init, lam_all, starts, lam_index, dt)
         lam0, dlam = _LamWeights.apply(impl, lam_all, lam_index, dt)
         x = starts[..., :-1]  # boundary positions [B, H, T, R - 1]
         nxt_live = lam_index[..., 1:] >= 0
@@ -243,6 +262,11 @@ class _Run:
                                   cfg.tuning.torch_group_bytes)
             terms = extra if terms is None else terms + extra
         o = _Combine.apply(impl, lam0, o_base, terms, self.scale, v.dtype)
+        if gates is not None and policy.kind == "dla_unbounded":  # the slots that share lam[..., C - 1]
+            last = lam[..., -1].detach() if lam is not None else torch.ones_like(g)
+            w = self.scale * last.transpose(1, 2)
+            o = OldRankGate.apply(o, gates, layout.copy, q.detach(), k.detach(), (v if beta is None else u).detach(),
+                                  beta is None, gh.detach(), w.to(dt), *masks, policy.capacity - 1, BT)
 
         final = None
         if out_state:
@@ -254,6 +278,26 @@ class _Run:
         segm = Segmentation(score=view(scan.score), boundary=view(scan.boundary), num_slots=view(scan.num_slots),
                             merged=view(scan.merged), starts=view(scan.starts), lam_index=view(scan.lam_index))
         return o, final, segm
+
+    def _gates(self, kh, u, gh, scan, init, lam, starts, lam_index, dt):
+        """The boundary gradient's gates (``docs/design.md`` 3.2): ``gates [B, H, T]`` (value 1, differentiable
+        through the recomputed scores), ``lam`` read per rank ``[B, T, H, R]`` times its slot's gate (equal to
+        ``lam`` where the record reads it) and the openings ``(opened, scored)`` ``[B * H, T]``. ``dla_unbounded``
+        gates the ranks below ``capacity - 1`` here; the older slots, which share the last entry, get theirs from
+        :class:`OldRankGate`."""
+        B, H, Tp, K = kh.shape
+        T, V, N, R = starts.shape[2], u.shape[-1], B * H, starts.shape[-1]
+        carry, fresh = initial_open_slot(init, N, K, V, dt, kh.device)
+        opened = scan.boundary
+        scored = scored_openings(opened, fresh)
+        info = opening_scores(kh.reshape(N, Tp, K), u.reshape(N, Tp, V), gh.reshape(N, Tp), opened, scored, carry,
+                              self.policy.score, self.BT)
+        gates = slot_gates(self.boundary_grad, self.policy.tau, info, scored)
+        ranks = torch.arange(R, device=kh.device)
+        gated = (lam_index >= 0) & (ranks < (R if self.policy.merges else R - 1))
+        per_rank = rank_gates(gates, starts.reshape(N, T, R), gated.reshape(N, T, R)).view(B, H, T, R)
+        lam_r = torch.gather(lam.to(dt).transpose(1, 2), -1, lam_index.clamp_min(0)) * per_rank
+        return gates.view(B, H, T), lam_r.transpose(1, 2), (opened, scored)
 
     def _empty(self, v, init, B, H, K, V, R, dt):
         """No tokens: an empty output, the state unchanged (or empty), an empty segmentation."""
@@ -450,27 +494,29 @@ def _tuning_of(values: Optional[List[int]]) -> Optional[Tuning]:
 
 
 def _op_forward(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score, chunk_size,
-                backend, precision, tuning):
+                backend, precision, tuning, boundary_grad, boundary_temperature):
     return chunk_dla(q, k, v, g, lam, beta, scale=scale, policy=Policy(policy, tau, capacity, block_size, score),
                      cu_seqlens=cu_seqlens, chunk_size=chunk_size, backend=None if backend == "auto" else backend,
-                     precision=None if precision == "auto" else precision, tuning=_tuning_of(tuning))[0]
+                     precision=None if precision == "auto" else precision, tuning=_tuning_of(tuning),
+                     boundary_grad=boundary_grad, boundary_temperature=boundary_temperature)[0]
 
 
 @torch.library.custom_op("dla::chunk_dla", mutates_args=())
 def chunk_dla_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, lam: Optional[Tensor], beta: Optional[Tensor],
                  cu_seqlens: Optional[Tensor], scale: Optional[float], tau: float, capacity: int, policy: str,
                  block_size: int, score: str, chunk_size: int, backend: str, precision: str,
-                 tuning: Optional[List[int]]) -> Tensor:
+                 tuning: Optional[List[int]], boundary_grad: Optional[str] = None,
+                 boundary_temperature: float = TEMPERATURE) -> Tensor:
     """``chunk_dla(...)[0]`` as one op; arguments as :func:`chunk_dla` with the policy's fields spelled out,
     ``"auto"`` for a ``None`` backend or precision, and the tuning as a list of its fields."""
     with torch.no_grad():
         return _op_forward(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score,
-                           chunk_size, backend, precision, tuning).contiguous()
+                           chunk_size, backend, precision, tuning, boundary_grad, boundary_temperature).contiguous()
 
 
 @chunk_dla_op.register_fake
 def _chunk_dla_fake(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score,
-                    chunk_size, backend, precision, tuning):
+                    chunk_size, backend, precision, tuning, boundary_grad=None, boundary_temperature=TEMPERATURE):
     return v.new_empty(v.shape)  # contiguous, as the op's output
 
 
@@ -478,7 +524,8 @@ def _chunk_dla_fake(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, pol
 def chunk_dla_backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor, lam: Optional[Tensor],
                           beta: Optional[Tensor], cu_seqlens: Optional[Tensor], scale: Optional[float], tau: float,
                           capacity: int, policy: str, block_size: int, score: str, chunk_size: int, backend: str,
-                          precision: str, tuning: Optional[List[int]], needs: List[bool]) -> List[Tensor]:
+                          precision: str, tuning: Optional[List[int]], boundary_grad: Optional[str],
+                          boundary_temperature: float, needs: List[bool]) -> List[Tensor]:
     """Gradients ``[dq, dk, dv, dg, dlam, dbeta]`` of ``(o * do).sum()`` by recomputing the forward; an empty
     tensor where ``needs`` is off."""
     inputs = [q, k, v, g, lam, beta]
@@ -488,7 +535,7 @@ def chunk_dla_backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor
     if want:
         with _autograd_on(), torch.enable_grad():
             o = _op_forward(*leaves, cu_seqlens, scale, tau, capacity, policy, block_size, score, chunk_size,
-                            backend, precision, tuning)
+                            backend, precision, tuning, boundary_grad, boundary_temperature)
             grads = iter(torch.autograd.grad(o, want, do))
     return [next(grads).contiguous() if x is not None and x.requires_grad else q.new_empty(0) for x in leaves]
 
@@ -505,7 +552,8 @@ def _autograd_on():
 
 @chunk_dla_backward_op.register_fake
 def _chunk_dla_backward_fake(do, q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size,
-                             score, chunk_size, backend, precision, tuning, needs):
+                             score, chunk_size, backend, precision, tuning, boundary_grad, boundary_temperature,
+                             needs):
     inputs = [q, k, v, g, lam, beta]
     return [x.new_empty(x.shape) if x is not None and n else q.new_empty(0) for x, n in zip(inputs, needs)]
 

@@ -12,6 +12,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from dla.ops.common.boundary_grad import (TEMPERATURE, BoundaryGrad, initial_open_slot, opening_scores,
+                                          scored_openings, slot_gates)
 from dla.ops.common.policy import Policy
 from dla.ops.common.state import DLAState, Segmentation
 from dla.ops.naive import naive_dla
@@ -36,22 +38,29 @@ def masked_dla(
     initial_state: Optional[DLAState] = None,
     output_final_state: bool = False,
     check_values: Optional[bool] = None,
+    boundary_grad: Optional[str] = None,
+    boundary_temperature: float = TEMPERATURE,
 ) -> Tuple[torch.Tensor, Optional[DLAState]]:
     """DLA as one masked ``T x T`` product (reference for outputs and gradients).
 
     Arguments as :func:`dla.ops.naive_dla` (additive slot transition only). ``segmentation``: the decisions
     to use, e.g. from ``naive_dla(..., return_segmentation=True)``; when ``None`` they are computed by the slot
     form without gradient. Returns ``(o [B, T, H, V], final_state or None)``; ``output_final_state`` is not
-    available for ``dla_unbounded`` (its segmentation lists only the ``capacity`` newest slots).
+    available for ``dla_unbounded`` (its segmentation lists only the ``capacity`` newest slots). With
+    ``boundary_grad="ste"`` each weight ``M[t, s]`` is multiplied by the gate of the slot holding ``s`` at ``t``,
+    from the scores recomputed differentiably for the given segmentation
+    (:func:`dla.ops.common.boundary_grad.opening_scores`).
     """
     pol = Policy.of(policy, tau=tau, capacity=capacity, block_size=block_size, score=score)
     dims = check_dla_args(q, k, v, g, lam, beta, policy=pol, scale=scale, initial_state=initial_state,
                           check_finite=check_values)
+    bg = BoundaryGrad.of(boundary_grad, boundary_temperature, pol)
     if output_final_state and pol.kind == "dla_unbounded":
         raise ValueError("output_final_state: masked_dla cannot rebuild dla_unbounded's slots; use naive_dla")
     if v.shape[1] == 0:  # nothing to mask: the slot form returns the (initial) state as it is
         return naive_dla(q, k, v, g, lam, beta, scale=scale, policy=pol, initial_state=initial_state,
-                         output_final_state=output_final_state, check_values=False)
+                         output_final_state=output_final_state, check_values=False, boundary_grad=boundary_grad,
+                         boundary_temperature=boundary_temperature)
     if segmentation is None:
         with torch.no_grad():
             segmentation = naive_dla(q, k, v, g, lam, beta, scale=scale, policy=pol, initial_state=initial_state,
@@ -88,6 +97,8 @@ def masked_dla(
     lam_index = segmentation.lam_index.to(v.device).transpose(1, 2)
     pos = torch.arange(T, device=v.device)
     weight = _rank_weight(starts, lam_index, lam, pos)  # [B, H, t, s]
+    if bg is not None:
+        weight = weight * _gate_weight(bg, pol, segmentation, k, u, g, init, starts, pos)
     o = ((q @ k.transpose(-1, -2)) * weight * D) @ u
     if init is not None:
         j = torch.arange(S0.shape[2], device=v.device)
@@ -108,6 +119,26 @@ def _rank_weight(starts, lam_index, lam, pos):
     rank = (starts[..., None, :] > pos[..., None]).sum(-1).clamp_max(starts.shape[-1] - 1)  # [B, H, t, s]
     idx = torch.gather(lam_index, -1, rank).clamp_min(0)
     return torch.gather(lam, -1, idx)
+
+
+def _gate_weight(bg: BoundaryGrad, policy: Policy, seg: Segmentation, k, u, g, init, starts, pos):
+    """``[B, H, t, s]``: the gate of the slot that holds token ``s`` at ``t`` (1 for slots from before the call)."""
+    B, H, T, K = k.shape
+    N, V = B * H, u.shape[-1]
+    opened = seg.boundary.to(k.device).transpose(1, 2).reshape(N, T)
+    carry, fresh = initial_open_slot(init, N, K, V, k.dtype, k.device)
+    scored = scored_openings(opened, fresh)
+    info = opening_scores(k.reshape(N, T, K), u.reshape(N, T, V), g.reshape(N, T), opened, scored, carry,
+                          policy.score)
+    gates = slot_gates(bg, policy.tau, info, scored).view(B, H, T)
+    R = starts.shape[-1]
+    rank = (starts[..., None, :] > pos[:, None]).sum(-1)  # [B, H, t, s]
+    start = torch.gather(starts, -1, rank.clamp_max(R - 1))
+    if not policy.merges:  # dla_unbounded: a slot past the record's ranks starts at the last opening <= s
+        last_open = torch.where(opened, pos, -1).cummax(-1).values.view(B, H, 1, T)
+        start = torch.where(rank < R, start, last_open.expand_as(start))
+    at = torch.gather(gates[:, :, None, :].expand(B, H, T, T), -1, start.clamp(0, T - 1))
+    return torch.where(start >= 0, at, torch.ones_like(at))
 
 
 def _final_state(seg, k, u, D_last, D0_last, init, m0, policy: Policy) -> DLAState:

@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
+from dla.ops.common.boundary_grad import TEMPERATURE, BoundaryGrad
 from dla.ops.common.merge import pick_merge
 from dla.ops.common.policy import Policy
 from dla.ops.common.score import SCORES
@@ -24,6 +25,7 @@ class _Slot:
     n: int
     info: torch.Tensor  # 0-d, the computation dtype (densities compare equal across implementations)
     start: int
+    gate: Optional[torch.Tensor] = None  # the boundary gradient's gate (value 1); None: no gate
 
 
 def naive_dla(
@@ -45,6 +47,8 @@ def naive_dla(
     output_final_state: bool = False,
     return_segmentation: bool = False,
     check_values: Optional[bool] = None,
+    boundary_grad: Optional[str] = None,
+    boundary_temperature: float = TEMPERATURE,
 ) -> Union[Tuple[torch.Tensor, Optional[DLAState]], Tuple[torch.Tensor, Optional[DLAState], Segmentation]]:
     """Dynamic Linear Attention, slot form (reference).
 
@@ -73,6 +77,11 @@ def naive_dla(
         return_segmentation: also return the :class:`Segmentation`.
         check_values: look at the values (no NaN or inf, ``g <= 0``, a stable delta rule); ``None``: for CPU
             inputs (a host sync on GPU).
+        boundary_grad: ``None`` (default: the decisions pass no gradient) or ``"ste"``: each slot a score opened
+            multiplies its readout by ``1 + p - stopgrad(p)``, ``p = sigmoid((I_a - tau) / boundary_temperature)``
+            (value 1: the outputs do not change), so that the score gets a gradient (``docs/design.md`` 3.2);
+            policies ``dla`` and ``dla_unbounded`` only. Here autograd of the literal slot form: the reference.
+        boundary_temperature: ``> 0``, the gate's temperature (default 0.1).
 
     Returns:
         ``o [B, T, H, V]`` in the dtype of ``v``, the final state (or ``None``), and the segmentation if asked.
@@ -89,6 +98,7 @@ def naive_dla(
     pol = Policy.of(policy, tau=tau, capacity=capacity, block_size=block_size, score=score)
     dims = check_dla_args(q, k, v, g, lam, beta, policy=pol, scale=scale, initial_state=initial_state,
                           slot_transition=slot_transition, check_finite=check_values)
+    bg = BoundaryGrad.of(boundary_grad, boundary_temperature, pol)
     B, T, H, K, V, R = dims.B, dims.T, dims.H, dims.K, dims.V, dims.R
     rep = H // dims.G
     out_dtype, dt = v.dtype, torch.promote_types(v.dtype, torch.float32)
@@ -134,7 +144,7 @@ def naive_dla(
                     opened = bool(pol.wants_boundary(info, seen + t))
                     if opened:  # 5. merge when full, then append
                         merged = _make_room(slots, pol)
-                        slots.append(_Slot(st, 1, info, t))
+                        slots.append(_Slot(st, 1, info, t, bg.gate(info, pol.tau) if bg is not None else None))
                     else:
                         slots[-1].S = S_open + st
                         slots[-1].n += 1
@@ -142,7 +152,8 @@ def naive_dla(
                 # 6. readout over the live slots, newest first
                 idx = pol.lam_indices(torch.tensor([s.n for s in reversed(slots)]))
                 for r, (s, li) in enumerate(zip(reversed(slots), idx.tolist())):
-                    o[b, t, h] += lam[b, t, h, li] * (qt @ s.S)
+                    weight = lam[b, t, h, li] if s.gate is None else lam[b, t, h, li] * s.gate
+                    o[b, t, h] += weight * (qt @ s.S)
                     if r < R:
                         seg.starts[b, t, h, r], seg.lam_index[b, t, h, r] = s.start, li
                 seg.score[b, t, h], seg.boundary[b, t, h] = info, opened
@@ -169,7 +180,7 @@ def _make_room(slots: List[_Slot], policy: Policy) -> int:
 
 def _merge_pair(slots: List[_Slot], i: int) -> None:
     a, b = slots[i], slots.pop(i + 1)
-    slots[i] = _Slot(a.S + b.S, a.n + b.n, a.info + b.info, a.start)
+    slots[i] = _Slot(a.S + b.S, a.n + b.n, a.info + b.info, a.start, a.gate)
 
 
 def _initial_slots(state: Optional[DLAState], b: int, h: int, dt: torch.dtype) -> List[_Slot]:
