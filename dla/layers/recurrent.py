@@ -20,6 +20,7 @@ from dla.layers.op import dla_op, dla_step
 from dla.layers.state import (RecurrentLayerCache, empty_state, fit_state_width, scatter_state, select_state,
                               where_state)
 from dla.ops import POLICIES, SCORES, DLAState, Segmentation, num_levels
+from dla.ops.common.boundary_grad import BOUNDARY_GRADS, SCORED_POLICIES, TEMPERATURE
 from dla.ops.common.state import UNUSED_START
 
 Projected = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Any, torch.Tensor]
@@ -31,7 +32,8 @@ class OpInputs:
     ``chunk_dla(q, k, v, g, lam, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, **options)`` computes
     the op output the layer got. Tensors are detached, in the dtypes the op received (``lam``, ``beta``: ``None``
     where the policy or backbone has none); ``options`` holds ``scale``, ``tau``, ``capacity``, ``policy``,
-    ``block_size``, ``score`` and ``chunk_size``."""
+    ``block_size``, ``score`` and ``chunk_size`` (and ``boundary_grad``, ``boundary_temperature`` when the mixer
+    trains its boundaries)."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -64,6 +66,9 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
         capacity: ``C``, the most live slots (``dla``, ``fixed``; ``lam`` entries for ``dla_unbounded``).
         tau: boundary threshold of the information score.
         score: ``drift`` (the paper's) or ``write``.
+        boundary_grad: ``None`` or ``ste``: the trainable boundary (:func:`~dla.ops.chunk_dla`'s option; policies
+            ``dla`` and ``dla_unbounded``); decode steps use the hard decisions alone.
+        boundary_temperature: ``> 0``, the temperature of its gate.
         block_size: slot width of the ``fixed`` policy.
         chunk_size: chunk length of the chunked op (passed only to an op that takes it).
         max_position_embeddings: the longest sequence ``fenwick`` sizes its ``lam`` levels for
@@ -90,7 +95,7 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
 
     def __init__(self, hidden_size: int, num_heads: int, num_qk_heads: int, head_k_dim: int, head_v_dim: int, *,
                  policy: str = "dla", capacity: int = 30, tau: float = 0.6, score: str = "drift",
-                 block_size: int = 64, chunk_size: int = 64, max_position_embeddings: int = 2048,
+                 boundary_grad: Optional[str] = None, boundary_temperature: float = TEMPERATURE, block_size: int = 64, chunk_size: int = 64, max_position_embeddings: int = 2048,
                  layer_idx: Optional[int] = None):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("num_qk_heads", num_qk_heads),
@@ -106,6 +111,13 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
             raise ValueError(f"score: unknown {score!r}; allowed: {', '.join(SCORES)}")
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
             raise ValueError(f"tau: expected a finite number >= 0, got {tau!r}")
+        if boundary_grad is not None and (boundary_grad not in BOUNDARY_GRADS or policy not in SCORED_POLICIES):
+            raise ValueError(f"boundary_grad: expected None, or one of {', '.join(BOUNDARY_GRADS)} with policy "
+                             f"{' or '.join(SCORED_POLICIES)}; got {boundary_grad!r} with policy {policy!r}")
+        temp = boundary_temperature
+        if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or temp <= 0:
+            raise ValueError(f"boundary_temperature: expected a finite number > 0, got {temp!r}")
+        self.boundary_grad, self.boundary_temperature = boundary_grad, float(temp)
         self.hidden_size, self.num_heads, self.num_qk_heads = hidden_size, num_heads, num_qk_heads
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
         self.policy, self.capacity, self.tau, self.score = policy, capacity, float(tau), score
@@ -365,6 +377,8 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
         extra = {"return_segmentation": True} if want_seg else {}
         options = dict(scale=self.scale, tau=self.tau, capacity=self.capacity, policy=self.policy,
                        block_size=self.block_size, score=self.score, chunk_size=self.chunk_size)
+        if self.boundary_grad is not None:
+            options.update(boundary_grad=self.boundary_grad, boundary_temperature=self.boundary_temperature)
         if self._op_input_sink is not None:
             detach = lambda x: None if x is None else x.detach()  # noqa: E731
             self._op_input_sink.append(OpInputs(*(detach(x) for x in (q, k, v, g, lam, beta)), state, cu_seqlens,
@@ -379,7 +393,8 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_qk_heads={self.num_qk_heads}, "
                 f"head_k_dim={self.head_k_dim}, head_v_dim={self.head_v_dim}, policy={self.policy!r}, "
-                f"capacity={self.capacity}, tau={self.tau}, score={self.score!r}")
+                f"capacity={self.capacity}, tau={self.tau}, score={self.score!r}"
+                + (f", boundary_grad={self.boundary_grad!r}" if self.boundary_grad is not None else ""))
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from typing import Any, List, Optional, Union
 from transformers import GenerationConfig, PretrainedConfig
 
 from dla.ops import POLICIES, SCORES
+from dla.ops.common.boundary_grad import BOUNDARY_GRADS, SCORED_POLICIES
 
 MIXER_NAMES = ("mamba2", "gdn", "attention")
 """Mixers a layer can use; the modeling file's registry maps each name to its class."""
@@ -18,7 +19,7 @@ MIXER_NAMES = ("mamba2", "gdn", "attention")
 _INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_k_dim", "expand", "conv_size",
          "capacity", "block_size", "chunk_size", "num_attention_heads", "max_position_embeddings")
 _OPTIONAL_INTS = ("num_qk_heads", "head_v_dim", "num_key_value_heads", "intermediate_size")
-_POSITIVE_FLOATS = ("expand_v", "rope_theta", "rms_norm_eps")
+_POSITIVE_FLOATS = ("expand_v", "rope_theta", "rms_norm_eps", "boundary_temperature")
 _BOOLS = ("tie_word_embeddings", "use_cache", "use_qk_l2norm")
 _TRANSFORMERS_KWARGS = frozenset({"model_type", "torch_dtype", "num_labels", "name_or_path", "auto_map",
                                   "output_attentions", "attn_implementation", "experts_implementation",
@@ -54,6 +55,10 @@ class DLAConfig(PretrainedConfig):
         capacity: ``C``, the most live states per head (``dla``, ``fixed``; ``lam`` entries of ``dla_unbounded``).
         tau: boundary threshold of the information score (finite, ``>= 0``).
         score: information score, ``drift`` (the paper's) or ``write``.
+        boundary_grad: ``None`` (the boundary decisions pass no gradient) or ``ste``: the trainable boundary, a
+            straight-through sigmoid gate on each score-opened slot's readout that lets the score learn; outputs and
+            decoding unchanged (docs/design.md section 3.2). Policies ``dla`` and ``dla_unbounded``.
+        boundary_temperature: the gate's temperature (``> 0``): ``sigmoid((I - tau) / boundary_temperature)``.
         block_size: slot width of the ``fixed`` policy.
         chunk_size: chunk length of the chunked DLA op.
         use_qk_l2norm: ``gdn`` only: L2-normalise queries and keys per head (as fla's Gated DeltaNet); without it
@@ -102,6 +107,8 @@ class DLAConfig(PretrainedConfig):
     capacity: int = 30
     tau: float = 0.6
     score: str = "drift"
+    boundary_grad: Optional[str] = None
+    boundary_temperature: float = 0.1
     block_size: int = 64
     chunk_size: int = 64
     use_qk_l2norm: bool = True
@@ -192,6 +199,9 @@ class DLAConfig(PretrainedConfig):
             raise ValueError(f"policy: unknown {self.policy!r}; allowed: {', '.join(POLICIES)}")
         if self.score not in SCORES:
             raise ValueError(f"score: unknown {self.score!r}; allowed: {', '.join(SCORES)}")
+        if self.boundary_grad is not None and self.boundary_grad not in BOUNDARY_GRADS:
+            raise ValueError(f"boundary_grad: unknown {self.boundary_grad!r}; allowed: null (off), "
+                             f"{', '.join(BOUNDARY_GRADS)}")
         layers = self.attention_layers or []
         if not isinstance(layers, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers) or \
                 len(set(layers)) != len(layers) or any(not 0 <= i < self.num_hidden_layers for i in layers):
@@ -205,6 +215,9 @@ class DLAConfig(PretrainedConfig):
         super().validate()
 
     def _validate_recurrent(self, mixer: str) -> None:
+        if self.boundary_grad is not None and self.policy not in SCORED_POLICIES:
+            raise ValueError(f"boundary_grad: policy {self.policy!r} does not place its boundaries by the score; "
+                             f"allowed with {' or '.join(SCORED_POLICIES)}")
         if mixer == "mamba2" and self.head_v_dim is None and (self.expand * self.hidden_size) % self.num_heads:
             raise ValueError(f"num_heads: must divide the Mamba-2 inner width expand * hidden_size = "
                              f"{self.expand * self.hidden_size}, got {self.num_heads}")

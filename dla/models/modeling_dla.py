@@ -49,8 +49,9 @@ def build_mixer(config: DLAConfig, layer_idx: int) -> nn.Module:
     return cls(config.hidden_size, num_heads=config.num_heads, head_k_dim=config.head_k_dim,
                head_v_dim=config.value_dim(name), num_qk_heads=config.qk_heads(name), conv_size=config.conv_size,
                norm_eps=config.rms_norm_eps, policy=config.policy, capacity=config.capacity, tau=config.tau,
-               score=config.score, block_size=config.block_size, chunk_size=config.chunk_size,
-               max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx, **extra)
+               score=config.score, boundary_grad=config.boundary_grad,
+               boundary_temperature=config.boundary_temperature, block_size=config.block_size,
+               chunk_size=config.chunk_size, max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx, **extra)
 
 
 class DLACache(Cache):
