@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from dla.ops.common.policy import Policy
 from dla.ops.common.score import SCORES
@@ -104,8 +105,8 @@ def opening_scores(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, opened: to
     ``I_a = score(x, y, z)`` with ``x = ||S_open||^2``, ``y = k_a^T S_open u_a``, ``z = ||k_a||^2 ||u_a||^2``, where
     ``S_open = sum_{p <= s < a} D(s, a) k_s u_s^T`` (plus the initial open slot ``carry`` decayed by ``D(-1, a)``
     while the first slot is open) is the slot open before token ``a``. Per block of tokens, from the Gram matrix
-    ``(k k^T) * (u u^T)`` of the block and the open slot carried into it, so that the saved tensors are
-    ``O(T * block + (T / block) K V)`` per row.
+    ``(k k^T) * (u u^T)`` of the block and the open slot carried into it; each block is recomputed in the backward, so
+    that autograd keeps ``O(T + (T / block) K V)`` per row besides the inputs.
 
     Args:
         k: ``[N, >= T, K]`` keys of each row (per head); u: ``[N, >= T, V]`` (pseudo-)values; g: ``[N, >= T]``
@@ -116,37 +117,45 @@ def opening_scores(k: torch.Tensor, u: torch.Tensor, g: torch.Tensor, opened: to
         ``[N, T]`` in the dtype of ``u``: ``I_a`` where ``scored``, 0 elsewhere.
     """
     N, T = opened.shape
-    K, V = k.shape[-1], u.shape[-1]
     dt = u.dtype
-    score_fn = SCORES[score]
     cum = F.pad(g[:, :T].to(torch.float64).cumsum(-1), (1, 0))  # cum[:, i] = sum_{r < i} g_r (no long differences)
     C = carry.to(dt)
-    one, zero = torch.ones((), dtype=dt, device=u.device), torch.zeros((), dtype=dt, device=u.device)
     out = []
     for t0 in range(0, T, block):
         t1 = min(t0 + block, T)
-        kb, ub = k[:, t0:t1].to(dt), u[:, t0:t1]  # [N, L, K] [N, L, V]
-        cb, cprev = cum[:, t0 + 1:t1 + 1], cum[:, t0:t0 + 1]  # log D(-1, t) of the block's tokens, of t0 - 1
-        ob, want = opened[:, t0:t1], scored[:, t0:t1]
-        seg = ob.long().cumsum(-1)  # [N, L] the slot of each token inside the block (0: carried in)
-        src = (seg[:, None, :] == seg[:, :, None] - 1) & want[:, :, None]  # [N, a, s]: s in the slot open at a
-        W = torch.exp((cb[:, :, None] - cb[:, None, :]).masked_fill(~src, float("-inf")).to(dt))  # D(s, a)
-        ca = torch.where(want & (seg == 1), torch.exp((cb - cprev).to(dt)), zero)  # D(-1 or t0 - 1, a) on carry
-        gram = (kb @ kb.transpose(-1, -2)) * (ub @ ub.transpose(-1, -2))  # [N, L, L]
-        kcu = torch.einsum("nsk,nkv,nsv->ns", kb, C, ub)  # k_s^T C u_s
-        x = ((W @ gram) * W).sum(-1) + 2 * ca * (W @ kcu[..., None])[..., 0] + ca * ca * (C * C).sum((-1, -2))[:, None]
-        y = (W * gram).sum(-1) + ca * kcu
-        z = (kb * kb).sum(-1) * (ub * ub).sum(-1)
-        info = score_fn(torch.where(want, x, one), torch.where(want, y, zero), torch.where(want, z, one), K * V)
-        out.append(torch.where(want, info, zero))
-        # the slot open at the block's end, decayed to its last token
-        last = seg == seg[:, -1:]
-        wc = torch.where(last, torch.exp((cb[:, -1:] - cb).to(dt)), zero)
-        keep = (seg[:, -1] == 0).to(dt) * torch.exp((cb[:, -1] - cprev[:, 0]).to(dt))
-        C = keep[:, None, None] * C + torch.einsum("ns,nsk,nsv->nkv", wc, kb, ub)
+        args = (k[:, t0:t1].to(dt), u[:, t0:t1], cum[:, t0:t1 + 1], opened[:, t0:t1], scored[:, t0:t1], C, score)
+        # recomputed in the backward: the saved tensors are the block's inputs, not its [N, L, L] products
+        info, C = checkpoint(_block_scores, *args, use_reentrant=False) if torch.is_grad_enabled() else \
+            _block_scores(*args)
+        out.append(info)
     if not out:
         return u.new_zeros(N, 0)
     return torch.cat(out, -1)
+
+
+def _block_scores(kb, ub, cum, ob, want, C, score: str):
+    """One block of :func:`opening_scores`: ``(I [N, L], the open slot carried out [N, K, V])`` from the block's keys
+    ``kb [N, L, K]``, values ``ub [N, L, V]``, ``cum [N, L + 1]`` (``log D(-1, t)`` of the token before the block
+    and of its tokens), openings ``ob`` / ``want`` ``[N, L]`` and the open slot carried in ``C``."""
+    dt = ub.dtype
+    K, V = kb.shape[-1], ub.shape[-1]
+    one, zero = torch.ones((), dtype=dt, device=ub.device), torch.zeros((), dtype=dt, device=ub.device)
+    cb, cprev = cum[:, 1:], cum[:, :1]
+    seg = ob.long().cumsum(-1)  # [N, L] the slot of each token inside the block (0: carried in)
+    src = (seg[:, None, :] == seg[:, :, None] - 1) & want[:, :, None]  # [N, a, s]: s in the slot open at a
+    W = torch.exp((cb[:, :, None] - cb[:, None, :]).masked_fill(~src, float("-inf")).to(dt))  # D(s, a)
+    ca = torch.where(want & (seg == 1), torch.exp((cb - cprev).to(dt)), zero)  # the carried slot's decay to a
+    gram = (kb @ kb.transpose(-1, -2)) * (ub @ ub.transpose(-1, -2))  # [N, L, L]
+    kcu = torch.einsum("nsk,nkv,nsv->ns", kb, C, ub)  # k_s^T C u_s
+    x = ((W @ gram) * W).sum(-1) + 2 * ca * (W @ kcu[..., None])[..., 0] + ca * ca * (C * C).sum((-1, -2))[:, None]
+    y = (W * gram).sum(-1) + ca * kcu
+    z = (kb * kb).sum(-1) * (ub * ub).sum(-1)
+    info = SCORES[score](torch.where(want, x, one), torch.where(want, y, zero), torch.where(want, z, one), K * V)
+    # the slot open at the block's end, decayed to its last token
+    last = seg == seg[:, -1:]
+    wc = torch.where(last, torch.exp((cb[:, -1:] - cb).to(dt)), zero)
+    keep = (seg[:, -1] == 0).to(dt) * torch.exp((cb[:, -1] - cprev[:, 0]).to(dt))
+    return torch.where(want, info, zero), keep[:, None, None] * C + torch.einsum("ns,nsk,nsv->nkv", wc, kb, ub)
 
 
 def slot_gates(bg: BoundaryGrad, tau: float, info: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
