@@ -28,11 +28,11 @@ from dla.ops import Tuning, chunk_dla
 
 
 def parse_tuning(items) -> Tuning:
-    """``["field=value", ...]`` as a :class:`Tuning` (``None`` for ``value`` ``none``)."""
+    """``["field=value", ...]`` as a :class:`Tuning` (``None`` for ``value`` ``none``; integers, else strings)."""
     changes = {}
     for item in items or ():
         name, _, value = item.partition("=")
-        changes[name] = None if value.lower() == "none" else int(value)
+        changes[name] = None if value.lower() == "none" else (int(value) if value.lstrip("-").isdigit() else value)
     return Tuning().replace(**changes)
 
 

@@ -30,8 +30,12 @@ class Tuning:
         scan_block_k, scan_block_v: the scan's tile of the open slot's state (powers of two >= 16).
         scan_table_bytes: most bytes of per-chunk score tables the scan holds at once (windows of chunks).
         readout_block_v, readout_warps: value columns and warps of the readout's forward programs.
-        dq_block_v: value columns per step of the readout backward's ``dq`` kernel.
-        dq_warps: its warps (``None``: 8 when ``chunk_size * K >= 4096``, else 4).
+        dq_kernel: how the readout backward computes ``dq`` and the query-side gradients: ``"chunk"``, one
+            program per query chunk looping over its candidates; ``"pair"``, one program per (query chunk,
+            candidate) pair storing its tiles, then a per-query-chunk sum of ``dq`` from them.
+        dq_block_v: value columns per step of the readout backward's ``dq`` kernel (either form's).
+        dq_warps: its warps, of the pair kernel in the ``"pair"`` form (``None``: 8 when ``chunk_size * K >= 4096``,
+            else 4).
         key_block_v, key_warps: value columns and warps of the readout backward's key-side kernel.
         pair_tile_bytes: most bytes of the readout backward's per-pair tiles held at once (windows of heads).
         torch_group_bytes: working memory of the PyTorch readout per group of query chunks.
@@ -46,6 +50,7 @@ class Tuning:
     scan_table_bytes: int = 1 << 29
     readout_block_v: int = 64
     readout_warps: int = 4
+    dq_kernel: str = "chunk"
     dq_block_v: int = 32
     dq_warps: Optional[int] = None
     key_block_v: int = 128
@@ -54,6 +59,8 @@ class Tuning:
     torch_group_bytes: int = 1 << 26
 
     def __post_init__(self):
+        if self.dq_kernel not in ("chunk", "pair"):
+            raise ValueError(f"tuning.dq_kernel: expected 'chunk' or 'pair', got {self.dq_kernel!r}")
         for name in ("max_tile", "ut_tile"):
             _power_of_two(name, getattr(self, name), 32)
         for name in ("scan_block_k", "scan_block_v", "readout_block_v", "dq_block_v", "key_block_v"):
