@@ -95,7 +95,8 @@ class RecurrentMixer(nn.Module, metaclass=ABCMeta):
 
     def __init__(self, hidden_size: int, num_heads: int, num_qk_heads: int, head_k_dim: int, head_v_dim: int, *,
                  policy: str = "dla", capacity: int = 30, tau: float = 0.6, score: str = "drift",
-                 boundary_grad: Optional[str] = None, boundary_temperature: float = TEMPERATURE, block_size: int = 64, chunk_size: int = 64, max_position_embeddings: int = 2048,
+                 boundary_grad: Optional[str] = None, boundary_temperature: float = TEMPERATURE,
+                 block_size: int = 64, chunk_size: int = 64, max_position_embeddings: int = 2048,
                  layer_idx: Optional[int] = None):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("num_qk_heads", num_qk_heads),

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from dla.layers.mamba2 import Mamba2Mixer
 from dla.layers.recurrent import RecurrentMixer
 from dla.models import DLAConfig
 from dla.train import train
@@ -42,7 +43,7 @@ def test_dla_mamba2_trains_with_the_trainable_boundary(tiny):
     assert len(last) == 2 and not changed.intersection(last)
 
 
-def test_config_fields_are_validated():
+def test_config_fields_and_mixer_arguments_are_validated():
     kw = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, mixer="mamba2", num_heads=2, head_k_dim=8)
     assert DLAConfig(**kw, boundary_grad="ste").boundary_temperature == 0.1
     with pytest.raises(ValueError, match="boundary_grad"):
@@ -52,3 +53,10 @@ def test_config_fields_are_validated():
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="boundary_temperature"):
             DLAConfig(**kw, boundary_temperature=bad)
+    sizes = dict(num_heads=2, head_v_dim=8, head_k_dim=8)
+    for bad in (dict(boundary_grad="soft"), dict(boundary_grad="ste", policy="single")):
+        with pytest.raises(ValueError, match="boundary_grad"):
+            Mamba2Mixer(32, **sizes, **bad)
+    with pytest.raises(ValueError, match="boundary_temperature"):
+        Mamba2Mixer(32, **sizes, boundary_grad="ste", boundary_temperature=0.0)
+    assert "boundary_grad='ste'" in repr(Mamba2Mixer(32, **sizes, boundary_grad="ste"))
