@@ -158,8 +158,9 @@ def select_backend(backend: Optional[str], v: Tensor, chunk_size: int) -> Module
         return chunked
     if backend != "triton":
         raise ValueError(f"backend: expected None, 'torch' or 'triton', got {backend!r}")
-    if chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size: the triton backend needs a power of two >= 16, got {chunk_size}")
+    if chunk_size < 16 or chunk_size > 64 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size: the triton backend takes 16, 32 or 64 (its segmentation scan holds "
+                         f"[chunk, chunk] tables in shared memory), got {chunk_size}")
     if v.dtype == torch.float64:
         raise ValueError("backend: 'triton' computes in float32; pass float32/bfloat16/float16 inputs or use "
                          "backend='torch' (float64)")

@@ -248,3 +248,11 @@ def test_open_slot_state_paths(block_size, init, dtype, record):
     if block_size == 40 and not init:  # slots [0, 40), [40, 80), ...: starts one and two chunks back at chunk starts
         assert torch.equal(ref.boundary[0].nonzero().flatten().cpu(), torch.arange(0, T, 40))
     assert starts.numel() > 0
+
+
+@pytest.mark.parametrize("chunk_size", [8, 24, 128])
+def test_triton_backend_refuses_chunks_its_scan_cannot_hold(chunk_size):
+    x = make_inputs(B=1, T=20, H=2, G=1, K=4, V=4, R=4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="^chunk_size: the triton backend takes 16, 32 or 64"):
+        chunk_dla(**{n: t.to(DEVICE) if t is not None else None for n, t in x.items()}, capacity=4,
+                  chunk_size=chunk_size, backend="triton")
