@@ -41,6 +41,7 @@ from dla.ops.common.state import UNUSED_START, DLAState, Segmentation, empty_seg
 from dla.ops.utils.checks import check_dla_args
 from dla.ops.utils.cu_seqlens import PaddedRows, check_cu_seqlens, length_buckets
 from dla.ops.utils.precision import interpreting, resolve_precision
+from dla.ops.utils.tuning import CHOICES as TUNING_CHOICES
 from dla.ops.utils.tuning import StageConfig, Tuning
 
 
@@ -485,13 +486,15 @@ def _tuning_list(tuning: Optional[Tuning]) -> Optional[List[int]]:
     """A :class:`Tuning` as the op's ``int[]`` argument (``None`` stays ``None``)."""
     if tuning is None:
         return None
-    return [_TUNING_NONE if x is None else int(x) for x in astuple(tuning)]
+    return [_TUNING_NONE if x is None else TUNING_CHOICES[f.name].index(x) if f.name in TUNING_CHOICES else int(x)
+            for f, x in zip(fields(tuning), astuple(tuning))]
 
 
 def _tuning_of(values: Optional[List[int]]) -> Optional[Tuning]:
     if values is None:
         return None
-    return Tuning(**{f.name: None if x == _TUNING_NONE else x for f, x in zip(fields(Tuning), values)})
+    return Tuning(**{f.name: None if x == _TUNING_NONE else TUNING_CHOICES[f.name][x] if f.name in TUNING_CHOICES
+                     else x for f, x in zip(fields(Tuning), values)})
 
 
 def _op_forward(q, k, v, g, lam, beta, cu_seqlens, scale, tau, capacity, policy, block_size, score, chunk_size,

@@ -94,6 +94,8 @@ def test_compiled_call_takes_the_tuning():
 
     t = Tuning(torch_group_bytes=1 << 12, dq_warps=None, scan_block_v=16)
     assert _tuning_of(_tuning_list(t)) == t and _tuning_of(None) is None
+    for form in ("chunk", "pair"):  # string fields travel as their index
+        assert _tuning_of(_tuning_list(Tuning(dq_kernel=form))).dq_kernel == form
     x = make_inputs(B=1, T=40, H=2, G=1, K=8, V=8, R=4, dtype=torch.float32, seed=6)
     torch._dynamo.reset()
     f = torch.compile(lambda **x: chunk_dla(**x, **KW, tuning=t)[0], backend="aot_eager", fullgraph=True)

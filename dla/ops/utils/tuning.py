@@ -17,6 +17,13 @@ def _power_of_two(name: str, value: int, low: int) -> None:
         raise ValueError(f"tuning.{name}: expected a power of two >= {low}, got {value!r}")
 
 
+DQ_KERNELS = ("chunk", "pair")
+"""The forms of the readout backward's ``dq`` (``Tuning.dq_kernel``)."""
+
+CHOICES = {"dq_kernel": DQ_KERNELS}
+"""The string fields of :class:`Tuning` and their values (the compiled op carries each as its index)."""
+
+
 @dataclass(frozen=True)
 class Tuning:
     """Tile widths, warps and memory budgets of the kernels (Triton backend) and of the PyTorch readout.
@@ -59,8 +66,8 @@ class Tuning:
     torch_group_bytes: int = 1 << 26
 
     def __post_init__(self):
-        if self.dq_kernel not in ("chunk", "pair"):
-            raise ValueError(f"tuning.dq_kernel: expected 'chunk' or 'pair', got {self.dq_kernel!r}")
+        if self.dq_kernel not in DQ_KERNELS:
+            raise ValueError(f"tuning.dq_kernel: expected one of {DQ_KERNELS}, got {self.dq_kernel!r}")
         for name in ("max_tile", "ut_tile"):
             _power_of_two(name, getattr(self, name), 32)
         for name in ("scan_block_k", "scan_block_v", "readout_block_v", "dq_block_v", "key_block_v"):
