@@ -25,23 +25,10 @@ from pathlib import Path
 
 import torch
 
-from dla.bench.ops import SHAPES
+from dla.bench.ops import SHAPES, op_inputs
 from dla.ops import Tuning, chunk_dla
 
 FORMS = ("chunk", "pair")
-
-
-def make_inputs(shape: str, B: int, T: int, R: int, gdn: bool, device: str, dtype: torch.dtype, seed: int = 0):
-    """``dla bench ops``' inputs (:func:`dla.bench.ops.op_inputs`) on any device and in any dtype."""
-    H, G, K, V = SHAPES[shape]
-    gen = torch.Generator(device=device).manual_seed(seed)
-    q = torch.randn(B, T, G, K, device=device, generator=gen).to(dtype)
-    k = torch.nn.functional.normalize(torch.randn(B, T, G, K, device=device, generator=gen), dim=-1).to(dtype)
-    v = torch.randn(B, T, H, V, device=device, generator=gen).to(dtype)
-    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device=device, generator=gen) + 4).float()
-    lam = (torch.rand(B, T, H, R, device=device, generator=gen) + 0.5).to(dtype)
-    beta = torch.rand(B, T, H, device=device, generator=gen).to(dtype) if gdn else None
-    return dict(q=q, k=k, v=v, g=g, lam=lam, beta=beta)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -123,7 +110,8 @@ def main(argv=None) -> int:
     for shape in args.shapes:
         for backbone in args.backbones:
             B = max(args.tokens // args.T, 1)
-            x = make_inputs(shape, B, args.T, args.capacity, backbone == "gdn", args.device, getattr(torch, args.dtype))
+            x = op_inputs(shape, B, args.T, args.capacity, backbone == "gdn", device=args.device,
+                          dtype=getattr(torch, args.dtype))
             for t in x.values():
                 if t is not None:
                     t.requires_grad_(True)

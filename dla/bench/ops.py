@@ -52,10 +52,12 @@ def _time(fn: Callable[[], None], budget_s: float, reps: int = 10) -> float:
     return median_ms(fn, "cuda", reps=reps, budget_s=budget_s)
 
 
-def op_inputs(shape: str, B: int, T: int, R: int, gdn: bool, seed: int = 0):
+def op_inputs(shape: str, B: int, T: int, R: int, gdn: bool, seed: int = 0, device: str = "cuda",
+              dtype: torch.dtype = torch.bfloat16):
+    """The benchmark's random DLA inputs of ``shape``: ``dtype`` (bfloat16) on ``device`` (CUDA), ``g`` float32."""
     H, G, K, V = SHAPES[shape]
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    dev, dt = "cuda", torch.bfloat16
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dev, dt = device, dtype
     q = torch.randn(B, T, G, K, device=dev, generator=gen).to(dt)
     k = torch.nn.functional.normalize(torch.randn(B, T, G, K, device=dev, generator=gen), dim=-1).to(dt)
     v = torch.randn(B, T, H, V, device=dev, generator=gen).to(dt)
