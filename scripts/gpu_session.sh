@@ -2,6 +2,8 @@
 # One GPU session's checks and timings, each part under its own time limit; results under OUT.
 # Usage (CUDA machine, repo root): bash scripts/gpu_session.sh OUT [PART...]
 # Parts (default: all but ncu, in this order):
+#   fla        OUT/tests_fla.log: DLA's fla-compatible layers inside fla's models on the GPU (needs fla: wheels in
+#              .whl/ are installed into a temporary directory first, nothing into the machine's Python)
 #   tests      OUT/tests_*.log: every Triton kernel against its PyTorch reference, and chunk_dla on the GPU against
 #              the float64 CPU references (outputs and every gradient; Triton 3.6 has miscompiled gated
 #              backward kernels on Hopper before), one process per file (and per policy for the latter), in
@@ -14,7 +16,7 @@
 #              (a fresh machine spends about 2 minutes autotuning each fla op)
 #   decode     OUT/decode.{json,md,png}: dla bench decode, contexts 1K, 16K, 128K, batch 1 and 64
 #   generate   OUT/generate.{json,md}: dla bench generate, 125M models, 1K, 16K, 64K prompts + 256 tokens
-# Time limits per part (seconds): T_TESTS, T_BF16, T_KERNELS, T_NCU, T_OPS, T_DEC, T_GEN.
+# Time limits per part (seconds): T_FLA, T_TESTS, T_BF16, T_KERNELS, T_NCU, T_OPS, T_DEC, T_GEN.
 set -uo pipefail
 out=${1:?output directory}
 shift
@@ -31,7 +33,8 @@ for part in $parts; do
       for f in tests/ops/triton/test_backbone_mamba2.py tests/ops/triton/test_backbone_gdn.py \
                tests/ops/triton/test_readout_bwd.py tests/ops/triton/test_readout_fwd.py \
                tests/ops/triton/test_precision.py tests/ops/triton/test_step.py tests/ops/triton/test_layout.py \
-               tests/ops/triton/test_readout_plan.py tests/ops/triton/test_scan.py tests/ops/test_saved.py; do
+               tests/ops/triton/test_readout_plan.py tests/ops/triton/test_scan.py tests/ops/test_saved.py \
+               tests/ops/common/test_boundary_grad.py; do
         log="$out/tests_$(basename "$f" .py).log"
         timeout "${T_TESTS:-400}" python3 -m pytest -q -p no:cacheprovider --tb=short "$f" > "$log" 2>&1 &
         pids+=($!)
@@ -56,6 +59,12 @@ for part in $parts; do
       for gdn in False True; do
         echo "bf16ops_$gdn: $(grep -E '^(FAILED|ERROR)|passed|failed|rror' "$out/bf16ops_$gdn.log" | tail -3 | tr '\n' ' ')"
       done ;;
+    fla)
+      if ! python3 -c 'import fla' 2>/dev/null && ls .whl/*.whl > /dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/fla_site .whl/*.whl
+        export PYTHONPATH=$PYTHONPATH:/tmp/fla_site
+      fi
+      run_tests "$out/tests_fla.log" "${T_FLA:-420}" fla tests/layers/test_fla_layers.py -k cuda ;;
     kernels)
       for bb in mamba2 gdn; do
         timeout "${T_KERNELS:-150}" python3 scripts/gpu_kernel_table.py "$out/kernels_$bb.json" \
