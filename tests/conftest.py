@@ -10,8 +10,9 @@ if not torch.cuda.is_available():
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` (absolute error when ``b`` is zero)."""
-    a, b = a.detach().double(), b.detach().double()
+    """``||a - b|| / ||b||`` (absolute error when ``b`` is zero), in float64 on ``b``'s device."""
+    b = b.detach().double()
+    a = a.detach().double().to(b.device)
     den = b.norm()
     return float((a - b).norm() / den) if den > 0 else float((a - b).norm())
 

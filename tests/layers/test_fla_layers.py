@@ -131,13 +131,13 @@ def test_unknown_arguments_raise():
         build("gdn", layer_idx=None)(inputs(), past_key_values=Cache(), use_cache=True)
 
 
-def fla_layer(which: str, seed: int = 0):
+def fla_layer(which: str, seed: int = 0, **kw):
     from fla.layers import GatedDeltaNet, Mamba2
 
     torch.manual_seed(seed)
     if which == "gdn":
-        return GatedDeltaNet(**GDN_KWARGS)
-    return Mamba2(**{**MAMBA2_KWARGS, "backend": "triton"})
+        return GatedDeltaNet(**{**GDN_KWARGS, **kw})
+    return Mamba2(**{**MAMBA2_KWARGS, "backend": "triton", **kw})
 
 
 @pytest.mark.parametrize("which", ["gdn", "mamba2"])
@@ -198,10 +198,27 @@ def test_inside_an_fla_gdn_model_decoding_and_generate_equal_the_full_forward(mo
     assert all(p.grad is not None for p in model.model.layers[0].attn.parameters())
 
 
+# fla 0.6's Mamba2 without mamba_ssm (its torch_forward) gives head h the B/C group h % n_groups, while mamba_ssm's
+# kernels, fla's own decode step and ours give it h // (num_heads / n_groups): the layers agree at n_groups = 1 only
+ONE_GROUP = {"mamba2": {"n_groups": 1}, "gdn": {}}
+
+
+def test_single_policy_equals_the_fla_mamba2_layer_on_cpu():
+    """fla's Mamba2 prefill (its PyTorch path; the gated norm and the activation, Triton kernels in fla, replaced by
+    the same math in PyTorch) equals ``DLAMamba2(policy="single")`` with its weights."""
+    theirs = fla_layer("mamba2", **ONE_GROUP["mamba2"])
+    ours = DLAMamba2.from_fla(theirs, policy="single")
+    theirs.norm, theirs.act = ours.norm, torch.nn.SiLU()
+    theirs, ours = theirs.double(), ours.double()
+    x = inputs(T=50)
+    with torch.no_grad():
+        assert rel(ours(x)[0], theirs(x)[0]) <= 1e-6  # fla computes A = -exp(A_log) in float32
+
+
 @CUDA
 @pytest.mark.parametrize("which", ["gdn", "mamba2"])
 def test_cuda_single_policy_equals_the_fla_layer(which):
-    theirs = fla_layer(which).cuda()
+    theirs = fla_layer(which, **ONE_GROUP[which]).cuda()
     ours = (DLAGatedDeltaNet if which == "gdn" else DLAMamba2).from_fla(theirs, policy="single")
     x = torch.randn(2, 200, 32, device="cuda")
     with torch.no_grad():

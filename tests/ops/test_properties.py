@@ -14,16 +14,10 @@ from hypothesis import strategies as st
 
 from dla.ops import POLICIES, SCORES, chunk_dla, naive_dla, num_levels
 from dla.ops.common.state import UNUSED_START
+from tests.conftest import rel_err
 
 SETTINGS = settings(max_examples=25, deadline=None)
 TOL = 1e-12
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` (absolute error when ``b`` is zero)."""
-    a, b = a.double(), b.double()
-    den = b.norm()
-    return float((a - b).norm() / den) if den > 0 else float((a - b).norm())
 
 
 @dataclass(frozen=True)
