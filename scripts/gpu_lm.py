@@ -12,6 +12,10 @@ the GPU machine). Every mode writes under ``--out`` (``$OUT`` on the GPU machine
     # segmentation on held-out text (--seg-tokens) with a picture of one held-out paragraph (<run>/segview/)
     python scripts/gpu_lm.py train configs/lm/dla-gdn.yaml --seed 0 --tokens 50e6 --minutes 8 --out $OUT/runs
 
+    # where a step's time goes: one fwd+bwd of the first training batch, packed (cu_seqlens, as the trainer runs
+    # it) and as [B, T] rows, and torch.profiler's top operators of the packed step (OUT/profile/<recipe>.txt)
+    python scripts/gpu_lm.py profile --recipes transformer mamba2 --out $OUT/profile
+
     # tables and plots over finished runs (CPU)
     python scripts/gpu_lm.py report OUT1/runs OUT2/runs --out docs/results/lm
 
@@ -112,6 +116,61 @@ def steptime(args) -> int:
     for r in rows:
         print(f"| {LABELS.get(r['recipe'], r['recipe'])} | {r['params'] / 1e6:.2f}M | {r['step_s']:.3f} | "
               f"{r['tokens_per_s']:,.0f} | {r['peak_mem_gib']:.1f} |")
+    return 0
+
+
+def profile(args) -> int:
+    """Time one forward + backward of the first training batch of each recipe, packed (``cu_seqlens``, as the
+    trainer runs it) and as ``[B, T]`` rows (no document masking), bf16 autocast on a GPU; write torch.profiler's
+    operators of the packed step, by device time, to ``<out>/<recipe>.txt`` and the times to ``profile.json``."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from dla.train import load_config
+    from dla.train.data import build_task_data
+    from dla.train.distributed import DistEnv
+    from dla.train.loop import _Step
+    from dla.train.model import build_model, build_model_config
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for name in args.recipes:
+        args.recipe_name = name
+        config = load_config(recipe_path(name), _overrides(args))
+        data = build_task_data(config.data, config.train.micro_batch_size, 0, DistEnv(device=device))
+        batch = next(iter(data.train))
+        model = build_model(build_model_config(config.model, data.vocab_size, data.eos_token_id)).to(device)
+        row = {"recipe": name, "tokens": batch["input_ids"].numel(), "documents": int(batch["cu_seqlens"].numel() - 1)}
+
+        def step(packed: bool):
+            nll, _, labels = _Step(model, model, device, autocast, document_masking=packed)(batch)
+            (nll / labels.numel()).backward()
+
+        for packed in (True, False):
+            for _ in range(2):
+                step(packed)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.reps):
+                step(packed)
+            sync()
+            row["packed_s" if packed else "rows_s"] = (time.perf_counter() - t0) / args.reps
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            step(True)
+            sync()
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=args.top) + "\n")
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model
+    record = {"environment": environment(), "command": " ".join(sys.argv), "rows": rows}
+    (out / "profile.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
@@ -355,7 +414,7 @@ def report(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
-    for mode in ("steptime", "train"):
+    for mode in ("steptime", "train", "profile"):
         p = sub.add_parser(mode)
         p.add_argument("--out", default=os.environ.get("OUT", "runs/lm_out"), help="results directory ($OUT)")
         p.add_argument("--corpus", default="runs/books/tokens", help="the token corpus (dla data tokenize)")
@@ -367,6 +426,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per model")
     p.add_argument("--every", type=int, default=5, help="steps per timed interval")
     p.set_defaults(fn=steptime)
+    p = sub.choices["profile"]
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipe names (default: all seven)")
+    p.add_argument("--reps", type=int, default=5, help="timed steps per form")
+    p.add_argument("--top", type=int, default=25, help="operators listed per recipe")
+    p.set_defaults(fn=profile)
     p = sub.choices["train"]
     p.add_argument("recipe", help="configs/lm/<name>.yaml or a name: " + ", ".join(RECIPES))
     p.add_argument("--seed", type=int, default=0)
