@@ -7,7 +7,9 @@
 #   JOBS=4 bash scripts/gpu_study.sh configs/study/calibration.yaml "$OUT" 20
 #        a piece of the sweep: finished cells (docs/results/<study>/*.json in the tree) are skipped; a cell is
 #        started only if its estimated time fits; on a warm machine a rerun resumes an interrupted cell. JOBS
-#        processes (default 1) share the GPU, each training its own shard of the pending cells (`--shard I/N`).
+#        processes (default 1) share the GPU, each training its own shard of the pending cells (`--shard I/N`); no
+#        more than fit in its memory at the peaks in measure.json (the capacity sweep on an 80 GB GPU: 6 at T = 256, 3 at
+#        T = 512); a process that runs out of memory all the same stops, leaving its cells pending.
 # Writes OUT/env.txt (GPU, driver, torch, Triton, date), OUT/study.log (the run's output), OUT/status.txt (every
 # cell's status afterwards), OUT/results/<study>/*.json (every result of the study and measure.json: copy them into
 # docs/results/<study>/ and run `dla study report`) and OUT/logs/<cell>.jsonl (each cell's training log).
@@ -30,11 +32,33 @@ print(load_sweep(sys.argv[1], validate=False).study)' "$sweep") \
 # the limit of the run itself is MINUTES; the outer timeout only guards against a hang
 limit=$((${minutes%.*} * 60 + 180))
 jobs=${JOBS:-1}
+# no more processes than the GPU holds: its memory over the largest peak in measure.json among the shapes of the
+# next 4 x JOBS pending cells (what one piece reaches), times 1.5 for what a process holds beyond its tensors (CUDA context, cached blocks: 10.8 GiB
+# per process at a 7.2 GiB peak on an H100), 10% kept free
+fit=$(python3 - "$sweep" "$results" "$jobs" <<'EOF' 2>/dev/null
+import json, sys
+import torch
+from dla.study.runner import measure_path, result_path
+from dla.study.sweep import load_sweep
+sweep = load_sweep(sys.argv[1])
+pending = [c for c in sweep.select(None) if not result_path(sys.argv[2], c).is_file()]
+shapes = {(c.model, c.setting, c.config("-").data.seq_len) for c in pending[:4 * int(sys.argv[3])]}
+rows = json.loads(measure_path(sys.argv[2], sweep.study).read_text())["rows"]
+peak = 1.5 * max((r.get("peak_mem_gib") or 0 for r in rows if (r["model"], r["setting"], r["seq_len"]) in shapes),
+                 default=0)
+print(int(0.9 * torch.cuda.get_device_properties(0).total_memory / 2**30 // peak) if peak else 0)
+EOF
+)
+if [ "${fit:-0}" -ge 1 ] && [ "$jobs" -gt "$fit" ]; then
+  echo "JOBS=$jobs processes would not fit in GPU memory (measure.json's peaks): running $fit"
+  jobs=$fit
+fi
 if [ "$jobs" -le 1 ] || [[ " $* " == *" --measure "* ]]; then
   timeout $limit python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" \
     --max-minutes "$minutes" --no-progress "$@" 2>&1 | tee "$out/study.log"
 else
   # JOBS processes share the GPU, each training its own shard of the pending cells
+  export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
   for ((i = 0; i < jobs; i++)); do
     OMP_NUM_THREADS=2 timeout $limit python3 -m dla.cli study run "$sweep" --root "$root" --results "$results" \
       --max-minutes "$minutes" --no-progress --shard "$i/$jobs" "$@" > "$out/study.$i.log" 2>&1 &

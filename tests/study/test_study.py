@@ -4,6 +4,7 @@ cells, refuse stale results, measure, report."""
 import json
 
 import pytest
+import torch
 
 from dla.study import load_sweep, run_sweep
 from dla.study import runner as runner_mod
@@ -141,6 +142,50 @@ def test_diverged_and_failed_cells(toy_sweep, tmp_path, monkeypatch):
     record = json.loads(result_path(results, sweep.cells[1]).read_text())
     assert record["status"] == "diverged" and record["accuracy"] is None and record["error"].startswith("train:")
     assert not result_path(results, sweep.cells[0]).exists()
+
+
+def test_out_of_gpu_memory_stops_the_piece(toy_sweep, tmp_path, monkeypatch):
+    """Several processes share one GPU: a cell that runs out of memory ends this process's piece, so the next
+    cells are left pending instead of failing one after another."""
+    toy_sweep.write_text(toy_sweep.read_text().replace("lrs: [3.0e-3]", "lrs: [1.0e-3, 3.0e-3]"))
+    sweep = load_sweep(toy_sweep)
+    from dla.train import loop
+
+    calls = []
+
+    def oom(config, **kw):
+        calls.append(config.name)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "train", oom)
+    lines = []
+    summary = run_sweep(sweep, tmp_path / "runs", tmp_path / "results", progress=False, echo=lines.append)
+    ids = [c.id for c in sweep.cells]
+    assert calls == [ids[0]] and summary["failed"] == [ids[0]] and summary["left"] == ids[1:]
+    assert "out of GPU memory" in lines[0] and "JOBS" in lines[0]
+
+
+def test_a_shard_plans_with_the_shared_step_time(toy_sweep, tmp_path, monkeypatch):
+    """With n processes on one GPU, a cell's estimate is the measured step time x 0.3 n: a cell that fits alone
+    is left for the next piece when 8 processes share the GPU."""
+    sweep = load_sweep(toy_sweep)
+    from dla.study.runner import measure_path
+    from dla.train import loop
+
+    cell = sweep.cells[0]
+    steps = cell.config(tmp_path).train.steps(cell.config(tmp_path).data.seq_len)
+    path = measure_path(tmp_path / "results", sweep.study)
+    path.parent.mkdir(parents=True)
+    row = {"model": cell.model, "setting": cell.setting, "seq_len": cell.config(tmp_path).data.seq_len,
+           "step_ms": 1000 * 60 / steps}  # one minute of steps alone
+    path.write_text(json.dumps({"rows": [row]}))
+    calls = []
+    monkeypatch.setattr(loop, "train", lambda config, **kw: calls.append(config.name) or 1 / 0)
+    kw = dict(only=[cell.id], max_minutes=2.0, progress=False, echo=lambda _: None)
+    assert run_sweep(sweep, tmp_path / "runs", tmp_path / "results", shard=(0, 8), **kw)["left"] == [cell.id]
+    assert not calls  # 60 s x 2.4 x 1.15 does not fit in 2 minutes
+    assert run_sweep(sweep, tmp_path / "runs", tmp_path / "results", shard=(0, 2), **kw)["failed"] == [cell.id]
+    assert calls == [cell.id]  # 60 s x 1 x 1.15 does
 
 
 def test_shards_split_the_pending_cells(toy_sweep, tmp_path, monkeypatch):
