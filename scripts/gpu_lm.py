@@ -120,9 +120,10 @@ def steptime(args) -> int:
 
 
 def profile(args) -> int:
-    """Time one forward + backward of the first training batch of each recipe, packed (``cu_seqlens``, as the
-    trainer runs it) and as ``[B, T]`` rows (no document masking), bf16 autocast on a GPU; write torch.profiler's
-    operators of the packed step, by device time, to ``<out>/<recipe>.txt`` and the times to ``profile.json``."""
+    """Time one forward + backward of the first training batch of each recipe (a name, or any run config's YAML, an
+    MQAR one too), packed (``cu_seqlens``, as the trainer runs it; language data only) and as ``[B, T]`` rows (no
+    document masking), bf16 autocast on a GPU; write torch.profiler's operators of the first form's step, by device
+    time, to ``<out>/<recipe>.txt`` and the times to ``profile.json``."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -141,17 +142,22 @@ def profile(args) -> int:
     rows = []
     for name in args.recipes:
         args.recipe_name = name
-        config = load_config(recipe_path(name), _overrides(args))
+        lm = load_config(recipe_path(name)).data.task == "lm"
+        config = load_config(recipe_path(name), (_overrides(args) if lm else [f"train.device={args.device}"])
+                             + ([f"train.micro_batch_size={args.batch}", f"train.global_batch_size={args.batch}"]
+                                if args.batch else []))
         data = build_task_data(config.data, config.train.micro_batch_size, 0, DistEnv(device=device))
         batch = next(iter(data.train))
         model = build_model(build_model_config(config.model, data.vocab_size, data.eos_token_id)).to(device)
-        row = {"recipe": name, "tokens": batch["input_ids"].numel(), "documents": int(batch["cu_seqlens"].numel() - 1)}
+        packed_forms = (True, False) if "cu_seqlens" in batch else (False,)  # MQAR batches: rows only
+        row = {"recipe": name, "tokens": batch["input_ids"].numel(),
+               "documents": int(batch["cu_seqlens"].numel() - 1) if "cu_seqlens" in batch else len(batch["input_ids"])}
 
         def step(packed: bool):
             nll, _, labels = _Step(model, model, device, autocast, document_masking=packed)(batch)
             (nll / labels.numel()).backward()
 
-        for packed in (True, False):
+        for packed in packed_forms:
             for _ in range(2):
                 step(packed)
             sync()
@@ -162,10 +168,10 @@ def profile(args) -> int:
             row["packed_s" if packed else "rows_s"] = (time.perf_counter() - t0) / args.reps
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
-            step(True)
+            step(packed_forms[0])
             sync()
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=args.top) + "\n")
+        (out / f"{Path(name).stem}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=args.top) + "\n")
         rows.append(row)
         print(json.dumps(row), flush=True)
         del model
@@ -430,6 +436,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipe names (default: all seven)")
     p.add_argument("--reps", type=int, default=5, help="timed steps per form")
     p.add_argument("--top", type=int, default=25, help="operators listed per recipe")
+    p.add_argument("--batch", type=int, default=0, help="sequences per step (default: the recipe's micro batch)")
     p.set_defaults(fn=profile)
     p = sub.choices["train"]
     p.add_argument("recipe", help="configs/lm/<name>.yaml or a name: " + ", ".join(RECIPES))
