@@ -121,9 +121,10 @@ def steptime(args) -> int:
 
 def profile(args) -> int:
     """Time one forward + backward of the first training batch of each recipe (a name, or any run config's YAML, an
-    MQAR one too), packed (``cu_seqlens``, as the trainer runs it; language data only) and as ``[B, T]`` rows (no
-    document masking), bf16 autocast on a GPU; write torch.profiler's operators of the first form's step, by device
-    time, to ``<out>/<recipe>.txt`` and the times to ``profile.json``."""
+    MQAR one too), bf16 autocast on a GPU, in the trainer's form and others: packed (``cu_seqlens``; language data
+    only), as ``[B, T]`` rows (no document masking), and as rows with logits at every position (DLA models compute
+    them only where a label is scored); write torch.profiler's operators of the trainer's form, by device time, to
+    ``<out>/<recipe>.txt``, and the times and peak memory to ``profile.json``."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -149,26 +150,35 @@ def profile(args) -> int:
         data = build_task_data(config.data, config.train.micro_batch_size, 0, DistEnv(device=device))
         batch = next(iter(data.train))
         model = build_model(build_model_config(config.model, data.vocab_size, data.eos_token_id)).to(device)
-        packed_forms = (True, False) if "cu_seqlens" in batch else (False,)  # MQAR batches: rows only
+        # (name, packed, logits only where scored): the trainer's form first
+        forms = [("packed", True, True)] if "cu_seqlens" in batch else []  # MQAR batches: rows only
+        forms += [("rows", False, True), ("rows_all_logits", False, False)]
         row = {"recipe": name, "tokens": batch["input_ids"].numel(),
+               "scored": int((batch["labels"] != -100).sum()),
                "documents": int(batch["cu_seqlens"].numel() - 1) if "cu_seqlens" in batch else len(batch["input_ids"])}
 
-        def step(packed: bool):
-            nll, _, labels = _Step(model, model, device, autocast, document_masking=packed)(batch)
+        def step(packed: bool, scored: bool):
+            fn = _Step(model, model, device, autocast, document_masking=packed)
+            fn.scored_logits = fn.scored_logits and scored
+            nll, _, labels = fn(batch)
             (nll / labels.numel()).backward()
 
-        for packed in packed_forms:
+        for form, packed, scored in forms:
             for _ in range(2):
-                step(packed)
+                step(packed, scored)
             sync()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             for _ in range(args.reps):
-                step(packed)
+                step(packed, scored)
             sync()
-            row["packed_s" if packed else "rows_s"] = (time.perf_counter() - t0) / args.reps
+            row[f"{form}_s"] = (time.perf_counter() - t0) / args.reps
+            if device.type == "cuda":
+                row[f"{form}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
-            step(packed_forms[0])
+            step(*forms[0][1:])
             sync()
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         (out / f"{Path(name).stem}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=args.top) + "\n")

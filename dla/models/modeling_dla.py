@@ -455,8 +455,10 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
                 is the cross-entropy in float32 (float64 for float64 models), averaged over the predicted labels.
             num_items_in_batch: divide the summed loss by this count instead (gradient accumulation, as the
                 transformers Trainer passes it).
-            logits_to_keep: compute logits only for the last ``n`` positions (``0`` = all) or for the positions of
-                a 1-D index tensor.
+            logits_to_keep: compute logits only for the last ``n`` positions (``0`` = all), for the positions of
+                a 1-D index tensor, or for the ``True`` positions of a ``[B, T]`` bool mask (logits ``[N, vocab]``
+                in the mask's row-major order; what a task scoring few positions, like MQAR, trains with: the
+                vocabulary projection and its loss cost that fraction of the full ones).
             Others: as :meth:`DLAModel.forward`.
         """
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -465,6 +467,14 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
         hidden = out.last_hidden_state
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        elif logits_to_keep.dtype == torch.bool:
+            if logits_to_keep.shape != hidden.shape[:2]:
+                raise ValueError(f"logits_to_keep: a bool mask must be [B, T] = {tuple(hidden.shape[:2])}, got "
+                                 f"{tuple(logits_to_keep.shape)}")
+            if labels is not None:
+                raise ValueError("labels: the loss needs every position's logits; with a bool logits_to_keep take "
+                                 "the loss outside")
+            hidden = hidden[logits_to_keep.to(hidden.device)]
         else:
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)

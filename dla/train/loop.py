@@ -127,19 +127,29 @@ class _Step:
         self.model, self.device, self.autocast = model, device, autocast
         self.pass_cu_seqlens = document_masking and forward_accepts(inner, "cu_seqlens")
         self.pass_use_cache = forward_accepts(inner, "use_cache")
+        from dla.models import DLAForCausalLM
+
+        # DLA models compute logits only where a label is scored (MQAR scores 6-25% of the positions)
+        self.scored_logits = isinstance(inner, DLAForCausalLM)
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(nll_sum, logits [B*T, V] float32, labels [B*T])`` of ``batch``."""
+        """``(nll_sum, logits [N, V] float32, labels [N])`` of ``batch``: every position (``N = B*T``), or the
+        scored ones (labels other than -100) for models that take a ``logits_to_keep`` mask."""
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-        labels = batch["labels"].to(self.device, non_blocking=True).reshape(-1)
+        labels = batch["labels"].to(self.device, non_blocking=True)
         B, T = input_ids.shape
         kwargs = {"use_cache": False} if self.pass_use_cache else {}
         if self.pass_cu_seqlens and "cu_seqlens" in batch:
             kwargs["cu_seqlens"] = batch["cu_seqlens"].to(self.device, non_blocking=True)
-            input_ids = input_ids.reshape(1, B * T)
+            input_ids, labels = input_ids.reshape(1, B * T), labels.reshape(1, B * T)
+        if self.scored_logits:
+            scored = labels != -100
+            kwargs["logits_to_keep"] = scored
+            labels = labels[scored]
+        labels = labels.reshape(-1)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             logits = self.model(input_ids=input_ids, **kwargs).logits
-        logits = logits.reshape(B * T, -1).float()
+        logits = logits.reshape(labels.numel(), -1).float()
         return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"), logits, labels
 
 

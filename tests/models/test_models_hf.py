@@ -188,3 +188,20 @@ def test_use_cache_defaults_and_unknown_arguments(make_model):
     with pytest.raises(ValueError, match="^past_key_values:"):
         model(ids, past_key_values=object())
     assert isinstance(model(ids, return_dict=False), tuple)
+
+
+def test_logits_to_keep_takes_the_last_positions_an_index_or_a_mask(make_model):
+    model = make_model("gdn").eval()
+    ids = torch.randint(1, 64, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        same = lambda a, b: a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=1e-14)  # noqa: E731
+        assert same(model(input_ids=ids, logits_to_keep=3).logits, full[:, -3:])
+        index = torch.tensor([0, 5, 11])
+        assert same(model(input_ids=ids, logits_to_keep=index).logits, full[:, index])
+        mask = torch.rand(2, 12, generator=torch.Generator().manual_seed(4)) < 0.4
+        assert same(model(input_ids=ids, logits_to_keep=mask).logits, full[mask])
+        with pytest.raises(ValueError, match=r"logits_to_keep: a bool mask must be \[B, T\]"):
+            model(input_ids=ids, logits_to_keep=mask[:, :5])
+        with pytest.raises(ValueError, match="labels:"):
+            model(input_ids=ids, labels=ids, logits_to_keep=mask)

@@ -102,6 +102,42 @@ def test_mqar_task_scores_only_the_queries(tiny):
     assert result.num_params == sum(p.numel() for p in result.model.parameters())
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_logits_only_at_scored_positions_give_the_full_loss_and_gradients(packed):
+    """A DLA model's step projects to the vocabulary only where a label is scored; the loss sum and every gradient
+    equal those of the full logits (the generic path any causal LM takes)."""
+    from dla.models import DLAConfig, DLAForCausalLM
+    from dla.train.loop import _Step
+
+    torch.manual_seed(0)
+    model = DLAForCausalLM(DLAConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_heads=2, head_k_dim=8,
+                                     capacity=4, max_position_embeddings=64, eos_token_id=0)).double()
+    ids = torch.randint(1, 40, (3, 20))
+    ids[1, 7] = 0  # a document boundary inside row 1
+    labels = torch.where(torch.rand(3, 20) < 0.3, torch.randint(0, 40, (3, 20)), torch.full((3, 20), -100))
+    batch = {"input_ids": ids, "labels": labels}
+    if packed:
+        from dla.data.loader import batch_cu_seqlens
+
+        batch["cu_seqlens"] = batch_cu_seqlens(ids, 0)
+    results = []
+    for scored in (True, False):
+        model.zero_grad()
+        step = _Step(model, model, torch.device("cpu"), None, document_masking=packed)
+        assert step.scored_logits
+        step.scored_logits = scored
+        nll, logits, got_labels = step(batch)
+        nll.backward()
+        results.append((nll.detach(), [p.grad.clone() for p in model.parameters()], logits, got_labels))
+    (nll_s, grads_s, logits_s, labels_s), (nll_f, grads_f, logits_f, labels_f) = results
+    n = int((labels != -100).sum())
+    assert logits_s.shape == (n, 40) and logits_f.shape == (60, 40) and torch.equal(labels_s, labels_f[labels_f != -100])
+    assert torch.allclose(logits_s, logits_f[labels_f != -100], rtol=0, atol=1e-12)
+    assert torch.allclose(nll_s, nll_f, rtol=1e-6, atol=0)  # the step takes the loss in float32
+    for a, b in zip(grads_s, grads_f):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_any_transformers_causal_lm_trains(tmp_path, corpus_dir, cache_dir):
     data = tiny_dict(tmp_path / "llama", corpus_dir, cache_dir, data={"document_masking": True},
                      train={"max_steps": 6})
