@@ -8,8 +8,8 @@
 #        a piece of the sweep: finished cells (docs/results/<study>/*.json in the tree) are skipped; a cell is
 #        started only if its estimated time fits; on a warm machine a rerun resumes an interrupted cell. JOBS
 #        processes (default 1) share the GPU, each training its own shard of the pending cells (`--shard I/N`); no
-#        more than fit in its memory at the peaks in measure.json (the capacity sweep on an 80 GB GPU: 6 at T = 256, 3 at
-#        T = 512); a process that runs out of memory all the same stops, leaving its cells pending.
+#        more than fit in its memory at the peaks in measure.json (the capacity sweep on an 80 GB GPU: 6 at
+#        T = 256, 3 at T = 512); a process that runs out of memory all the same stops, leaving its cells pending.
 # Writes OUT/env.txt (GPU, driver, torch, Triton, date), OUT/study.log (the run's output), OUT/status.txt (every
 # cell's status afterwards), OUT/results/<study>/*.json (every result of the study and measure.json: copy them into
 # docs/results/<study>/ and run `dla study report`) and OUT/logs/<cell>.jsonl (each cell's training log).
@@ -33,8 +33,8 @@ print(load_sweep(sys.argv[1], validate=False).study)' "$sweep") \
 limit=$((${minutes%.*} * 60 + 180))
 jobs=${JOBS:-1}
 # no more processes than the GPU holds: its memory over the largest peak in measure.json among the shapes of the
-# next 4 x JOBS pending cells (what one piece reaches), times 1.5 for what a process holds beyond its tensors (CUDA context, cached blocks: 10.8 GiB
-# per process at a 7.2 GiB peak on an H100), 10% kept free
+# next 4 x JOBS pending cells (what one piece reaches), times 1.5 for what a process holds beyond its tensors
+# (CUDA context, cached blocks: 10.8 GiB per process at a 7.2 GiB peak on an H100), 10% kept free
 fit=$(python3 - "$sweep" "$results" "$jobs" <<'EOF' 2>/dev/null
 import json, sys
 import torch

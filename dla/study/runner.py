@@ -119,6 +119,11 @@ class Piece:
         return self.left_s() <= 0
 
 
+def _unfinished(cells: Sequence[Cell], results: Union[str, Path]) -> list:
+    """The cells without a result JSON."""
+    return [c for c in cells if not result_path(results, c).is_file()]
+
+
 def cell_status(cell: Cell, root: Union[str, Path], results: Union[str, Path]) -> str:
     """``done`` / ``diverged`` (result JSON written), ``partial at step N`` (a checkpoint), ``pending``, or
     ``disabled``."""
@@ -206,7 +211,7 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
         i, n = shard
         if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
             raise ValueError(f"shard: expected (i, n) with 0 <= i < n, got {shard!r}")
-        cells = [c for c in cells if not result_path(results, c).is_file()][i::n]
+        cells = _unfinished(cells, results)[i::n]
     step_s = _measured_step_s(measure_path(results, sweep.study))
     ran_here: set = set()  # shapes whose step time a cell of this process measured (with the others running)
     summary: dict = {"done": [], "skipped": [], "paused": None, "diverged": [], "failed": [], "left": []}
@@ -219,15 +224,14 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
             summary["skipped"].append(cell.id)
             continue
         if piece.up:
-            summary["left"] += [c.id for c in cells[i:] if not result_path(results, c).is_file()]
+            summary["left"] += [c.id for c in _unfinished(cells[i:], results)]
             break
         ckpt = latest_checkpoint(out / "checkpoints")
         key = (cell.model, cell.setting, config.data.seq_len)
         if key in step_s and piece.deadline is not None:
             done_steps = _ckpt_step(ckpt) if ckpt is not None else 0
-            share = SHARED_SLOWDOWN * shard[1] if shard is not None and key not in ran_here else 1.0
-            need = ((config.train.steps(config.data.seq_len) - done_steps) * step_s[key] * max(share, 1.0) * 1.15
-                    + CELL_OVERHEAD_S)
+            share = max(SHARED_SLOWDOWN * shard[1], 1.0) if shard is not None and key not in ran_here else 1.0
+            need = (config.train.steps(config.data.seq_len) - done_steps) * step_s[key] * share * 1.15 + CELL_OVERHEAD_S
             if need > piece.left_s():
                 summary["left"].append(cell.id)
                 echo(f"{tag}: left for the next piece (needs about {need / 60:.1f} min, "
@@ -249,7 +253,7 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
             continue
         except torch.OutOfMemoryError:  # the next cells would fail the same way (other processes hold the GPU)
             summary["failed"].append(cell.id)
-            summary["left"] += [c.id for c in cells[i + 1:] if not result_path(results, c).is_file()]
+            summary["left"] += [c.id for c in _unfinished(cells[i + 1:], results)]
             echo(f"{tag}: out of GPU memory, no result written; this piece stops here (with several processes on "
                  f"one GPU, run fewer: JOBS)")
             break
@@ -259,7 +263,7 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
             continue
         if result.stopped_early:
             summary["paused"] = cell.id
-            summary["left"] += [c.id for c in cells[i:] if not result_path(results, c).is_file()]
+            summary["left"] += [c.id for c in _unfinished(cells[i:], results)]
             echo(f"{tag}: paused at step {result.steps} (time is up); rerun to continue")
             break
         record = _record(sweep, cell, config, result)
