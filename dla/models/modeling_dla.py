@@ -474,7 +474,11 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
             if labels is not None:
                 raise ValueError("labels: the loss needs every position's logits; with a bool logits_to_keep take "
                                  "the loss outside")
-            hidden = hidden[logits_to_keep.to(hidden.device)]
+            if logits_to_keep.device.type != "cpu":
+                hidden = hidden[logits_to_keep.to(hidden.device)]
+            else:  # a host mask (the trainer's): its row indices are found there, so the device is not waited for
+                rows = logits_to_keep.reshape(-1).nonzero().squeeze(1).to(hidden.device, non_blocking=True)
+                hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
         else:
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)

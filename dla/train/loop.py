@@ -134,9 +134,11 @@ class _Step:
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(nll_sum, logits [N, V] float32, labels [N])`` of ``batch``: every position (``N = B*T``), or the
-        scored ones (labels other than -100) for models that take a ``logits_to_keep`` mask."""
-        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-        labels = batch["labels"].to(self.device, non_blocking=True)
+        scored ones (labels other than -100) for models that take a ``logits_to_keep`` mask.
+
+        The scored positions are found on the host, where the loader's batch is, and no copy waits for the device:
+        a step launches its work while the device still runs the last one's."""
+        input_ids, labels = batch["input_ids"], batch["labels"]
         B, T = input_ids.shape
         kwargs = {"use_cache": False} if self.pass_use_cache else {}
         if self.pass_cu_seqlens and "cu_seqlens" in batch:
@@ -144,9 +146,10 @@ class _Step:
             input_ids, labels = input_ids.reshape(1, B * T), labels.reshape(1, B * T)
         if self.scored_logits:
             scored = labels != -100
-            kwargs["logits_to_keep"] = scored
+            kwargs["logits_to_keep"] = scored  # on the host: the model selects the rows without a device sync
             labels = labels[scored]
-        labels = labels.reshape(-1)
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        labels = labels.reshape(-1).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             logits = self.model(input_ids=input_ids, **kwargs).logits
         logits = logits.reshape(labels.numel(), -1).float()
@@ -171,7 +174,7 @@ def evaluate(step_fn: _Step, model: nn.Module, loader, env: DistEnv, max_batches
         nll, logits, labels = step_fn(batch)
         scored = labels != -100
         totals += torch.stack([nll.double(), scored.sum().double(),
-                               (logits.argmax(-1)[scored] == labels[scored]).sum().double()])
+                               ((logits.argmax(-1) == labels) & scored).sum().double()])
     all_reduce_sum(totals, env)
     model.train(was_training)
     nll, count, correct = totals.tolist()
@@ -454,8 +457,8 @@ def _train(config: RunConfig, env: DistEnv, resume, allow_changes: bool) -> Trai
             micro = [next(train_iter) for _ in range(accum)]
             # every rank's gradient is scaled by world_size / (scored labels of the step on all ranks): DDP and FSDP
             # average over ranks, so the update is the mean over all scored labels (a tensor: no host sync)
-            scored = torch.tensor(float(sum(int((b["labels"] != -100).sum()) for b in micro)), dtype=torch.float64,
-                                  device=env.device)
+            scored = torch.full((), float(sum(int((b["labels"] != -100).sum()) for b in micro)),
+                                dtype=torch.float64, device=env.device)  # a fill, not a copy that waits for the device
             scored = all_reduce_sum(scored, env)
             scale = (env.world_size / scored.clamp(min=1.0)).float()
             for i, batch in enumerate(micro):

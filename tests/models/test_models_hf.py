@@ -203,5 +203,21 @@ def test_logits_to_keep_takes_the_last_positions_an_index_or_a_mask(make_model):
         assert same(model(input_ids=ids, logits_to_keep=mask).logits, full[mask])
         with pytest.raises(ValueError, match=r"logits_to_keep: a bool mask must be \[B, T\]"):
             model(input_ids=ids, logits_to_keep=mask[:, :5])
+        with pytest.raises(ValueError, match=r"logits_to_keep: a bool mask must be \[B, T\]"):
+            model(input_ids=ids, logits_to_keep=mask.T)
         with pytest.raises(ValueError, match="labels:"):
             model(input_ids=ids, labels=ids, logits_to_keep=mask)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_host_mask_selects_the_same_logits_on_the_gpu(make_model):
+    """The trainer passes its scored-position mask on the host (the model finds the rows there, with no device
+    sync); a mask on the device selects the same rows."""
+    model = make_model("gdn").eval().cuda()
+    ids = torch.randint(1, 64, (2, 12), generator=torch.Generator().manual_seed(3)).cuda()
+    mask = torch.rand(2, 12, generator=torch.Generator().manual_seed(4)) < 0.4
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        host = model(input_ids=ids, logits_to_keep=mask).logits
+        device = model(input_ids=ids, logits_to_keep=mask.cuda()).logits
+    assert host.device == full.device and torch.equal(host, device) and torch.equal(host, full[mask.cuda()])
