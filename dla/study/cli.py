@@ -59,10 +59,12 @@ def _shard(text):
 
 
 def _report(args: argparse.Namespace) -> int:
-    from dla.study.report import find_studies, write_report
+    from dla.study.report import find_studies, report_sections, write_report
 
     results = Path(args.results)
-    studies = list(args.studies) or (find_studies(results) if results.is_dir() else [])
+    found = find_studies(results) if results.is_dir() else []
+    # by default every study with results, and every section of the page (one whose results moved away says so)
+    studies = list(args.studies) or found + [s for s in report_sections(args.out) if s not in found]
     if not studies:
         print(f"dla study report: error: no study under {results}", file=sys.stderr)
         return 2
@@ -112,7 +114,7 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                                    "(mean and spread over seeds at the best lr, every lr listed), accuracy by pairs, "
                                    "the DLA models' segmentation, and a plot per study.")
     s.add_argument("studies", nargs="*", help="studies to report (default: every folder of result JSONs under "
-                   "--results)")
+                   "--results, and every study section already in --out)")
     s.add_argument("--results", default="docs/results", help="where the result JSONs are (default docs/results)")
     s.add_argument("--out", default="docs/results.md", help="the markdown file (default docs/results.md)")
     s.set_defaults(fn=_report)

@@ -268,9 +268,16 @@ def study_section(study: str, records: Sequence[dict], plot: Optional[Path], doc
     return "\n".join(parts)
 
 
+def report_sections(out: Union[str, Path]) -> list[str]:
+    """The studies that have a section in the markdown file ``out`` (none when it does not exist)."""
+    out = Path(out)
+    return re.findall(r"<!-- study:([A-Za-z0-9][A-Za-z0-9._-]*) -->", out.read_text()) if out.is_file() else []
+
+
 def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[str, Path]) -> Path:
     """Write (or replace) the sections of ``studies`` in the markdown file ``out``, with one plot per study under
-    ``<results>/<study>/accuracy_vs_pairs.png`` (when the study varies the pairs).
+    ``<results>/<study>/accuracy_vs_pairs.png`` (when the study varies the pairs). A study without results whose
+    section exists gets a section saying so.
 
     Returns:
         ``out``.
@@ -281,11 +288,20 @@ def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[s
     out = Path(out)
     text = out.read_text() if out.is_file() else "# Results\n"
     for study in studies:
-        records = load_results(results, study)
-        plot = plot_accuracy_vs_pairs(group_results(records), Path(results) / study / "accuracy_vs_pairs.png",
-                                      f"MQAR accuracy, study {study}")
-        body = study_section(study, records, plot, out.parent, results)
         begin, end = f"<!-- study:{study} -->", f"<!-- /study:{study} -->"
+        try:
+            records = load_results(results, study)
+        except FileNotFoundError:
+            if begin not in text:
+                raise
+            # a section whose results moved away (a sweep whose protocol changed): it must not show them still
+            folder = _relative(Path(results) / study, out.parent)
+            body = f"### Study `{study}`\n\nNo cell of this study has finished yet (its result JSONs land in " \
+                   f"[{folder}/]({folder}/))."
+        else:
+            plot = plot_accuracy_vs_pairs(group_results(records), Path(results) / study / "accuracy_vs_pairs.png",
+                                          f"MQAR accuracy, study {study}")
+            body = study_section(study, records, plot, out.parent, results)
         block = f"{begin}\n{body}\n{end}"
         if begin in text and end in text:
             text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
@@ -296,6 +312,6 @@ def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[s
     return out
 
 
-__all__ = ["load_results", "find_studies", "group_results", "Group", "accuracy_table", "pairs_table",
+__all__ = ["load_results", "find_studies", "report_sections", "group_results", "Group", "accuracy_table", "pairs_table",
            "segmentation_table", "plot_accuracy_vs_pairs", "study_section", "write_report", "SEG_COLUMNS",
            "MEASURE_FILE"]

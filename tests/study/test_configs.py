@@ -11,10 +11,11 @@ from dla.study.sweep import load_sweep
 from dla.train.model import build_model, build_model_config, num_parameters
 
 STUDY = Path(__file__).resolve().parents[2] / "configs" / "study"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 MODELS = ["transformer", "mamba2", "loglinear-mamba2", "dla-mamba2", "gdn", "loglinear-gdn", "dla-gdn"]
 
 
-@pytest.mark.parametrize("name", ["calibration", "capacity", "ablation"])
+@pytest.mark.parametrize("name", ["calibration", "capacity", "capacity-2k", "ablation"])
 def test_sweeps_load(name):
     sweep = load_sweep(STUDY / f"{name}.yaml")
     assert sweep.study == name and sweep.enabled_cells
@@ -52,3 +53,20 @@ def test_calibration_and_capacity_share_the_models():
     a = calibration.cells[0].config("unused")
     assert (a.data.seq_len, a.data.mqar.num_kv_pairs, a.data.mqar.vocab_size, a.model.options["hidden_size"],
             a.model.options["num_hidden_layers"]) == (64, 8, 256, 64, 2)
+
+
+@pytest.mark.parametrize("name", ["calibration", "capacity", "capacity-2k", "ablation"])
+def test_committed_results_belong_to_their_sweep(name):
+    """Every result JSON under docs/results/<study>/ is a cell of that sweep, trained with the config the sweep
+    gives it today (a sweep whose protocol changed moves its old results to a study of their own, as capacity-2k)."""
+    from dla.study.runner import MEASURE_FILE, _check_stored, result_path
+
+    sweep = load_sweep(STUDY / f"{name}.yaml")
+    cells = {cell.id: cell for cell in sweep.cells}
+    found = [p for p in (RESULTS / name).glob("*.json") if p.name != MEASURE_FILE]
+    for path in found:
+        assert path.stem in cells, f"{path} is no cell of {name}.yaml"
+        cell = cells[path.stem]
+        assert result_path(RESULTS, cell) == path
+        _check_stored(path, cell, cell.config("unused").to_dict())
+    assert name not in ("calibration", "capacity-2k") or found  # the studies that ran have results

@@ -8,7 +8,7 @@ import torch
 
 from dla.study import load_sweep, run_sweep
 from dla.study import runner as runner_mod
-from dla.study.report import find_studies, load_results, write_report
+from dla.study.report import find_studies, load_results, report_sections, write_report
 from dla.study.runner import cell_status, measure_sweep, result_path, run_dir
 from dla.cli import main
 from dla.train.logs import read_log
@@ -78,6 +78,17 @@ def test_run_interrupt_resume_skip_and_report(toy_sweep, tmp_path, monkeypatch):
     (results / "lm").mkdir()
     (results / "lm" / "run.json").write_text('{"rows": []}')  # other results kept beside the studies
     assert find_studies(results) == ["toy"]
+    assert report_sections(out) == ["toy"]
+
+    # results moved away (a changed protocol): the section no longer shows them; a study never reported still fails
+    for path in (results / "toy").glob("*.json"):
+        path.rename(tmp_path / path.name)
+    write_report(results, ["toy"], out)
+    text = out.read_text()
+    assert "No cell of this study has finished yet" in text and "| T16-kv2 |" not in text
+    assert text.count("<!-- study:toy -->") == 1 and "Prose the report must keep." in text
+    with pytest.raises(FileNotFoundError, match="no result JSON"):
+        write_report(results, ["other"], out)
 
 
 def test_stale_result_is_refused(toy_sweep, tmp_path):
@@ -212,3 +223,18 @@ def test_shards_split_the_pending_cells(toy_sweep, tmp_path, monkeypatch):
         run_sweep(sweep, root, results, shard=(2, 2))
     assert main(["study", "run", str(toy_sweep), "--root", str(root), "--results", str(results),
                  "--shard", "1of2"]) == 2
+
+
+def test_report_cli_refreshes_every_section_of_the_page(tmp_path, capsys):
+    """`dla study report` with no study named writes every study with results and every section already on the
+    page: a study whose results moved away no longer shows them."""
+    from dla.cli import main
+
+    results, out = tmp_path / "results", tmp_path / "results.md"
+    (results / "old").mkdir(parents=True)
+    out.write_text("# Results\n\n<!-- study:old -->\n| stale | row |\n<!-- /study:old -->\n")
+    assert main(["study", "report", "--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| stale | row |" not in text and "No cell of this study has finished yet" in text
+    assert "wrote the sections of old" in capsys.readouterr().out
+    assert main(["study", "report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "x.md")]) == 2
