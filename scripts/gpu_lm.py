@@ -62,6 +62,21 @@ def environment() -> dict:
 
 
 def recipe_path(name: str) -> Path:
+    """A recipe name of configs/lm/, a run config's YAML, or ``SWEEP.yaml:CELL_ID``: that study cell's config,
+    written to a temporary YAML (``configs/study/capacity.yaml:T256-kv64__transformer__d64__lr1e-3__s0``)."""
+    sweep_file, _, cell_id = name.partition(":")
+    if cell_id and Path(sweep_file).suffix in (".yaml", ".yml"):
+        import tempfile
+
+        from dla.study import load_sweep
+        from dla.train.config import dump_config
+
+        cells = {c.id: c for c in load_sweep(sweep_file).cells}
+        if cell_id not in cells:
+            raise ValueError(f"recipe: {sweep_file} has no cell {cell_id!r} (dla study run {sweep_file} --list)")
+        out = Path(tempfile.mkdtemp(prefix="dla_cell_"))
+        dump_config(cells[cell_id].config(out / "run"), out / f"{cell_id}.yaml")
+        return out / f"{cell_id}.yaml"
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         return path
@@ -181,7 +196,7 @@ def profile(args) -> int:
             step(*forms[0][1:])
             sync()
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        (out / f"{Path(name).stem}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=args.top) + "\n")
+        (out / f"{Path(name.partition(':')[2] or name).stem}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=args.top) + "\n")
         rows.append(row)
         print(json.dumps(row), flush=True)
         del model

@@ -16,7 +16,12 @@
 #              (a fresh machine spends about 2 minutes autotuning each fla op)
 #   decode     OUT/decode.{json,md,png}: dla bench decode, contexts 1K, 16K, 128K, batch 1 and 64
 #   generate   OUT/generate.{json,md}: dla bench generate, 125M models, 1K, 16K, 64K prompts + 256 tokens
-# Time limits per part (seconds): T_FLA, T_TESTS, T_BF16, T_KERNELS, T_NCU, T_OPS, T_DEC, T_GEN.
+#   dq         OUT/dq/dq_kernels.{json,log}: the readout backward's two dq forms side by side, both shapes, T = 16K
+#              (scripts/gpu_dq_kernels.py; the GPU alone); not in the default list
+#   profile    OUT/profile/: one training step of capacity cells (Transformer, Mamba-2, DLA-Mamba-2, DLA-GDN at
+#              T = 256, 64 pairs) and of the Transformer and Mamba-2 language models (needs runs/books/tokens):
+#              times, peak memory and torch.profiler's operators (scripts/gpu_lm.py profile); not in the default list
+# Time limits per part (seconds): T_FLA, T_TESTS, T_BF16, T_KERNELS, T_NCU, T_OPS, T_DEC, T_GEN, T_DQ, T_PROF.
 set -uo pipefail
 out=${1:?output directory}
 shift
@@ -83,6 +88,18 @@ for part in $parts; do
     generate)
       timeout "${T_GEN:-300}" python3 -m dla.cli bench generate --out "$out/generate.json" \
         --lengths 1024 16384 65536 --new-tokens 256 --max-call-s 60 2>&1 | grep -v Warning | tail -30 ;;
+    dq)
+      timeout "${T_DQ:-300}" python3 scripts/gpu_dq_kernels.py "$out/dq" --T 16384 --tokens 65536 --reps 5 2>&1 \
+        | grep -v Warning | tail -30 ;;
+    profile)
+      cells=()
+      for model in transformer mamba2 dla-mamba2 dla-gdn; do
+        cells+=("configs/study/capacity.yaml:T256-kv64__${model}__d64__lr3e-3__s0")
+      done
+      lm=()
+      [ -d runs/books/tokens ] && lm=(transformer mamba2) || echo "profile: no runs/books/tokens, language models left out"
+      timeout "${T_PROF:-240}" python3 scripts/gpu_lm.py profile --out "$out/profile" --reps 3 --top 30 \
+        --recipes "${cells[@]}" "${lm[@]}" 2>&1 | grep -v Warning | tail -20 ;;
     *) echo "unknown part $part" ;;
   esac
 done

@@ -220,3 +220,20 @@ def test_gpu_lm_train_and_report_cpu(corpus, tmp_path):
     assert "Gated DeltaNet" not in section  # no statistics without DLA
     assert "(segview/dla-gdn-s0/paragraph.html)" in md and "(segview/dla-gdn-s0/paragraph_layer0.png)" in md
     assert (report / "segview" / "dla-gdn-s0" / "paragraph_layer0.png").read_bytes()[:8] == PNG
+
+
+def test_gpu_lm_profile_takes_a_study_cell(tmp_path):
+    """`gpu_lm.py profile` times any run config: a study cell named SWEEP.yaml:CELL_ID (an MQAR batch: rows only,
+    with logits at the scored positions and everywhere), and refuses a cell the sweep does not have."""
+    gpu_lm = _gpu_lm()
+    sweep = ROOT / "configs" / "study" / "calibration.yaml"
+    cell = "T64-kv8__dla-mamba2__d64__lr3e-3__s0"
+    out = tmp_path / "prof"
+    assert gpu_lm.main(["profile", "--device", "cpu", "--recipes", f"{sweep}:{cell}", "--reps", "1", "--batch", "2",
+                        "--top", "5", "--out", str(out)]) == 0
+    row, = json.loads((out / "profile.json").read_text())["rows"]
+    assert row["tokens"] == 2 * 64 and 0 < row["scored"] < row["tokens"] and "packed_s" not in row
+    assert row["rows_s"] > 0 and row["rows_all_logits_s"] > 0
+    assert "Name" in (out / f"{cell}.txt").read_text()  # torch.profiler's operator table
+    with pytest.raises(ValueError, match="has no cell 'T64-kv8__nope'"):
+        gpu_lm.recipe_path(f"{sweep}:T64-kv8__nope")
