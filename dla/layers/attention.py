@@ -13,8 +13,10 @@ from dla.layers.modules import check_hidden, check_mask, rotary, split_packed
 from dla.layers.recurrent import check_positive_int
 from dla.layers.state import AttentionLayerCache
 
-MASKED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-"""SDPA backends for masked attention (padding, decode steps)."""
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+"""SDPA backends of every attention call: not cuDNN, which builds a graph for every new sequence length (about 6 ms
+of host time per call on an H100 with torch 2.11, 60x a decode step's attention). Packed documents of a training
+batch have lengths that change from batch to batch, and decode steps a key length that grows every step."""
 
 
 class AttentionMixer(nn.Module):
@@ -134,16 +136,15 @@ class AttentionMixer(nn.Module):
             key_mask = new_mask
         gqa = self.num_kv_heads != self.num_heads
         if past == 0 and mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            with sdpa_kernel(SDPA_BACKENDS):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             S = k.shape[2]
             rows = past + torch.arange(T, device=hidden.device)
             allowed = (torch.arange(S, device=hidden.device)[None, :] <= rows[:, None])[None] & key_mask[:, None, :]
             # a padded query may see no key at all: let it see itself (its output is zeroed below)
             allowed[:, torch.arange(T, device=hidden.device), rows] = True
-            # not cuDNN: it builds a graph for every new key length, which every decode step has (about 6 ms of
-            # host time per call on an H100 with torch 2.11, 60x the attention itself)
-            with sdpa_kernel(MASKED_BACKENDS):
+            with sdpa_kernel(SDPA_BACKENDS):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], enable_gqa=gqa)
         out = self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         if mask is not None:
