@@ -17,6 +17,8 @@
 # machine. The commit recorded in the results is DLA_COMMIT when set (the machine's copy of the tree may
 # have no .git), else git's. STUDY_ROOT (default runs/study) and STUDY_RESULTS (default docs/results) move the run
 # directories and the result JSONs.
+# A cell longer than one call resumes in the next call from its checkpoint only where the run directories
+# survive: keep STUDY_ROOT on the machine, out of the paths a call replaces (not under a carried folder).
 set -uo pipefail
 sweep=${1:?sweep file}
 out=${2:?output directory}
