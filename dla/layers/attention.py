@@ -90,8 +90,7 @@ class AttentionMixer(nn.Module):
         if cu_seqlens is not None:
             if cache is not None or attention_mask is not None or position_ids is not None:
                 raise ValueError("cu_seqlens: packed sequences take no cache, attention_mask or position_ids")
-            return torch.cat([self._forward(hidden[:, s:e], None, None, None)
-                              for s, e in split_packed(cu_seqlens, hidden)], 1)
+            return self._forward_packed(hidden, split_packed(cu_seqlens, hidden))
         if cache is not None and not isinstance(cache, AttentionLayerCache):
             raise ValueError(f"cache: expected an AttentionLayerCache, got {type(cache).__name__}")
         return self._forward(hidden, check_mask(attention_mask, hidden), cache, position_ids)
@@ -110,6 +109,32 @@ class AttentionMixer(nn.Module):
             return start[:, None] + torch.arange(T, device=device)
         return start[:, None] + (mask.long().cumsum(-1) - 1).clamp_min(0)
 
+    def _check_length(self, positions: int) -> None:
+        if positions > self.max_position_embeddings:
+            raise ValueError(f"max_position_embeddings: the sequence reaches {positions} positions, more than "
+                             f"max_position_embeddings={self.max_position_embeddings} of this attention layer")
+
+    def _project(self, hidden: torch.Tensor, positions: torch.Tensor):
+        """``q, k, v [B, heads, T, head_dim]`` of ``hidden [B, T, D]``, ``q`` and ``k`` rotated to ``positions``."""
+        B, T, _ = hidden.shape
+        q = self.q_proj(hidden).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta), v
+
+    def _forward_packed(self, hidden: torch.Tensor, bounds) -> torch.Tensor:
+        """Packed documents ``(start, end)`` of ``hidden [1, T, D]``: the projections and rotations run once over the
+        row (positions restart at each document), causal attention once per document."""
+        lengths = [e - s for s, e in bounds]
+        self._check_length(max(lengths))
+        positions = torch.cat([torch.arange(n) for n in lengths])[None].to(hidden.device, non_blocking=True)
+        q, k, v = self._project(hidden, positions)
+        gqa = self.num_kv_heads != self.num_heads
+        with sdpa_kernel(SDPA_BACKENDS):
+            out = torch.cat([F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=gqa)
+                             for qd, kd, vd in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))], 2)
+        return self.o_proj(out.transpose(1, 2).reshape(1, hidden.shape[1], self.num_heads * self.head_dim))
+
     def _forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[AttentionLayerCache],
                  position_ids: Optional[torch.Tensor]) -> torch.Tensor:
         B, T, _ = hidden.shape
@@ -118,14 +143,9 @@ class AttentionMixer(nn.Module):
         if position_ids is not None or seen + T > self.max_position_embeddings:
             # counted positions never exceed the positions fed: read them on the host only when that bound fails
             real = positions if mask is None else positions[mask]
-            if real.numel() and int(real.max()) >= self.max_position_embeddings:
-                raise ValueError(f"max_position_embeddings: the sequence reaches {int(real.max()) + 1} positions, "
-                                 f"more than max_position_embeddings={self.max_position_embeddings} of this "
-                                 f"attention layer")
-        q = self.q_proj(hidden).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+            if real.numel():
+                self._check_length(int(real.max()) + 1)
+        q, k, v = self._project(hidden, positions)
         new_mask = mask if mask is not None else torch.ones(B, T, dtype=torch.bool, device=hidden.device)
         past = 0
         if cache is not None and cache.keys is not None:

@@ -331,6 +331,10 @@ def test_attention_refuses_positions_beyond_max_and_counts_only_real_tokens():
     mixer(inputs(B=1, T=8), cache=cache)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         mixer(inputs(B=1, T=1), cache=cache)
+    # packed documents count by the longest document, not the packed row
+    assert mixer(inputs(B=1, T=20), cu_seqlens=torch.tensor([0, 8, 12, 20])).shape == (1, 20, D)
+    with pytest.raises(ValueError, match="reaches 9 positions"):
+        mixer(inputs(B=1, T=20), cu_seqlens=torch.tensor([0, 9, 12, 20]))
 
 
 @pytest.mark.parametrize("make,kwargs,field", [
