@@ -18,7 +18,9 @@
 # have no .git), else git's. STUDY_ROOT (default runs/study) and STUDY_RESULTS (default docs/results) move the run
 # directories and the result JSONs.
 # A cell longer than one call resumes in the next call from its checkpoint only where the run directories
-# survive: keep STUDY_ROOT on the machine, out of the paths a call replaces (not under a carried folder).
+# survive: keep STUDY_ROOT on the machine, out of the paths a call replaces (not under a carried folder); with
+# STUDY_RESULTS there too, the cells earlier calls finished stay done (the tree's docs/results is copied in first,
+# never over a result already there).
 set -uo pipefail
 sweep=${1:?sweep file}
 out=${2:?output directory}
@@ -28,6 +30,9 @@ root=${STUDY_ROOT:-runs/study}
 results=${STUDY_RESULTS:-docs/results}
 . scripts/gpu_common.sh
 gpu_env "$out"
+if [ "$(realpath -m "$results")" != "$(realpath -m docs/results)" ] && [ -d docs/results ]; then
+  mkdir -p "$results" && cp -rn docs/results/. "$results"/
+fi
 study=$(python3 -c 'import sys; from dla.study.sweep import load_sweep
 print(load_sweep(sys.argv[1], validate=False).study)' "$sweep") \
   || { echo "cannot read $sweep" | tee "$out/study.log"; exit 2; }
