@@ -51,7 +51,8 @@ def build_mixer(config: DLAConfig, layer_idx: int) -> nn.Module:
                norm_eps=config.rms_norm_eps, policy=config.policy, capacity=config.capacity, tau=config.tau,
                score=config.score, boundary_grad=config.boundary_grad,
                boundary_temperature=config.boundary_temperature, block_size=config.block_size,
-               chunk_size=config.chunk_size, max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx, **extra)
+               chunk_size=config.chunk_size, max_position_embeddings=config.max_position_embeddings,
+               layer_idx=layer_idx, **extra)
 
 
 class DLACache(Cache):
