@@ -138,8 +138,9 @@ def profile(args) -> int:
     """Time one forward + backward of the first training batch of each recipe (a name, or any run config's YAML, an
     MQAR one too), bf16 autocast on a GPU, in the trainer's form and others: packed (``cu_seqlens``; language data
     only), as ``[B, T]`` rows (no document masking), and as rows with logits at every position (DLA models compute
-    them only where a label is scored); write torch.profiler's operators of the trainer's form, by device time, to
-    ``<out>/<recipe>.txt``, and the times and peak memory to ``profile.json``."""
+    them only where a label is scored); with ``--compile`` (or the config's ``train.compile``) the blocks compiled
+    as the trainer compiles them. Writes torch.profiler's operators of the trainer's form, by device time, to
+    ``<out>/<recipe>.txt``, and the times (the first step of each form apart), peak memory to ``profile.json``."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -148,7 +149,7 @@ def profile(args) -> int:
     from dla.train.data import build_task_data
     from dla.train.distributed import DistEnv
     from dla.train.loop import _Step
-    from dla.train.model import build_model, build_model_config
+    from dla.train.model import build_model, build_model_config, compile_blocks
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,14 +162,16 @@ def profile(args) -> int:
         lm = load_config(recipe_path(name)).data.task == "lm"
         config = load_config(recipe_path(name), (_overrides(args) if lm else [f"train.device={args.device}"])
                              + ([f"train.micro_batch_size={args.batch}", f"train.global_batch_size={args.batch}"]
-                                if args.batch else []))
+                                if args.batch else []) + (["train.compile=true"] if args.compile else []))
         data = build_task_data(config.data, config.train.micro_batch_size, 0, DistEnv(device=device))
         batch = next(iter(data.train))
         model = build_model(build_model_config(config.model, data.vocab_size, data.eos_token_id)).to(device)
+        if config.train.compile:
+            compile_blocks(model)
         # (name, packed, logits only where scored): the trainer's form first
         forms = [("packed", True, True)] if "cu_seqlens" in batch else []  # MQAR batches: rows only
         forms += [("rows", False, True), ("rows_all_logits", False, False)]
-        row = {"recipe": name, "tokens": batch["input_ids"].numel(),
+        row = {"recipe": name, "compiled": config.train.compile, "tokens": batch["input_ids"].numel(),
                "scored": int((batch["labels"] != -100).sum()),
                "documents": int(batch["cu_seqlens"].numel() - 1) if "cu_seqlens" in batch else len(batch["input_ids"])}
 
@@ -179,8 +182,11 @@ def profile(args) -> int:
             (nll / labels.numel()).backward()
 
         for form, packed, scored in forms:
-            for _ in range(2):
-                step(packed, scored)
+            t0 = time.perf_counter()
+            step(packed, scored)  # the first step of a form: compilation, autotuning
+            sync()
+            row[f"{form}_first_s"] = time.perf_counter() - t0
+            step(packed, scored)
             sync()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -462,6 +468,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="timed steps per form")
     p.add_argument("--top", type=int, default=25, help="operators listed per recipe")
     p.add_argument("--batch", type=int, default=0, help="sequences per step (default: the recipe's micro batch)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the blocks, as train.compile does")
     p.set_defaults(fn=profile)
     p = sub.choices["train"]
     p.add_argument("recipe", help="configs/lm/<name>.yaml or a name: " + ", ".join(RECIPES))

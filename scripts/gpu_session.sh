@@ -20,7 +20,8 @@
 #              (scripts/gpu_dq_kernels.py; the GPU alone); not in the default list
 #   profile    OUT/profile/: one training step of capacity cells (Transformer, Mamba-2, DLA-Mamba-2, DLA-GDN at
 #              T = 256, 64 pairs) and of the Transformer and Mamba-2 language models (needs runs/books/tokens):
-#              times, peak memory and torch.profiler's operators (scripts/gpu_lm.py profile); not in the default list
+#              times, peak memory and torch.profiler's operators (scripts/gpu_lm.py profile); OUT/profile_compiled/
+#              the same with the blocks compiled (train.compile); not in the default list
 # Time limits per part (seconds): T_FLA, T_TESTS, T_BF16, T_KERNELS, T_NCU, T_OPS, T_DEC, T_GEN, T_DQ, T_PROF.
 set -uo pipefail
 out=${1:?output directory}
@@ -99,7 +100,10 @@ for part in $parts; do
       lm=()
       [ -d runs/books/tokens ] && lm=(transformer mamba2) || echo "profile: no runs/books/tokens, language models left out"
       timeout "${T_PROF:-240}" python3 scripts/gpu_lm.py profile --out "$out/profile" --reps 3 --top 30 \
-        --recipes "${cells[@]}" "${lm[@]}" 2>&1 | grep -v Warning | tail -20 ;;
+        --recipes "${cells[@]}" "${lm[@]}" 2>&1 | grep -v Warning | tail -20
+      # the same steps with the blocks compiled (train.compile): whether the study's small models should compile
+      timeout "${T_PROF:-240}" python3 scripts/gpu_lm.py profile --out "$out/profile_compiled" --compile --reps 3 \
+        --top 30 --recipes "${cells[@]}" "${lm[@]}" 2>&1 | grep -v Warning | tail -20 ;;
     *) echo "unknown part $part" ;;
   esac
 done

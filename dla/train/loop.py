@@ -50,7 +50,7 @@ from dla.train.data import TaskData, build_task_data, rewind
 from dla.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, any_rank, barrier,
                                    destroy_distributed, init_distributed, unwrap, wrap_model)
 from dla.train.logs import RunLogger, plot_loss_curves
-from dla.train.model import (block_modules, build_model, build_model_config, forward_accepts, no_weight_decay_names,
+from dla.train.model import (build_model, build_model_config, compile_blocks, forward_accepts, no_weight_decay_names,
                              num_parameters)
 from dla.train.optim import build_optimizer, build_scheduler
 
@@ -371,8 +371,7 @@ def _train(config: RunConfig, env: DistEnv, resume, allow_changes: bool) -> Trai
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if t.compile:
-        for block in block_modules(model) or [model]:
-            block.compile()
+        compile_blocks(model)
     autocast = _autocast_dtype(t.precision, env.device)
     sharded = env.distributed and t.parallelism == "fsdp"
     model = wrap_model(model, env, t.parallelism, param_dtype=autocast if sharded else None)

@@ -93,6 +93,13 @@ def block_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """``torch.compile`` each repeated block in place (the whole model when it names none): what ``train.compile``
+    does. DLA's recurrent layers compile whole (the op is one registered custom op)."""
+    for block in block_modules(model) or [model]:
+        block.compile()
+
+
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Names of parameters left out of weight decay: those flagged ``_no_weight_decay``, biases and 1-D weights
     (norm scales)."""
@@ -101,4 +108,4 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
 
 
 __all__ = ["ModelSpec", "build_model_config", "build_model", "forward_accepts", "num_parameters", "block_modules",
-           "no_weight_decay_names"]
+           "compile_blocks", "no_weight_decay_names"]

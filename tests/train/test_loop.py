@@ -246,3 +246,17 @@ def test_resume_with_changed_settings_refuses_unless_told_and_keeps_the_record(t
     assert yaml.safe_load((out / "config.resume-00000004.yaml").read_text())["train"]["max_steps"] == 6
     resumes = [r for r in read_log(out / "log.jsonl") if r["kind"] == "resume"]
     assert resumes[-1]["step"] == 4 and resumes[-1]["changed"] == {"max_steps": [4, 6]}
+
+
+def test_compiled_blocks_train_as_the_eager_model(tiny):
+    """`train.compile` compiles each block (DLA's recurrent layers whole, through the registered op); the losses
+    follow the eager run's step for step (float32, the same data and initialisation)."""
+    sections = dict(train={"max_steps": 3, "warmup_steps": 1})
+    eager = train(tiny(out="eager", **sections))
+    compiled = train(tiny(out="compiled", train={**sections["train"], "compile": True}))
+    a, b = train_losses(eager.out_dir), train_losses(compiled.out_dir)
+    assert len(a) == len(b) == 3
+    assert a == pytest.approx(b, rel=1e-4)
+    layer, eager_layer = compiled.model.model.layers[0], eager.model.model.layers[0]
+    assert type(layer).__name__ == "DLABlock"  # compiled in place: the trained model keeps its classes
+    assert layer._compiled_call_impl is not None and eager_layer._compiled_call_impl is None
