@@ -124,14 +124,24 @@ def _unfinished(cells: Sequence[Cell], results: Union[str, Path]) -> list:
     return [c for c in cells if not result_path(results, c).is_file()]
 
 
+def _changed_sections(stored: dict, config: dict) -> list:
+    """The sections (model, data, train) in which a result's stored config differs from the cell's."""
+    a, b = _comparable(stored), _comparable(config)
+    return [s for s in ("model", "data", "train") if a[s] != b[s]]
+
+
 def cell_status(cell: Cell, root: Union[str, Path], results: Union[str, Path]) -> str:
-    """``done`` / ``diverged`` (result JSON written), ``partial at step N`` (a checkpoint), ``pending``, or
-    ``disabled``."""
+    """``done`` / ``diverged`` (result JSON written), ``stale: ...`` (a result written for another config of the
+    cell, which ``run_sweep`` refuses), ``partial at step N`` (a checkpoint), ``pending``, or ``disabled``."""
     if not cell.enabled:
         return "disabled"
     path = result_path(results, cell)
     if path.is_file():
-        return json.loads(path.read_text()).get("status", "done")
+        record = json.loads(path.read_text())
+        changed = _changed_sections(record["config"], cell.config(run_dir(root, cell)).to_dict())
+        if changed:
+            return f"stale: written for another config (its {', '.join(changed)} section differs)"
+        return record.get("status", "done")
     ckpt = latest_checkpoint(run_dir(root, cell) / "checkpoints")
     if ckpt is not None:
         return f"partial at step {_ckpt_step(ckpt)}"
@@ -165,9 +175,8 @@ def _saved_train_time(ckpt: Optional[Path]) -> float:
 
 
 def _check_stored(path: Path, cell: Cell, config: dict) -> None:
-    stored = json.loads(path.read_text())
-    if _comparable(stored["config"]) != _comparable(config):
-        changed = [s for s in ("model", "data", "train") if _comparable(stored["config"])[s] != _comparable(config)[s]]
+    changed = _changed_sections(json.loads(path.read_text())["config"], config)
+    if changed:
         raise ValueError(f"results: {path} was written for another config of cell {cell.id} (its "
                          f"{', '.join(changed)} section differs from the sweep's); delete it to rerun the cell, or "
                          f"restore the sweep")

@@ -100,6 +100,8 @@ def test_stale_result_is_refused(toy_sweep, tmp_path):
     config = cell.config(tmp_path / "x").to_dict()
     config["train"]["max_steps"] = 99
     path.write_text(json.dumps({"study": "toy", "cell": cell.id, "status": "done", "config": config}))
+    assert cell_status(cell, tmp_path / "runs", results) == \
+        "stale: written for another config (its train section differs)"  # what --list shows
     with pytest.raises(ValueError, match="another config of cell T16-kv2__transformer.*train section"):
         run_sweep(sweep, tmp_path / "runs", results, progress=False, echo=lambda _: None)
 
