@@ -20,7 +20,8 @@
 # A cell longer than one call resumes in the next call from its checkpoint only where the run directories
 # survive: keep STUDY_ROOT on the machine, out of the paths a call replaces (not under a carried folder); with
 # STUDY_RESULTS there too, the cells earlier calls finished stay done (the tree's docs/results is copied in first,
-# never over a result already there).
+# never over a result already there). Pass --allow-pause for cells longer than a piece: they start all the same,
+# pause with a checkpoint at the limit and resume in the next piece.
 set -uo pipefail
 sweep=${1:?sweep file}
 out=${2:?output directory}

@@ -34,7 +34,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"{report['gpu']}{missing} (table in {path})")
             return 0
         summary = run_sweep(sweep, args.root, args.results, only=args.only, max_minutes=args.max_minutes,
-                            reserve_s=args.reserve_s, progress=args.progress, shard=_shard(args.shard))
+                            reserve_s=args.reserve_s, progress=args.progress, shard=_shard(args.shard),
+                            allow_pause=args.allow_pause)
     except (ValueError, FileNotFoundError) as e:
         print(f"dla study: error: {e}", file=sys.stderr)
         return 2
@@ -106,6 +107,9 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     r.add_argument("--shard", default=None, metavar="I/N",
                    help="train only every N-th cell without a result, from the I-th (0-based): N processes started "
                         "together with shards 0/N .. N-1/N share one GPU and never train the same cell")
+    r.add_argument("--allow-pause", action="store_true",
+                   help="start a cell even when it cannot finish before --max-minutes: it pauses with a checkpoint "
+                        "and a rerun on the same machine resumes it (pieces shorter than a cell)")
     r.add_argument("--list", action="store_true", help="list the cells and their status, then exit")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar per cell")
     r.set_defaults(fn=_run)

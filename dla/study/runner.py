@@ -184,7 +184,8 @@ def _check_stored(path: Path, cell: Cell, config: dict) -> None:
 
 def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *, only: Sequence[str] = (),
               max_minutes: Optional[float] = None, reserve_s: float = 20.0, progress: bool = True,
-              shard: Optional[Tuple[int, int]] = None, echo: Callable[[str], None] = print) -> dict:
+              shard: Optional[Tuple[int, int]] = None, allow_pause: bool = False,
+              echo: Callable[[str], None] = print) -> dict:
     """Train the sweep's pending cells in order until they are done or the time is up.
 
     Args:
@@ -202,6 +203,9 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
         shard: ``(i, n)``: train only every ``n``-th of the cells without a result, starting at the ``i``-th
             (``0 <= i < n``), so that ``n`` processes started together share one GPU without training a cell twice
             (small models leave most of a GPU idle; ``scripts/gpu_study.sh`` does this with ``JOBS=n``).
+        allow_pause: start a cell even when its estimate does not fit in what is left: it pauses with a checkpoint
+            at the limit, and the next piece resumes it where its run directory survived (pieces shorter than a
+            cell, on one machine).
         echo: where one line per cell goes.
 
     Returns:
@@ -237,7 +241,7 @@ def run_sweep(sweep: Sweep, root: Union[str, Path], results: Union[str, Path], *
             break
         ckpt = latest_checkpoint(out / "checkpoints")
         key = (cell.model, cell.setting, config.data.seq_len)
-        if key in step_s and piece.deadline is not None:
+        if key in step_s and piece.deadline is not None and not allow_pause:
             done_steps = _ckpt_step(ckpt) if ckpt is not None else 0
             share = max(SHARED_SLOWDOWN * shard[1], 1.0) if shard is not None and key not in ran_here else 1.0
             need = (config.train.steps(config.data.seq_len) - done_steps) * step_s[key] * share * 1.15 + CELL_OVERHEAD_S
