@@ -21,8 +21,8 @@
 #   profile    OUT/profile/: one training step of capacity cells (Transformer, Mamba-2, DLA-Mamba-2, DLA-GDN at
 #              T = 256, 64 pairs) and of the Transformer and Mamba-2 language models (needs runs/books/tokens):
 #              times, peak memory and torch.profiler's operators (scripts/gpu_lm.py profile); OUT/profile_compiled/
-#              the same with the blocks compiled (train.compile); not in the default list
-# Time limits per part (seconds): T_FLA, T_TESTS, T_BF16, T_KERNELS, T_NCU, T_OPS, T_DEC, T_GEN, T_DQ, T_PROF.
+#              the cells with the blocks compiled (train.compile); not in the default list
+# Time limits per part (seconds): T_FLA, T_TESTS, T_BF16, T_KERNELS, T_NCU, T_OPS, T_DEC, T_GEN, T_DQ, T_PROF, T_PROFC.
 set -uo pipefail
 out=${1:?output directory}
 shift
@@ -90,7 +90,7 @@ for part in $parts; do
       timeout "${T_GEN:-300}" python3 -m dla.cli bench generate --out "$out/generate.json" \
         --lengths 1024 16384 65536 --new-tokens 256 --max-call-s 60 2>&1 | grep -v Warning | tail -30 ;;
     dq)
-      timeout "${T_DQ:-300}" python3 scripts/gpu_dq_kernels.py "$out/dq" --T 16384 --tokens 65536 --reps 5 2>&1 \
+      timeout "${T_DQ:-240}" python3 scripts/gpu_dq_kernels.py "$out/dq" --T 16384 --tokens 65536 --reps 5 2>&1 \
         | grep -v Warning | tail -30 ;;
     profile)
       cells=()
@@ -99,11 +99,11 @@ for part in $parts; do
       done
       lm=()
       [ -d runs/books/tokens ] && lm=(transformer mamba2) || echo "profile: no runs/books/tokens, language models left out"
-      timeout "${T_PROF:-240}" python3 scripts/gpu_lm.py profile --out "$out/profile" --reps 3 --top 30 \
+      timeout "${T_PROF:-150}" python3 scripts/gpu_lm.py profile --out "$out/profile" --reps 3 --top 30 \
         --recipes "${cells[@]}" "${lm[@]}" 2>&1 | grep -v Warning | tail -20
-      # the same steps with the blocks compiled (train.compile): whether the study's small models should compile
-      timeout "${T_PROF:-240}" python3 scripts/gpu_lm.py profile --out "$out/profile_compiled" --compile --reps 3 \
-        --top 30 --recipes "${cells[@]}" "${lm[@]}" 2>&1 | grep -v Warning | tail -20 ;;
+      # the cells' steps with the blocks compiled (train.compile): whether the study's small models should compile
+      timeout "${T_PROFC:-200}" python3 scripts/gpu_lm.py profile --out "$out/profile_compiled" --compile --reps 3 \
+        --top 30 --recipes "${cells[@]}" 2>&1 | grep -v Warning | tail -20 ;;
     *) echo "unknown part $part" ;;
   esac
 done
