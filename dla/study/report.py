@@ -233,6 +233,43 @@ def plot_accuracy_vs_pairs(groups: Sequence[Group], path: Union[str, Path], titl
     return save_figure(fig, path)
 
 
+def plot_learning_curves(groups: Sequence[Group], path: Union[str, Path], title: str) -> Optional[Path]:
+    """Held-out accuracy against training step at each model's best lr (the mean over its seeds), one line per
+    model, one panel per ``(task, setting)``: whether the cells trained long enough. Returns ``path``, or None when
+    matplotlib is missing or no record has a validation history."""
+    try:
+        plt = pyplot()
+    except ImportError:
+        return None
+    panels: dict[tuple, dict[str, tuple]] = defaultdict(dict)
+    for g in groups:
+        curves = [dict(r["history"]) for r in g.best_records() if r.get("history")]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if steps:
+            accs = [100 * mean(c[s] for c in curves) for s in steps]
+            panels[(g.task, g.setting)][g.model] = (steps, accs, format_lr(g.best_lr), len(curves))
+    if not panels:
+        return None
+    models = list(dict.fromkeys(m for p in panels.values() for m in p))
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax, ((task, setting), lines) in zip(axes.flat, panels.items()):
+        for model, (steps, accs, lr, seeds) in lines.items():
+            ax.plot(steps, accs, marker="o", ms=3, color=f"C{models.index(model) % 10}",
+                    label=f"{model} ({lr}{f', {seeds} seeds' if seeds > 1 else ''})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("MQAR accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"{task}, {setting}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
+
+
 def _relative(path: Path, start: Path) -> str:
     """``path`` relative to the directory ``start`` when inside it (markdown links), else as given."""
     path, start = Path(path).resolve(), Path(start).resolve()
@@ -240,7 +277,7 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def study_section(study: str, records: Sequence[dict], plot: Optional[Path], docs_dir: Path,
-                  results: Union[str, Path] = "docs/results") -> str:
+                  results: Union[str, Path] = "docs/results", curves: Optional[Path] = None) -> str:
     """The markdown of one study (no markers); links are relative to ``docs_dir`` (the markdown file's folder)."""
     groups = group_results(records)
     done = [r for r in records if r["status"] == "done"]
@@ -260,6 +297,9 @@ def study_section(study: str, records: Sequence[dict], plot: Optional[Path], doc
         parts += ["", "Accuracy (%) by key-value pairs, best learning rate per cell:", "", pairs]
     if plot is not None:
         parts += ["", f"![accuracy against key-value pairs, {study}]({_relative(plot, docs_dir)})"]
+    if curves is not None:
+        parts += ["", "Held-out accuracy during training at each model's best learning rate:", "",
+                  f"![learning curves, {study}]({_relative(curves, docs_dir)})"]
     seg = segmentation_table(groups)
     if seg:
         parts += ["", "Segmentation on held-out examples (per recurrent layer; rates are the fraction of tokens "
@@ -275,9 +315,10 @@ def report_sections(out: Union[str, Path]) -> list[str]:
 
 
 def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[str, Path]) -> Path:
-    """Write (or replace) the sections of ``studies`` in the markdown file ``out``, with one plot per study under
-    ``<results>/<study>/accuracy_vs_pairs.png`` (when the study varies the pairs). A study without results whose
-    section exists gets a section saying so.
+    """Write (or replace) the sections of ``studies`` in the markdown file ``out``, with a plot per study under
+    ``<results>/<study>/accuracy_vs_pairs.png`` (when the study varies the pairs) and its learning curves under
+    ``<results>/<study>/learning_curves.png``. A study without results whose section exists gets a section saying
+    so.
 
     Returns:
         ``out``.
@@ -299,9 +340,12 @@ def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[s
             body = f"### Study `{study}`\n\nNo cell of this study has finished yet (its result JSONs land in " \
                    f"[{folder}/]({folder}/))."
         else:
-            plot = plot_accuracy_vs_pairs(group_results(records), Path(results) / study / "accuracy_vs_pairs.png",
+            groups = group_results(records)
+            plot = plot_accuracy_vs_pairs(groups, Path(results) / study / "accuracy_vs_pairs.png",
                                           f"MQAR accuracy, study {study}")
-            body = study_section(study, records, plot, out.parent, results)
+            curves = plot_learning_curves(groups, Path(results) / study / "learning_curves.png",
+                                          f"Learning curves, study {study}")
+            body = study_section(study, records, plot, out.parent, results, curves)
         block = f"{begin}\n{body}\n{end}"
         if begin in text and end in text:
             text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
@@ -313,5 +357,5 @@ def write_report(results: Union[str, Path], studies: Sequence[str], out: Union[s
 
 
 __all__ = ["load_results", "find_studies", "report_sections", "group_results", "Group", "accuracy_table", "pairs_table",
-           "segmentation_table", "plot_accuracy_vs_pairs", "study_section", "write_report", "SEG_COLUMNS",
-           "MEASURE_FILE"]
+           "segmentation_table", "plot_accuracy_vs_pairs", "plot_learning_curves", "study_section", "write_report",
+           "SEG_COLUMNS", "MEASURE_FILE"]

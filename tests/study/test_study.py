@@ -74,6 +74,8 @@ def test_run_interrupt_resume_skip_and_report(toy_sweep, tmp_path, monkeypatch):
     png = results / "toy" / "accuracy_vs_pairs.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy_vs_pairs.png" in text
+    curves = results / "toy" / "learning_curves.png"  # the validation history of each model's best lr
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "learning_curves.png)" in text
     assert [r["cell"] for r in load_results(results, "toy")] == [first.id, second.id]
     (results / "lm").mkdir()
     (results / "lm" / "run.json").write_text('{"rows": []}')  # other results kept beside the studies
@@ -246,3 +248,21 @@ def test_report_cli_refreshes_every_section_of_the_page(tmp_path, capsys):
     assert "| stale | row |" not in text and "No cell of this study has finished yet" in text
     assert "wrote the sections of old" in capsys.readouterr().out
     assert main(["study", "report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "x.md")]) == 2
+
+
+def test_learning_curves_need_a_validation_history(tmp_path, monkeypatch):
+    """No curve without a history; a model's curve is the mean over its seeds at the steps they share."""
+    from dla.study.report import Group, plot_learning_curves
+
+    rec = dict(task="T", model="m", setting="s", lr=1e-3, status="done", accuracy=0.5)
+    plain = Group("T", "m", "s", {1e-3: [dict(rec, seed=0)]})
+    assert plot_learning_curves([plain], tmp_path / "none.png", "t") is None and not (tmp_path / "none.png").exists()
+    seeds = Group("T", "m", "s", {1e-3: [dict(rec, seed=0, history=[[10, 0.2], [20, 0.4]]),
+                                         dict(rec, seed=1, history=[[10, 0.4], [20, 0.6], [30, 0.9]])]})
+    import matplotlib.axes
+
+    drawn, original = [], matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, **kw: drawn.append((list(x), list(y))) or original(self, x, y, **kw))
+    assert plot_learning_curves([seeds], tmp_path / "c.png", "t") == tmp_path / "c.png"
+    assert drawn == [([10, 20], [pytest.approx(30.0), pytest.approx(50.0)])]
