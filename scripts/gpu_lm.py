@@ -159,8 +159,9 @@ def profile(args) -> int:
     rows = []
     for name in args.recipes:
         args.recipe_name = name
-        lm = load_config(recipe_path(name)).data.task == "lm"
-        config = load_config(recipe_path(name), (_overrides(args) if lm else [f"train.device={args.device}"])
+        path = recipe_path(name)  # once: a study cell's config is written to a new temporary file each call
+        lm = load_config(path).data.task == "lm"
+        config = load_config(path, (_overrides(args) if lm else [f"train.device={args.device}"])
                              + ([f"train.micro_batch_size={args.batch}", f"train.global_batch_size={args.batch}"]
                                 if args.batch else []) + (["train.compile=true"] if args.compile else []))
         data = build_task_data(config.data, config.train.micro_batch_size, 0, DistEnv(device=device))
@@ -202,7 +203,8 @@ def profile(args) -> int:
             step(*forms[0][1:])
             sync()
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        (out / f"{Path(name.partition(':')[2] or name).stem}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=args.top) + "\n")
+        table = prof.key_averages().table(sort_by=key, row_limit=args.top)
+        (out / f"{path.stem}.txt").write_text(table + "\n")  # a cell's file is named by its id
         rows.append(row)
         print(json.dumps(row), flush=True)
         del model
